@@ -1,0 +1,1 @@
+"""Shared code of the quantization lab pipeline: model, data, quantization math and calibration."""

@@ -1,0 +1,125 @@
+"""params.yaml, read into frozen dataclasses that reject unknown keys, missing keys and bad values.
+
+Every stage calls `load_params()`: a typo such as `train.epoch` or `calib: kll` stops the stage at once with
+one line that names the key and lists what is valid, instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from quantlab.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"{PARAMS_FILE}: {key} {message}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    url: str  # official URL, any http(s) URL, or a local path to cifar-10-python.tar.gz
+    md5: str  # expected md5 of that archive
+
+    def __post_init__(self):
+        _check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
+        _check(bool(re.fullmatch(r"[0-9a-f]{32}", self.md5)), "data.md5",
+               f"must be 32 lowercase hex digits, got {self.md5!r}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float  # peak learning rate of the one-cycle schedule
+    weight_decay: float
+    flip: bool  # random horizontal flips of training images
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be non-negative, got {self.weight_decay}")
+
+
+CALIB_SELECTIONS = ("random", "stratified", "first")
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    calib_images: int  # size of the calibration subset of the training set
+    calib_selection: str  # how it is chosen: one of CALIB_SELECTIONS
+    bins: int  # histogram bins per sign: each histogram has 2*bins bins over [-max|x|, max|x|]
+
+    def __post_init__(self):
+        _check(self.calib_images >= 1, "profile.calib_images", f"must be at least 1, got {self.calib_images}")
+        _check(self.calib_selection in CALIB_SELECTIONS, "profile.calib_selection",
+               f"is {self.calib_selection!r}; valid: {', '.join(CALIB_SELECTIONS)}")
+        _check(self.bins >= 128, "profile.bins", f"must be at least 128, got {self.bins}")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int  # seeds training and the choice of the calibration subset
+    calib: str  # activation calibration method, a name in quantlab.calibration.METHODS
+    data: DataParams
+    train: TrainParams
+    profile: ProfileParams
+
+    def __post_init__(self):
+        from quantlab.calibration import METHODS  # late import: calibration imports nothing from here
+
+        _check(self.calib in METHODS, "calib", f"is {self.calib!r}; valid: {', '.join(METHODS)}")
+
+
+def _matches(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _build(cls, raw, prefix: str):
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise UserError(f"{PARAMS_FILE}: {where} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(f"{PARAMS_FILE}: unknown key {prefix}{unknown[0]}; valid keys in {where}: "
+                        f"{', '.join(fields)}")
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise UserError(f"{PARAMS_FILE}: missing key {prefix}{missing[0]}; add it (see the README)")
+    values = {}
+    for name in fields:
+        kind, value = hints[name], raw[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, f"{prefix}{name}.")
+        elif not _matches(value, kind):
+            raise UserError(f"{PARAMS_FILE}: {prefix}{name} must be {kind.__name__}, got {value!r}")
+        else:
+            values[name] = kind(value)
+    return cls(**values)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run the stage from the repository root") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix its syntax") from None
+    return _build(Params, raw, "")

@@ -1,0 +1,145 @@
+"""CIFAR-10: fetch and verify the official archive, read it safely, and load the compact copy the stages use.
+
+The archive's batches are Python pickles. They are read straight out of the tar file in memory, never
+extracted to disk by member name (so no member can write outside a folder), and unpickled by an unpickler
+that can build nothing but NumPy arrays, so a tampered archive cannot run code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+import zlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from quantlab.errors import UserError
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def is_remote(url: str) -> bool:
+    return urlparse(url).scheme in ("http", "https", "ftp")
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
+    """The verified archive: `url` itself when it is a local path, else a download into `download_dir`.
+
+    A download is reused when a file of the right md5 is already there; a file whose md5 differs is never
+    overwritten, it is an error.
+    """
+    if is_remote(url):
+        from torchvision.datasets.utils import download_url
+
+        path = download_dir / Path(urlparse(url).path).name
+        if not path.exists():
+            try:
+                download_url(url, str(download_dir), path.name)
+            except Exception as error:  # urllib and torchvision raise many kinds; all mean "no archive"
+                raise UserError(f"cannot download {url} ({error.__class__.__name__}: {error}); offline, set "
+                                f"data.url to a local copy of cifar-10-python.tar.gz and data.md5 to its md5")
+    else:
+        path = Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
+        if not path.is_file():
+            raise UserError(f"archive {path} not found: set data.url to an existing cifar-10-python.tar.gz "
+                            f"or to {OFFICIAL_URL}")
+    found = md5_of(path)
+    if found != md5:
+        raise UserError(f"md5 mismatch for {path}: expected {md5} (data.md5), found {found}; re-download the "
+                        f"archive, or set data.md5 to {found} if you trust this file")
+    return path
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds only NumPy arrays, dtypes and plain containers: anything else in a pickle is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(payload: bytes, member: str) -> dict:
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+    except Exception as error:
+        raise UserError(f"{member} is not a CIFAR-10 batch ({error}): re-download the archive") from None
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    parts = Path(member.name).parts
+    if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+        raise UserError(f"archive {archive} has an unsafe member {member.name!r} (absolute path, '..' or link): "
+                        f"refusing to read it; re-download the archive from {OFFICIAL_URL}")
+
+
+def _images(batch: dict, member: str) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(batch.get("data"))
+    labels = np.asarray(batch.get("labels"))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) \
+            or labels.shape != (data.shape[0],) or labels.size == 0 or labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"{member} does not hold uint8 N x 3072 images with labels 0-9: re-download the archive")
+    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.uint8)
+
+
+def read_archive(archive: Path) -> dict[str, np.ndarray]:
+    """Train and test images (N, 3, 32, 32) uint8 and labels uint8 from an official-layout archive."""
+    wanted = [*TRAIN_BATCHES, TEST_BATCH, META]
+    payloads = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                _check_member(member, archive)
+                name = Path(member.name)
+                if member.isfile() and name.parent.as_posix() == FOLDER and name.name in wanted:
+                    payloads[name.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
+        raise UserError(f"archive {archive} is truncated or corrupt ({error}): delete it and download it again")
+    missing = [name for name in wanted if name not in payloads]
+    if missing:
+        raise UserError(f"archive {archive} lacks {FOLDER}/{missing[0]}: it is not a complete CIFAR-10 archive; "
+                        f"download it again from {OFFICIAL_URL}")
+    train = [_images(_unpickle(payloads[name], name), name) for name in TRAIN_BATCHES]
+    test_x, test_y = _images(_unpickle(payloads[TEST_BATCH], TEST_BATCH), TEST_BATCH)
+    classes = _unpickle(payloads[META], META).get("label_names")
+    if not isinstance(classes, list) or len(classes) != 10:
+        raise UserError(f"{META} does not name 10 classes: re-download the archive")
+    return {
+        "train_x": np.concatenate([x for x, _ in train]),
+        "train_y": np.concatenate([y for _, y in train]),
+        "test_x": test_x,
+        "test_y": test_y,
+        "classes": np.array([c.decode() if isinstance(c, bytes) else c for c in classes]),
+    }
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 to float32 in [-1, 1], as the lab's transforms.Normalize((0.5,)*3, (0.5,)*3)."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)

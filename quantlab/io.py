@@ -1,0 +1,90 @@
+"""Deterministic, atomic reading and writing of every file the pipeline produces.
+
+Every output is first written to a temporary file next to its destination and then renamed over it, so a
+killed stage never leaves a half-written file behind. Formats are chosen to be byte-stable: the same data
+always gives the same bytes (JSON with fixed formatting, .npz archives with fixed timestamps, CSV from
+pandas), so DVC never sees a change that is not one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+from quantlab.errors import UserError
+
+# A fixed timestamp for every member of every .npz archive: zipfile otherwise stores the current time.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path: str | Path, obj) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def save_text(path: str | Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz that np.load reads, with the same bytes for the same arrays."""
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buffer.getvalue())
+
+
+def save_csv(path: str | Path, frame) -> None:
+    """A pandas DataFrame as CSV; floats keep their shortest round-trip repr, so output is stable."""
+    with atomic_write(path, "w") as f:
+        frame.to_csv(f, index=False, lineterminator="\n")
+
+
+def require(path: str | Path) -> Path:
+    """The path of an upstream output, or a clear error saying how to produce it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"missing upstream output {path}: run `dvc repro` to produce it")
+    return path
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(require(path), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def load_json(path: str | Path):
+    with open(require(path), encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,120 @@
+"""The lab's network, whole, and the layer walk that every forward pass of the project shares.
+
+    layer  type             input     output    activation
+    conv1  convolution 5x5  3x32x32   12x28x28  ReLU
+    pool1  max pool 2       12x28x28  12x14x14  -
+    conv2  convolution 3x3  12x14x14  32x12x12  ReLU
+    pool2  max pool 2       32x12x12  32x6x6    -
+    fc1    fully connected  1152      256       ReLU
+    fc2    fully connected  256       64        ReLU
+    fc3    fully connected  64        10        -
+
+No layer has a bias, except fc3 in the "bias" model of the lab's last section. The float forward, the
+profiling taps, the integer-only forward and quantization-aware training all walk `LAYERS` through
+`walk()`, so they cannot disagree about the order of ReLU, pooling and flattening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str  # "conv" or "fc"
+    relu: bool  # ReLU after the layer
+    pool: bool  # 2x2 max pool after the ReLU
+
+
+LAYERS = (
+    Layer("conv1", "conv", relu=True, pool=True),
+    Layer("conv2", "conv", relu=True, pool=True),
+    Layer("fc1", "fc", relu=True, pool=False),
+    Layer("fc2", "fc", relu=True, pool=False),
+    Layer("fc3", "fc", relu=False, pool=False),
+)
+LAYER_NAMES = tuple(layer.name for layer in LAYERS)
+# Activation tensors, in order: the network input, then every layer's output after its ReLU.
+ACTIVATIONS = ("input", *LAYER_NAMES)
+# Which model has a bias in fc3: the lab trains both.
+MODELS = {"float": False, "bias": True}
+
+
+def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
+         tap: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the network: `apply(layer, x)` computes each conv/fc layer; `tap(name, x)` sees (and may replace)
+    the input and every layer's output after its ReLU, before pooling."""
+    if tap:
+        x = tap("input", x)
+    for layer in LAYERS:
+        if layer.kind == "fc":
+            x = x.flatten(1)
+        x = apply(layer, x)
+        if layer.relu:
+            x = F.relu(x)
+        if tap:
+            x = tap(layer.name, x)
+        if layer.pool:
+            x = F.max_pool2d(x, 2)
+    return x
+
+
+class Net(nn.Module):
+    def __init__(self, fc3_bias: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 12, 5, bias=False)
+        self.conv2 = nn.Conv2d(12, 32, 3, bias=False)
+        self.fc1 = nn.Linear(32 * 6 * 6, 256, bias=False)
+        self.fc2 = nn.Linear(256, 64, bias=False)
+        self.fc3 = nn.Linear(64, 10, bias=fc3_bias)
+
+    def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
+        return walk(x, lambda layer, h: getattr(self, layer.name)(h), tap)
+
+
+def architecture_table(model: Net, input_shape=(3, 32, 32)) -> list[dict]:
+    """The seed's Table I, read off the model by running it: layer, type, input, output, activation."""
+    rows = []
+
+    def shape(t):
+        return "x".join(str(d) for d in t.shape[1:])
+
+    def apply(layer, h):
+        out = getattr(model, layer.name)(h)
+        rows.append({"layer": layer.name, "type": {"conv": "Convolutional", "fc": "Fully-connected"}[layer.kind],
+                     "input": shape(h), "output": shape(out), "activation": "ReLU" if layer.relu else "None"})
+        if layer.pool:
+            pooled = F.max_pool2d(out, 2)
+            rows.append({"layer": f"pool{layer.name[-1]}", "type": "Max pool", "input": shape(out),
+                         "output": shape(pooled), "activation": "None"})
+        return out
+
+    with torch.no_grad():
+        walk(torch.zeros(1, *input_shape), apply)
+    return rows
+
+
+def model_name_argument(argv: list[str], stage: str) -> str:
+    """The one command-line argument of a per-model stage: a name in MODELS."""
+    if len(argv) != 2 or argv[1] not in MODELS:
+        raise UserError(f"usage: python -m stages.{stage} MODEL, where MODEL is one of {', '.join(MODELS)}")
+    return argv[1]
+
+
+def state_to_arrays(model: Net) -> dict[str, np.ndarray]:
+    return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
+
+
+def load_model(arrays: dict[str, np.ndarray], model_name: str) -> Net:
+    model = Net(fc3_bias=MODELS[model_name])
+    model.load_state_dict({name: torch.from_numpy(array) for name, array in arrays.items()})
+    return model.eval()

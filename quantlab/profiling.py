@@ -1,0 +1,131 @@
+"""Ranges, moments and histograms of weights and activations: the data behind the report and calibration.
+
+Every tensor gets one histogram of 2 * bins bins with fixed edges linspace(-A, A, 2 * bins + 1), where
+A = max|x| is found by a pre-pass over the data. Because the edges are fixed before counting, the counts do
+not depend on batch size or order, and folding the two halves gives the histogram of |x| over [0, A] with
+`bins` bins that the calibration methods read (TensorRT's 2048-bin |x| histogram by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from quantlab.io import load_json, load_npz, save_json, save_npz
+
+
+@dataclass(frozen=True)
+class TensorProfile:
+    """Summary of one tensor: exact range, moments and the signed histogram over [-absmax, absmax]."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+    count: int
+    counts: np.ndarray  # int64, 2 * bins
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+    @property
+    def sigma3(self) -> tuple[float, float]:
+        """The 3-sigma range [mean - 3 std, mean + 3 std]."""
+        return (self.mean - 3 * self.std, self.mean + 3 * self.std)
+
+    @property
+    def bins(self) -> int:
+        return len(self.counts) // 2
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(-self.absmax, self.absmax, len(self.counts) + 1)
+
+    @property
+    def abs_counts(self) -> np.ndarray:
+        """Histogram of |x| over [0, absmax], `bins` bins: the signed histogram folded at zero."""
+        return self.counts[self.bins:] + self.counts[:self.bins][::-1]
+
+    def summary(self) -> dict:
+        low, high = self.sigma3
+        return {"min": self.min, "max": self.max, "mean": self.mean, "std": self.std,
+                "sigma3_min": low, "sigma3_max": high, "count": self.count}
+
+
+class Accumulator:
+    """Collects a profile over batches: pass 1 `observe_range`, then pass 2 `observe_counts`."""
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        self.min, self.max = np.inf, -np.inf
+        self.sum = self.sum_squares = 0.0
+        self.count = 0
+        self.counts = np.zeros(2 * bins, np.int64)
+
+    def observe_range(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64)
+        self.min = min(self.min, x.min().item())
+        self.max = max(self.max, x.max().item())
+        self.sum += x.sum().item()
+        self.sum_squares += x.square().sum().item()
+        self.count += x.numel()
+
+    def observe_counts(self, x: torch.Tensor) -> None:
+        self.counts += histogram(x, max(abs(self.min), abs(self.max)), self.bins)
+
+    def result(self) -> TensorProfile:
+        mean = self.sum / self.count
+        std = max(self.sum_squares / self.count - mean * mean, 0.0) ** 0.5
+        return TensorProfile(self.min, self.max, mean, std, self.count, self.counts)
+
+
+def histogram(x: torch.Tensor, absmax: float, bins: int) -> np.ndarray:
+    """Counts of x in 2 * bins equal bins over [-absmax, absmax] (the last bin includes its right edge)."""
+    n = 2 * bins
+    if absmax == 0:
+        index = torch.full((x.numel(),), bins, dtype=torch.int64)  # all zeros: the bin right of zero
+    else:
+        # floor(x * bins / A) + bins puts an exact zero at index `bins` whatever A is
+        index = (x.detach().flatten().to(torch.float64) * (bins / absmax)).floor_().add_(bins)
+        index = index.clamp_(0, n - 1).to(torch.int64)
+    return torch.bincount(index.cpu(), minlength=n).numpy()
+
+
+def profile_tensor(x: torch.Tensor, bins: int) -> TensorProfile:
+    accumulator = Accumulator(bins)
+    accumulator.observe_range(x)
+    accumulator.observe_counts(x)
+    return accumulator.result()
+
+
+def profile_activations(run: Callable[[Callable], None], names: Iterable[str], bins: int) -> dict[str, TensorProfile]:
+    """Profiles of the named activations. `run(tap)` must feed the same data through the network, with
+    `tap(name, x)` called at every activation, each time it is called (once per pass)."""
+    accumulators = {name: Accumulator(bins) for name in names}
+    for observe in (Accumulator.observe_range, Accumulator.observe_counts):
+        def tap(name, x, observe=observe):
+            observe(accumulators[name], x)
+            return x
+        run(tap)
+    return {name: accumulator.result() for name, accumulator in accumulators.items()}
+
+
+def save_profiles(directory: Path, profiles: dict[str, dict[str, TensorProfile]], extra: dict) -> None:
+    """stats.json (readable numbers) and histograms.npz (counts) for {"weights": ..., "activations": ...}."""
+    stats = {group: {name: p.summary() for name, p in members.items()} for group, members in profiles.items()}
+    save_npz(directory / "histograms.npz",
+             {f"{group}/{name}": p.counts for group, members in profiles.items() for name, p in members.items()})
+    save_json(directory / "stats.json", {**extra, **stats})
+
+
+def load_profiles(directory: Path, group: str) -> dict[str, TensorProfile]:
+    """The profiles of one group ("weights" or "activations") written by `save_profiles`."""
+    stats = load_json(directory / "stats.json")[group]
+    counts = load_npz(directory / "histograms.npz")
+    return {name: TensorProfile(s["min"], s["max"], s["mean"], s["std"], s["count"], counts[f"{group}/{name}"])
+            for name, s in stats.items()}

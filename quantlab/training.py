@@ -1,0 +1,94 @@
+"""The training loop shared by float training and quantization-aware fine-tuning.
+
+Deterministic for a given seed on a given machine: all randomness (initialisation, shuffling, flips) comes
+from generators seeded here, data is read from in-memory tensors (no DataLoader worker processes), and
+PyTorch is asked for deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from quantlab.data import normalize
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_deterministic(seed: int) -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64, kept on the device that computes."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def of(cls, images, labels, on: torch.device) -> "Split":
+        return cls(torch.as_tensor(images).to(on), torch.as_tensor(labels).to(on, torch.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted class of every image, computed in batches by `forward` on normalized inputs."""
+    with torch.no_grad():
+        return torch.cat([forward(normalize(split.x[i:i + batch_size])).argmax(1)
+                          for i in range(0, len(split), batch_size)])
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percent of correct predictions, rounded to two decimals as in metrics/accuracy.json."""
+    return round(100.0 * (predictions == labels).sum().item() / len(labels), 2)
+
+
+def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch_size: int, lr: float,
+        weight_decay: float, flip: bool, seed: int, desc: str) -> list[dict]:
+    """Train with Adam and a one-cycle learning-rate schedule; the history has one row per epoch."""
+    generator = torch.Generator(device=train.x.device).manual_seed(seed)
+    steps_per_epoch = -(-len(train) // batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator, device=train.x.device)
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}", unit="batch",
+                   leave=False, mininterval=1.0)
+        for start in bar:
+            index = order[start:start + batch_size]
+            x = normalize(train.x[index])
+            if flip:
+                mirrored = torch.rand(len(index), generator=generator, device=x.device) < 0.5
+                x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
+            y = train.y[index]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(index)
+            correct += (logits.argmax(1) == y).sum().item()
+        model.eval()
+        row = {"epoch": epoch, "loss": loss_sum / len(train), "train_accuracy": 100.0 * correct / len(train),
+               "test_accuracy": accuracy(predict(model, test), test.y)}
+        print(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f}, train {row['train_accuracy']:.2f} %, "
+              f"test {row['test_accuracy']:.2f} %", flush=True)
+        history.append(row)
+    return history

@@ -1,0 +1,53 @@
+"""The evaluated variants of the lab, each built from the pipeline's stored artifacts.
+
+    float                       the float model
+    quant_weights               the float model with every weight replaced by S_W * q_W
+    quant_weights_activations   the integer-only forward of the float model (IntegerNet)
+    bias_float                  the float model with a bias in fc3
+    bias_quant_raw_bias         its integer-only forward, fc3's bias added as trained (see IntegerNet)
+    bias_quant                  its integer-only forward, fc3's bias as int32 on the accumulator's scale
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from quantlab import paths
+from quantlab.io import load_json, load_npz
+from quantlab.model import load_model
+from quantlab.quant import IntegerNet, dequantized_state, split_weights
+
+VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
+            "bias_quant")
+
+
+def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
+    arrays = load_npz(paths.quant_weights(model_name))
+    activations = load_json(paths.quant_activations(model_name))
+    q_weights, weight_scales = split_weights(arrays)
+    bias = None
+    if bias_mode == "raw":
+        bias = load_npz(paths.model(model_name))["fc3.bias"]
+    elif bias_mode == "int32":
+        bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
+    return IntegerNet.build(q_weights, weight_scales, activations["scales"], activations["bits"], bias, bias_mode)
+
+
+def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward function from normalized images to logits (float or integer) for `variant`."""
+    if variant == "float":
+        return load_model(load_npz(paths.model("float")), "float")
+    if variant == "quant_weights":
+        state = load_npz(paths.model("float"))
+        return load_model(dequantized_state(state, load_npz(paths.quant_weights("float"))), "float")
+    if variant == "quant_weights_activations":
+        return integer_net("float")
+    if variant == "bias_float":
+        return load_model(load_npz(paths.model("bias")), "bias")
+    if variant == "bias_quant_raw_bias":
+        return integer_net("bias", "raw")
+    if variant == "bias_quant":
+        return integer_net("bias", "int32")
+    raise KeyError(variant)

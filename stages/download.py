@@ -1,0 +1,20 @@
+"""Stage download: fetch and verify cifar-10-python.tar.gz, then store its images as data/cifar10.npz."""
+
+from quantlab import paths
+from quantlab.config import load_params
+from quantlab.data import fetch_archive, read_archive
+from quantlab.errors import run_main
+from quantlab.io import save_npz
+
+
+def main() -> None:
+    params = load_params()
+    archive = fetch_archive(params.data.url, params.data.md5, paths.DOWNLOADS)
+    dataset = read_archive(archive)
+    save_npz(paths.DATASET, dataset)
+    print(f"{archive}: {len(dataset['train_y'])} training and {len(dataset['test_y'])} test images "
+          f"-> {paths.DATASET}")
+
+
+if __name__ == "__main__":
+    run_main(main)

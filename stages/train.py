@@ -1,0 +1,36 @@
+"""Stage train@<model>: train the lab's CNN (`float`, or `bias` with a bias in fc3) from scratch."""
+
+import sys
+
+import pandas as pd
+
+from quantlab import paths
+from quantlab.config import TrainParams, load_params
+from quantlab.errors import run_main
+from quantlab.io import load_npz, save_csv, save_npz
+from quantlab.model import MODELS, Net, model_name_argument, state_to_arrays
+from quantlab.training import Split, device, fit, make_deterministic
+
+
+def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tuple[Net, list[dict]]:
+    """A model trained deterministically for `seed`, and its per-epoch loss and accuracies."""
+    make_deterministic(seed)
+    on = device()
+    model = Net(fc3_bias=MODELS[model_name]).to(on)
+    history = fit(model, Split.of(dataset["train_x"], dataset["train_y"], on),
+                  Split.of(dataset["test_x"], dataset["test_y"], on),
+                  epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                  weight_decay=params.weight_decay, flip=params.flip, seed=seed, desc=f"train@{model_name}")
+    return model.cpu(), history
+
+
+def main() -> None:
+    model_name = model_name_argument(sys.argv, "train")
+    params = load_params()
+    model, history = train(model_name, load_npz(paths.DATASET), params.train, params.seed)
+    save_npz(paths.model(model_name), state_to_arrays(model))
+    save_csv(paths.train_history(model_name), pd.DataFrame(history))
+
+
+if __name__ == "__main__":
+    run_main(main)
