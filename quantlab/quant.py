@@ -60,6 +60,13 @@ def channel_shaped(scale, ndim: int, axis: int):
     return scale if scale.ndim == 0 else scale.reshape((-1,) + (1,) * (ndim - axis - 1))
 
 
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
+    """q_out = clamp(round(M * acc), qmin, qmax), in float64: acc is exact there, and M * acc is rounded
+    once, correctly, before the integer rounding."""
+    qmin, qmax = int_range(bits, signed)
+    return torch.clamp(torch.round(acc.to(torch.float64) * multiplier), qmin, qmax)
+
+
 def accumulation_dtype(q_weight: torch.Tensor, max_abs_input: int) -> torch.dtype:
     """float32 when no partial sum of this layer can reach 2^24, else float64 (see the module docstring)."""
     worst = q_weight.abs().flatten(1).sum(1).max().item() * max_abs_input
@@ -112,8 +119,7 @@ class IntegerNet:
         acc = integer_layer(layer, q_x, self.q_weights[layer.name]).to(torch.float64)
         if layer.name == "fc3" and self.bias_mode != "none":
             acc = acc + self.bias
-        qmin, qmax = int_range(self.bits)
-        return torch.clamp(torch.round(acc * channel_shaped(self.multiplier(layer), acc.ndim, 1)), qmin, qmax)
+        return requantize(acc, channel_shaped(self.multiplier(layer), acc.ndim, 1), self.bits)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Integer logits (as float64 holding integers) of float inputs x in [-1, 1]."""

@@ -1,0 +1,56 @@
+"""params.yaml: every key is known, present, typed and in range, or the stage stops with one clear line."""
+
+import pytest
+import yaml
+
+from quantlab.config import load_params
+from quantlab.errors import UserError
+
+PARAMS = yaml.safe_load(open("params.yaml"))
+
+
+def write(tmp_path, **changes):
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        if value is KeyError:
+            del node[key]
+        else:
+            node[key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_repository_params_load():
+    params = load_params()
+    assert params.calib == "minmax" and params.train.epochs >= 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"train__epoch": 3}, "unknown key train.epoch; valid keys in train: epochs"),
+    ({"train__epochs": KeyError}, "missing key train.epochs"),
+    ({"train__epochs": 0}, "train.epochs must be at least 1, got 0"),
+    ({"train__epochs": -2}, "train.epochs must be at least 1, got -2"),
+    ({"train__epochs": "3"}, "train.epochs must be int, got '3'"),
+    ({"train__lr": 0}, "train.lr must be positive"),
+    ({"calib": "kll"}, "calib is 'kll'; valid: minmax"),
+    ({"data__md5": "xyz"}, "data.md5 must be 32 lowercase hex digits"),
+    ({"profile__calib_selection": "best"}, "profile.calib_selection is 'best'; valid: random, stratified, first"),
+    ({"extra": 1}, "unknown key extra"),
+])
+def test_bad_params_give_one_clear_line(tmp_path, changes, message):
+    with pytest.raises(UserError, match="^params.yaml: ") as error:
+        load_params(write(tmp_path, **changes))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_params(path)

@@ -1,0 +1,46 @@
+"""End to end: the real `dvc repro` on a small generated CIFAR-10 archive in a temporary repository."""
+
+import json
+
+import pytest
+
+from cifar_fixture import make_archive
+from pipeline_repo import make_repo, run
+from quantlab.data import md5_of
+
+KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    archive = make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo",
+                     data__url=str(archive), data__md5=md5_of(archive),
+                     train__epochs=3, train__batch_size=50, profile__calib_images=200)
+    run(path, "dvc", "repro")
+    return path
+
+
+def test_metrics_hold_every_variant_and_quantization_tracks_float(repo):
+    accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
+    assert list(accuracy) == KEYS
+    assert all(round(value, 2) == value for value in accuracy.values())
+    assert accuracy["float"] > 60  # ten classes: chance is 10 %
+    for variant in ("quant_weights", "quant_weights_activations"):
+        assert abs(accuracy[variant] - accuracy["float"]) <= 5
+    assert accuracy["bias_float"] > 60
+    assert abs(accuracy["bias_quant"] - accuracy["bias_float"]) <= 5
+
+
+def test_plots_and_profiles_are_written(repo):
+    assert (repo / "plots/train/float.csv").read_text().startswith("epoch,loss,train_accuracy,test_accuracy\n")
+    assert len((repo / "plots/confusion/quant.csv").read_text().splitlines()) == 1 + 500
+    stats = json.loads((repo / "profile/float/stats.json").read_text())
+    assert list(stats["activations"]) == ["input", "conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert stats["activations"]["conv1"]["min"] == 0.0  # post-ReLU
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(repo):
+    again = run(repo, "dvc", "repro")
+    assert "Running stage" not in again.stdout
+    assert "up to date" in run(repo, "dvc", "status").stdout
