@@ -57,7 +57,7 @@ def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
                 download_url(url, str(download_dir), path.name)
             except Exception as error:  # urllib and torchvision raise many kinds; all mean "no archive"
                 raise UserError(f"cannot download {url} ({error.__class__.__name__}: {error}); offline, set "
-                                f"data.url to a local copy of cifar-10-python.tar.gz and data.md5 to its md5")
+                                f"data.url to a local copy of cifar-10-python.tar.gz and data.md5 to its md5") from None
     else:
         path = Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
         if not path.is_file():
@@ -121,7 +121,8 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
                 if member.isfile() and name.parent.as_posix() == FOLDER and name.name in wanted:
                     payloads[name.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
-        raise UserError(f"archive {archive} is truncated or corrupt ({error}): delete it and download it again")
+        message = f"archive {archive} is truncated or corrupt ({error}): delete it and download it again"
+        raise UserError(message) from None
     missing = [name for name in wanted if name not in payloads]
     if missing:
         raise UserError(f"archive {archive} lacks {FOLDER}/{missing[0]}: it is not a complete CIFAR-10 archive; "

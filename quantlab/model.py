@@ -16,8 +16,8 @@ profiling taps, the integer-only forward and quantization-aware training all wal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

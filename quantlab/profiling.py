@@ -8,9 +8,9 @@ not depend on batch size or order, and folding the two halves gives the histogra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

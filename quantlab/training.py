@@ -8,8 +8,8 @@ PyTorch is asked for deterministic kernels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

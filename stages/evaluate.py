@@ -19,12 +19,9 @@ def evaluate(test: Split) -> dict[str, torch.Tensor]:
     return {variant: predict(build(variant), test) for variant in VARIANTS}
 
 
-def per_class_accuracy(predictions: dict[str, torch.Tensor], labels: torch.Tensor, classes) -> pd.DataFrame:
-    frame = pd.DataFrame({"class": classes})
-    for name, variant in PLOTTED.items():
-        correct = (predictions[variant] == labels).numpy()
-        frame[name] = [round(100.0 * correct[labels.numpy() == c].mean(), 2) for c in range(len(classes))]
-    return frame
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, classes) -> pd.DataFrame:
+    return pd.DataFrame({"class": classes, "accuracy": [accuracy(predictions[labels == c], labels[labels == c])
+                                                        for c in range(len(classes))]})
 
 
 def main() -> None:
@@ -34,8 +31,8 @@ def main() -> None:
     accuracies = {variant: accuracy(predictions[variant], test.y) for variant in VARIANTS}
     save_json(paths.ACCURACY, accuracies)
     classes = dataset["classes"]
-    save_csv(paths.PLOTS / "per_class.csv", per_class_accuracy(predictions, test.y, classes))
     for name, variant in PLOTTED.items():
+        save_csv(paths.PLOTS / "per_class" / f"{name}.csv", per_class_accuracy(predictions[variant], test.y, classes))
         save_csv(paths.PLOTS / "confusion" / f"{name}.csv",
                  pd.DataFrame({"actual": classes[test.y.numpy()], "predicted": classes[predictions[variant].numpy()]}))
     print("test accuracy (%):", ", ".join(f"{variant} {value:.2f}" for variant, value in accuracies.items()))

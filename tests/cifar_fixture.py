@@ -16,7 +16,7 @@ def images(n: int, rng: np.random.Generator, templates: np.ndarray) -> tuple[np.
     """n images (n x 3072 uint8): a noisy, randomly shifted copy of their class's template."""
     labels = rng.integers(0, 10, n)
     shifts = rng.integers(-2, 3, size=(n, 2))
-    base = np.stack([np.roll(templates[c], tuple(s), axis=(1, 2)) for c, s in zip(labels, shifts)])
+    base = np.stack([np.roll(templates[c], tuple(s), axis=(1, 2)) for c, s in zip(labels, shifts, strict=True)])
     noisy = base + rng.normal(0, 40, base.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8).reshape(n, -1), labels.tolist()
 

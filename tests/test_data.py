@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_fixture import batches, write_archive
 from quantlab.data import fetch_archive, md5_of, normalize, read_archive
 from quantlab.errors import UserError
+
+from cifar_fixture import batches, write_archive
 
 
 @pytest.fixture(scope="module")

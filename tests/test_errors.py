@@ -2,9 +2,10 @@
 
 import pytest
 
+from quantlab.data import md5_of
+
 from cifar_fixture import make_archive
 from pipeline_repo import make_repo, run, set_params
-from quantlab.data import md5_of
 
 
 @pytest.fixture

@@ -8,13 +8,14 @@ from quantlab.io import atomic_write, load_npz, require, save_json, save_npz
 
 
 def test_npz_is_byte_stable_and_loads(tmp_path):
-    arrays = {"a": np.arange(6, dtype=np.int8).reshape(2, 3), "b/c": np.array(["x", "yz"])}
+    arrays = {"a": np.arange(6, dtype=np.int8).reshape(2, 3), "b/c": np.array(["x", "yz"]), "s": np.float64(0.5)}
     save_npz(tmp_path / "1.npz", arrays)
     save_npz(tmp_path / "2.npz", arrays)
     assert (tmp_path / "1.npz").read_bytes() == (tmp_path / "2.npz").read_bytes()
     loaded = load_npz(tmp_path / "1.npz")
     np.testing.assert_array_equal(loaded["a"], arrays["a"])
     assert loaded["b/c"].tolist() == ["x", "yz"]
+    assert loaded["s"].shape == () and loaded["s"] == 0.5  # a scalar stays a scalar
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):

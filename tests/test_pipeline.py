@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from quantlab.data import md5_of
+
 from cifar_fixture import make_archive
 from pipeline_repo import make_repo, run
-from quantlab.data import md5_of
 
 KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant"]
 
@@ -35,6 +36,7 @@ def test_metrics_hold_every_variant_and_quantization_tracks_float(repo):
 def test_plots_and_profiles_are_written(repo):
     assert (repo / "plots/train/float.csv").read_text().startswith("epoch,loss,train_accuracy,test_accuracy\n")
     assert len((repo / "plots/confusion/quant.csv").read_text().splitlines()) == 1 + 500
+    assert (repo / "plots/per_class/float.csv").read_text().startswith("class,accuracy\nairplane,")
     stats = json.loads((repo / "profile/float/stats.json").read_text())
     assert list(stats["activations"]) == ["input", "conv1", "conv2", "fc1", "fc2", "fc3"]
     assert stats["activations"]["conv1"]["min"] == 0.0  # post-ReLU

@@ -5,9 +5,22 @@ import pytest
 import torch
 
 from quantlab.model import LAYERS, Net, state_to_arrays
-from quantlab.quant import (FLOAT32_EXACT_LIMIT, IntegerNet, accumulation_dtype, bias_scale, dequantized_state,
-                            int_range, integer_layer, quantize, quantize_bias, quantize_weights, requantize,
-                            scale_for, split_weights, weight_scale)
+from quantlab.quant import (
+    FLOAT32_EXACT_LIMIT,
+    IntegerNet,
+    accumulation_dtype,
+    bias_scale,
+    dequantized_state,
+    int_range,
+    integer_layer,
+    quantize,
+    quantize_bias,
+    quantize_weights,
+    requantize,
+    scale_for,
+    split_weights,
+    weight_scale,
+)
 
 
 def test_int_range_follows_bits_and_sign():

@@ -1,0 +1,50 @@
+"""The model matches the lab's table, and training is bit-for-bit deterministic for a seed."""
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab.config import TrainParams
+from quantlab.model import Net, architecture_table
+from stages.train import train
+
+from cifar_fixture import batches
+
+
+def test_architecture_is_the_labs_table():
+    table = [(r["layer"], r["type"], r["input"], r["output"], r["activation"]) for r in architecture_table(Net())]
+    assert table == [
+        ("conv1", "Convolutional", "3x32x32", "12x28x28", "ReLU"),
+        ("pool1", "Max pool", "12x28x28", "12x14x14", "None"),
+        ("conv2", "Convolutional", "12x14x14", "32x12x12", "ReLU"),
+        ("pool2", "Max pool", "32x12x12", "32x6x6", "None"),
+        ("fc1", "Fully-connected", "1152", "256", "ReLU"),
+        ("fc2", "Fully-connected", "256", "64", "ReLU"),
+        ("fc3", "Fully-connected", "64", "10", "None"),
+    ]
+    assert Net().fc3.bias is None and Net(fc3_bias=True).fc3.bias is not None
+    assert all(getattr(Net(), name).bias is None for name in ("conv1", "conv2", "fc1", "fc2"))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    import pickle
+
+    members = {name: pickle.loads(payload) for name, payload in batches(train_per_batch=40, test=50).items()}
+    train_x = np.concatenate([members[f"data_batch_{i}"]["data"] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    train_y = np.concatenate([members[f"data_batch_{i}"]["labels"] for i in range(1, 6)])
+    return {"train_x": train_x, "train_y": train_y,
+            "test_x": members["test_batch"]["data"].reshape(-1, 3, 32, 32),
+            "test_y": np.array(members["test_batch"]["labels"])}
+
+
+def test_same_seed_same_weights_bit_for_bit(dataset):
+    params = TrainParams(epochs=2, batch_size=32, lr=0.004, weight_decay=0.0, flip=True)
+    first, history = train("bias", dataset, params, seed=1)
+    second, _ = train("bias", dataset, params, seed=1)
+    other, _ = train("bias", dataset, params, seed=2)
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+    assert not torch.equal(first.fc1.weight, other.fc1.weight)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[-1]["loss"] < history[0]["loss"]
