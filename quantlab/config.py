@@ -63,7 +63,52 @@ class ProfileParams:
         _check(self.calib_images >= 1, "profile.calib_images", f"must be at least 1, got {self.calib_images}")
         _check(self.calib_selection in CALIB_SELECTIONS, "profile.calib_selection",
                f"is {self.calib_selection!r}; valid: {', '.join(CALIB_SELECTIONS)}")
-        _check(self.bins >= 128, "profile.bins", f"must be at least 128, got {self.bins}")
+        # KL's candidates start at 2^bits levels: 256 for 8-bit unsigned activations
+        _check(self.bins >= 256, "profile.bins", f"must be at least 256, got {self.bins}")
+
+
+BITS = range(2, 9)
+
+
+def _check_bits(key: str, bits: int) -> None:
+    _check(bits in BITS, key, f"must be between {BITS.start} and {BITS.stop - 1} bits, got {bits}")
+
+
+def _check_method(key: str, name: str) -> None:
+    from quantlab.calibration import METHODS  # late import: calibration does not import this module
+
+    _check(name in METHODS, key, f"is {name!r}; valid: {', '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    weight_bits: int
+    activation_bits: int
+    per_channel: bool  # one weight scale per output channel instead of one per tensor
+    unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1] instead of [-2^(b-1), 2^(b-1) - 1]
+    percentile: float  # the |x| percentile of calib=percentile
+
+    def __post_init__(self):
+        _check_bits("quant.weight_bits", self.weight_bits)
+        _check_bits("quant.activation_bits", self.activation_bits)
+        _check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    methods: list  # calibration methods to compare
+    widths: list  # [weight bits, activation bits] pairs
+
+    def __post_init__(self):
+        _check(bool(self.methods), "compare.methods", "is empty: list at least one calibration method")
+        for method in self.methods:
+            _check_method("compare.methods", method)
+        _check(bool(self.widths), "compare.widths", "is empty: list [weight bits, activation bits] pairs")
+        for width in self.widths:
+            _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
+                   "compare.widths", f"must hold [weight bits, activation bits] pairs, got {width!r}")
+            _check_bits("compare.widths", width[0])
+            _check_bits("compare.widths", width[1])
 
 
 @dataclass(frozen=True)
@@ -73,11 +118,11 @@ class Params:
     data: DataParams
     train: TrainParams
     profile: ProfileParams
+    quant: QuantParams
+    compare: CompareParams
 
     def __post_init__(self):
-        from quantlab.calibration import METHODS  # late import: calibration imports nothing from here
-
-        _check(self.calib in METHODS, "calib", f"is {self.calib!r}; valid: {', '.join(METHODS)}")
+        _check_method("calib", self.calib)
 
 
 def _matches(value, kind) -> bool:

@@ -50,9 +50,10 @@ MODELS = {"float": False, "bias": True}
 
 
 def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
-         tap: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+         tap: Callable[[str, torch.Tensor], torch.Tensor] | None = None, pool: bool = True) -> torch.Tensor:
     """Run the network: `apply(layer, x)` computes each conv/fc layer; `tap(name, x)` sees (and may replace)
-    the input and every layer's output after its ReLU, before pooling."""
+    the input and every layer's output after its ReLU, before pooling. With `pool=False`, `apply` does the
+    layer's max pooling itself."""
     if tap:
         x = tap("input", x)
     for layer in LAYERS:
@@ -63,7 +64,7 @@ def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
             x = F.relu(x)
         if tap:
             x = tap(layer.name, x)
-        if layer.pool:
+        if layer.pool and pool:
             x = F.max_pool2d(x, 2)
     return x
 

@@ -29,3 +29,5 @@ def quant_activations(name: str) -> Path:
 QUANT_BIAS = Path("quant/bias/bias.npz")
 ACCURACY = Path("metrics/accuracy.json")
 PLOTS = Path("plots")
+CALIBRATION = Path("metrics/calibration.json")
+CALIBRATION_LAYERS = Path("compare/layers.csv")

@@ -27,6 +27,7 @@ class TensorProfile:
     mean: float
     std: float
     count: int
+    zeros: int  # values exactly 0 (ReLU outputs are often half zeros); they fall in the bin right of zero
     counts: np.ndarray  # int64, 2 * bins
 
     @property
@@ -37,6 +38,16 @@ class TensorProfile:
     def sigma3(self) -> tuple[float, float]:
         """The 3-sigma range [mean - 3 std, mean + 3 std]."""
         return (self.mean - 3 * self.std, self.mean + 3 * self.std)
+
+    @property
+    def nonzero_sigma3(self) -> tuple[float, float]:
+        """The 3-sigma range of the values other than exact zeros, from the stored moments."""
+        n = self.count - self.zeros
+        if n == 0:
+            return (0.0, 0.0)
+        mean = self.mean * self.count / n
+        variance = max((self.std ** 2 + self.mean ** 2) * self.count / n - mean ** 2, 0.0)
+        return (mean - 3 * variance ** 0.5, mean + 3 * variance ** 0.5)
 
     @property
     def bins(self) -> int:
@@ -51,10 +62,17 @@ class TensorProfile:
         """Histogram of |x| over [0, absmax], `bins` bins: the signed histogram folded at zero."""
         return self.counts[self.bins:] + self.counts[:self.bins][::-1]
 
+    @property
+    def nonzero_abs_counts(self) -> np.ndarray:
+        """`abs_counts` without the exact zeros, which every symmetric quantizer represents exactly."""
+        counts = self.abs_counts.copy()
+        counts[0] -= self.zeros
+        return counts
+
     def summary(self) -> dict:
         low, high = self.sigma3
         return {"min": self.min, "max": self.max, "mean": self.mean, "std": self.std,
-                "sigma3_min": low, "sigma3_max": high, "count": self.count}
+                "sigma3_min": low, "sigma3_max": high, "count": self.count, "zeros": self.zeros}
 
 
 class Accumulator:
@@ -64,7 +82,7 @@ class Accumulator:
         self.bins = bins
         self.min, self.max = np.inf, -np.inf
         self.sum = self.sum_squares = 0.0
-        self.count = 0
+        self.count = self.zeros = 0
         self.counts = np.zeros(2 * bins, np.int64)
 
     def observe_range(self, x: torch.Tensor) -> None:
@@ -74,6 +92,7 @@ class Accumulator:
         self.sum += x.sum().item()
         self.sum_squares += x.square().sum().item()
         self.count += x.numel()
+        self.zeros += int((x == 0).sum().item())
 
     def observe_counts(self, x: torch.Tensor) -> None:
         self.counts += histogram(x, max(abs(self.min), abs(self.max)), self.bins)
@@ -81,7 +100,7 @@ class Accumulator:
     def result(self) -> TensorProfile:
         mean = self.sum / self.count
         std = max(self.sum_squares / self.count - mean * mean, 0.0) ** 0.5
-        return TensorProfile(self.min, self.max, mean, std, self.count, self.counts)
+        return TensorProfile(self.min, self.max, mean, std, self.count, self.zeros, self.counts)
 
 
 def histogram(x: torch.Tensor, absmax: float, bins: int) -> np.ndarray:
@@ -127,5 +146,6 @@ def load_profiles(directory: Path, group: str) -> dict[str, TensorProfile]:
     """The profiles of one group ("weights" or "activations") written by `save_profiles`."""
     stats = load_json(directory / "stats.json")[group]
     counts = load_npz(directory / "histograms.npz")
-    return {name: TensorProfile(s["min"], s["max"], s["mean"], s["std"], s["count"], counts[f"{group}/{name}"])
+    return {name: TensorProfile(s["min"], s["max"], s["mean"], s["std"], s["count"], s["zeros"],
+                                counts[f"{group}/{name}"])
             for name, s in stats.items()}

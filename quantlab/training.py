@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from quantlab.data import normalize
 
+CHANNELS_LAST = torch.channels_last
+
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,10 +47,11 @@ class Split:
 
 
 def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted class of every image, computed in batches by `forward` on normalized inputs."""
+    """Predicted class of every image, computed in batches by `forward` on normalized inputs (channels-last:
+    several times faster for the 3-channel conv1 on CPUs)."""
     with torch.no_grad():
-        return torch.cat([forward(normalize(split.x[i:i + batch_size])).argmax(1)
-                          for i in range(0, len(split), batch_size)])
+        return torch.cat([forward(normalize(split.x[i:i + batch_size]).contiguous(memory_format=CHANNELS_LAST))
+                          .argmax(1) for i in range(0, len(split), batch_size)])
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

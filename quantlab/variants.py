@@ -32,7 +32,7 @@ def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
         bias = load_npz(paths.model(model_name))["fc3.bias"]
     elif bias_mode == "int32":
         bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
-    return IntegerNet.build(q_weights, weight_scales, activations["scales"], activations["bits"], bias, bias_mode)
+    return IntegerNet.build(q_weights, weight_scales, activations, bias, bias_mode)
 
 
 def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:

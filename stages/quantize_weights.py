@@ -1,9 +1,10 @@
-"""Stage quantize_weights@<model>: symmetric per-tensor int8 weights, S_W = max|W| / 127,
-q = clamp(round(W / S_W), -128, 127); stores the integer weights and their scales."""
+"""Stage quantize_weights@<model>: symmetric weights of `quant.weight_bits` bits, per tensor (or per output
+channel with `quant.per_channel`): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1)."""
 
 import sys
 
 from quantlab import paths
+from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_npz, save_npz
 from quantlab.model import model_name_argument
@@ -12,7 +13,9 @@ from quantlab.quant import quantize_weights
 
 def main() -> None:
     model_name = model_name_argument(sys.argv, "quantize_weights")
-    save_npz(paths.quant_weights(model_name), quantize_weights(load_npz(paths.model(model_name))))
+    quant = load_params().quant
+    arrays = quantize_weights(load_npz(paths.model(model_name)), quant.weight_bits, quant.per_channel)
+    save_npz(paths.quant_weights(model_name), arrays)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,13 @@ def test_repository_params_load():
     ({"data__md5": "xyz"}, "data.md5 must be 32 lowercase hex digits"),
     ({"profile__calib_selection": "best"}, "profile.calib_selection is 'best'; valid: random, stratified, first"),
     ({"extra": 1}, "unknown key extra"),
+    ({"quant__weight_bits": 0}, "quant.weight_bits must be between 2 and 8 bits, got 0"),
+    ({"quant__activation_bits": 1}, "quant.activation_bits must be between 2 and 8 bits, got 1"),
+    ({"quant__weight_bits": 17}, "quant.weight_bits must be between 2 and 8 bits, got 17"),
+    ({"quant__percentile": 0}, "quant.percentile must be in (0, 100]"),
+    ({"compare__widths": [[8, 8], [4]]}, "compare.widths must hold [weight bits, activation bits] pairs, got [4]"),
+    ({"compare__widths": [[8, 9]]}, "compare.widths must be between 2 and 8 bits, got 9"),
+    ({"compare__methods": ["kl", "entropy"]}, "compare.methods is 'entropy'; valid: minmax, sigma3, percentile"),
 ])
 def test_bad_params_give_one_clear_line(tmp_path, changes, message):
     with pytest.raises(UserError, match="^params.yaml: ") as error:

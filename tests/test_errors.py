@@ -3,9 +3,9 @@
 import pytest
 
 from quantlab.data import md5_of
+from quantlab.sandbox import make_repo, run, set_params
 
 from cifar_fixture import make_archive
-from pipeline_repo import make_repo, run, set_params
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from quantlab.data import md5_of
+from quantlab.sandbox import make_repo, run
 
 from cifar_fixture import make_archive
-from pipeline_repo import make_repo, run
 
 KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant"]
 
@@ -42,7 +42,35 @@ def test_plots_and_profiles_are_written(repo):
     assert stats["activations"]["conv1"]["min"] == 0.0  # post-ReLU
 
 
+def test_calibration_comparison_covers_every_method_and_width(repo):
+    table = json.loads((repo / "metrics/calibration.json").read_text())
+    assert list(table) == ["W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
+    assert all(list(row) == ["minmax", "sigma3", "percentile", "kl", "mse"] for row in table.values())
+    accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
+    assert table["W8A8"]["minmax"] == accuracy["quant_weights_activations"]  # the same integer forward
+    layers = (repo / "compare/layers.csv").read_text().splitlines()
+    assert layers[0] == "method,activation_bits,tensor,threshold,clipped,sqnr_db"
+    assert len(layers) == 1 + 5 * 3 * 6  # methods x activation widths x tensors
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
 def test_second_repro_runs_nothing_and_status_is_clean(repo):
     again = run(repo, "dvc", "repro")
-    assert "Running stage" not in again.stdout
+    assert stages_run(again.stdout) == []
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_switching_calib_reruns_only_what_depends_on_it(repo):
+    before = json.loads((repo / "metrics/accuracy.json").read_text())
+    result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
+    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "quantize_activations@bias",
+                                                 "quantize_activations@float"]
+    after = json.loads((repo / "metrics/accuracy.json").read_text())
+    assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "kl"
+    assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]
+    table = json.loads((repo / "metrics/calibration.json").read_text())
+    assert after["quant_weights_activations"] == table["W8A8"]["kl"]
     assert "up to date" in run(repo, "dvc", "status").stdout

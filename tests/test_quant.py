@@ -9,6 +9,7 @@ from quantlab.quant import (
     FLOAT32_EXACT_LIMIT,
     IntegerNet,
     accumulation_dtype,
+    activation_signs,
     bias_scale,
     dequantized_state,
     int_range,
@@ -84,14 +85,16 @@ def test_fc1_sized_accumulation_is_exact_where_float32_is_not():
 
 def test_requantize_rounds_half_to_even_and_clamps():
     acc = torch.tensor([5.0, 7.0, -5.0, 1000.0, -1000.0, 3.0], dtype=torch.float64)
-    assert requantize(acc, torch.tensor(0.5, dtype=torch.float64), 8).tolist() == [2, 4, -2, 127, -128, 2]
-    assert requantize(acc, torch.tensor(0.5, dtype=torch.float64), 8, signed=False).tolist() == [2, 4, 0, 255, 0, 2]
+    half = torch.tensor(0.5, dtype=torch.float64)
+    assert requantize(acc, half, -128, 127).tolist() == [2, 4, -2, 127, -128, 2]
+    assert requantize(acc, half, 0, 255).tolist() == [2, 4, 0, 255, 0, 2]
+    assert requantize(acc, half, -8, 7).tolist() == [2, 4, -2, 7, -8, 2]
 
 
 def test_multiplier_is_input_scale_times_weight_scale_over_output_scale():
+    scales = {"input": 0.01, "conv1": 0.5, "conv2": 0.25, "fc1": 1.0, "fc2": 2.0, "fc3": 4.0}
     net = IntegerNet.build({layer.name: np.ones((1, 1)) for layer in LAYERS},
-                           {layer.name: np.float64(0.02) for layer in LAYERS},
-                           {"input": 0.01, "conv1": 0.5, "conv2": 0.25, "fc1": 1.0, "fc2": 2.0, "fc3": 4.0})
+                           {layer.name: np.float64(0.02) for layer in LAYERS}, activations(scales))
     assert net.multiplier(LAYERS[0]).item() == pytest.approx(0.01 * 0.02 / 0.5)
     assert net.multiplier(LAYERS[4]).item() == pytest.approx(2.0 * 0.02 / 4.0)
 
@@ -108,12 +111,16 @@ def test_bias_scale_and_int32_bias():
 
 # --- the whole integer forward against an independent int64 NumPy implementation -----------------------
 
+def activations(scales, bits=8, unsigned=False):
+    return {"bits": bits, "signed": activation_signs(unsigned), "scales": scales}
+
+
 def _conv_int64(x, w):
     windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))  # N, C, H', W', kh, kw
     return np.einsum("nchwij,ocij->nohw", windows, w)
 
 
-def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8):
+def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8, unsigned=False):
     qmin, qmax = int_range(bits)
     q = np.clip(np.round(x / a_scales["input"]), qmin, qmax).astype(np.int64)
     previous = "input"
@@ -128,6 +135,7 @@ def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8):
             acc = acc + bias.astype(np.int64)
         m = a_scales[previous] * w_scales[layer.name] / a_scales[layer.name]
         m = m.reshape((-1,) + (1,) * (acc.ndim - 2)) if np.ndim(m) else m
+        qmin, qmax = int_range(bits, signed=not (unsigned and layer.relu))
         q = np.clip(np.round(acc * m), qmin, qmax).astype(np.int64)
         if layer.relu:
             q = np.maximum(q, 0)
@@ -138,17 +146,26 @@ def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8):
     return q
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_integer_forward_equals_int64_reference(per_channel):
+@pytest.mark.parametrize("per_channel, bits, unsigned", [(False, 8, False), (True, 8, False), (True, 4, True),
+                                                         (False, 6, True)])
+def test_integer_forward_equals_int64_reference(per_channel, bits, unsigned):
     torch.manual_seed(0)
     model = Net(fc3_bias=True)
-    arrays = quantize_weights(state_to_arrays(model), per_channel=per_channel)
+    arrays = quantize_weights(state_to_arrays(model), bits, per_channel=per_channel)
     q_weights, w_scales = split_weights(arrays)
-    a_scales = {"input": 1 / 127, "conv1": 0.02, "conv2": 0.03, "fc1": 0.05, "fc2": 0.05, "fc3": 0.04}
-    bias = quantize_bias(model.fc3.bias.detach().numpy(), w_scales["fc3"], a_scales["fc2"])
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    net = IntegerNet.build(q_weights, w_scales, a_scales, bias=bias, bias_mode="int32")
-    expected = _reference(x.double().numpy(), q_weights, w_scales, a_scales, bias)
+    absmax = {}
+
+    def record(name, h):
+        absmax[name] = h.abs().max().item()
+        return h
+
+    model(x, record)
+    signs = activation_signs(unsigned)
+    a_scales = {name: absmax[name] / int_range(bits, signs[name])[1] for name in signs}  # minmax calibration
+    bias = quantize_bias(model.fc3.bias.detach().numpy(), w_scales["fc3"], a_scales["fc2"])
+    net = IntegerNet.build(q_weights, w_scales, activations(a_scales, bits, unsigned), bias=bias, bias_mode="int32")
+    expected = _reference(x.double().numpy(), q_weights, w_scales, a_scales, bias, bits, unsigned)
     got = net(x)
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), expected)
@@ -162,8 +179,8 @@ def test_raw_bias_is_added_to_the_accumulator_unscaled():
     a_scales = {"input": 1 / 127, "conv1": 0.02, "conv2": 0.03, "fc1": 0.05, "fc2": 0.05, "fc3": 0.001}
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     raw = np.array([1000.0] * 10)  # in accumulator units: M * 1000 output LSBs
-    no_bias = IntegerNet.build(q_weights, w_scales, a_scales)(x)
-    with_raw = IntegerNet.build(q_weights, w_scales, a_scales, bias=raw, bias_mode="raw")(x)
+    no_bias = IntegerNet.build(q_weights, w_scales, activations(a_scales))(x)
+    with_raw = IntegerNet.build(q_weights, w_scales, activations(a_scales), bias=raw, bias_mode="raw")(x)
     m = a_scales["fc2"] * w_scales["fc3"] / a_scales["fc3"]
     shift = (with_raw - no_bias)[(no_bias > -100) & (no_bias < 100)]
     assert shift.numel() > 0

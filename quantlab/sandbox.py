@@ -1,4 +1,5 @@
-"""A throw-away copy of the project, as its own git + DVC repository, for running the real `dvc` commands."""
+"""Throw-away copies of this project, each its own git + DVC repository, where tests and benchmarks run the
+real `dvc` commands without touching the working copy."""
 
 from __future__ import annotations
 

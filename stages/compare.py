@@ -1,0 +1,57 @@
+"""Stage compare: every calibration method of `compare.methods` at every [weight bits, activation bits] width
+of `compare.widths`, on the float model, through the same integer-only forward as the headline metrics;
+plus, per method and activation width, every activation's threshold, clipped fraction and SQNR."""
+
+import pandas as pd
+import torch
+
+from quantlab import paths
+from quantlab.calibration import calibrate, diagnose
+from quantlab.config import CompareParams, QuantParams, load_params
+from quantlab.errors import run_main
+from quantlab.io import load_npz, save_csv, save_json
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quant import IntegerNet, activation_signs, quantize_weights, split_weights
+from quantlab.training import Split, accuracy, predict
+
+
+def width_name(weight_bits: int, activation_bits: int) -> str:
+    return f"W{weight_bits}A{activation_bits}"
+
+
+def compare(state: dict, profiles: dict[str, TensorProfile], test: Split, quant: QuantParams,
+            settings: CompareParams) -> tuple[dict, pd.DataFrame]:
+    """Test accuracy {width: {method: %}} and the per-activation diagnostics of every method."""
+    signs = activation_signs(quant.unsigned_activations)
+    calibrations = {(method, bits): calibrate(profiles, method, bits, signs, quant.percentile)
+                    for method in settings.methods for _, bits in settings.widths}
+    results = {}
+    for weight_bits, activation_bits in settings.widths:
+        q_weights, scales = split_weights(quantize_weights(state, weight_bits, quant.per_channel))
+        results[width_name(weight_bits, activation_bits)] = {
+            method: accuracy(predict(IntegerNet.build(q_weights, scales, calibrations[method, activation_bits]),
+                                     test), test.y)
+            for method in settings.methods}
+    rows = [{"method": method, "activation_bits": bits, "tensor": name,
+             **diagnose(profiles[name], calibration["thresholds"][name], bits, signs[name])}
+            for (method, bits), calibration in calibrations.items() for name in profiles]
+    return results, pd.DataFrame(rows)
+
+
+def main() -> None:
+    params = load_params()
+    dataset = load_npz(paths.DATASET)
+    test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
+    results, layers = compare(load_npz(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
+                              test, params.quant, params.compare)
+    save_json(paths.CALIBRATION, results)
+    for method in params.compare.methods:
+        save_csv(paths.PLOTS / "calibration" / f"{method}.csv",
+                 pd.DataFrame({"width": list(results), "accuracy": [row[method] for row in results.values()]}))
+    save_csv(paths.CALIBRATION_LAYERS, layers)
+    for width, row in results.items():
+        print(width, ", ".join(f"{method} {value:.2f}" for method, value in row.items()))
+
+
+if __name__ == "__main__":
+    run_main(main)
