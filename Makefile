@@ -1,13 +1,15 @@
-# Set-up and the two entry points. Each target creates .venv with the pinned requirements if needed.
+# Set-up and the two entry points. Each target creates .venv with the pinned requirements if needed, and
+# installs TeX Live (for the report's PDF) with apt-get where it is missing and can be installed.
 #   make pipeline                                  dvc repro (downloads CIFAR-10 from the official URL)
 #   make pipeline DATA=path.tar.gz DATA_MD5=<md5>  the same on a local archive, as a DVC experiment
 #   make test                                      the test suite
 VENV := .venv
 STAMP := $(VENV)/.installed
+TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended latexmk poppler-utils
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: pipeline test
+.PHONY: pipeline test tex
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -15,7 +17,17 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install -r requirements.txt
 	touch $@
 
-pipeline: $(STAMP)
+tex:
+	@if command -v latexmk >/dev/null && command -v pdftotext >/dev/null && kpsewhich IEEEtran.cls >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
+	else \
+		echo "warning: TeX Live is missing and cannot be installed here; install TeX Live with latexmk, IEEEtran and pdftotext (Debian: $(TEX_PACKAGES)); only the pdf stage needs it" >&2; \
+	fi
+
+pipeline: $(STAMP) tex
 ifdef DATA
 	@test -n "$(DATA_MD5)" || { echo "error: DATA_MD5 is not set: pass the archive's md5 as DATA_MD5=<md5>" >&2; exit 2; }
 	dvc exp run -S data.url=$(abspath $(DATA)) -S data.md5=$(DATA_MD5)
@@ -23,5 +35,5 @@ else
 	dvc repro
 endif
 
-test: $(STAMP)
+test: $(STAMP) tex
 	python -m pytest

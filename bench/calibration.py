@@ -7,10 +7,10 @@ Run after `dvc repro` (it reads profile/<model>/): python -m bench.calibration
 import time
 
 from quantlab import paths
+from quantlab.architecture import MODELS
 from quantlab.calibration import METHODS, calibrator
 from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.model import MODELS
 from quantlab.profiling import load_profiles
 from quantlab.quant import activation_signs
 

@@ -112,6 +112,13 @@ class CompareParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    title: str
+    author: str
+    affiliation: str  # institution, e-mail: printed under the author
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int  # seeds training and the choice of the calibration subset
     calib: str  # activation calibration method, a name in quantlab.calibration.METHODS
@@ -120,6 +127,7 @@ class Params:
     profile: ProfileParams
     quant: QuantParams
     compare: CompareParams
+    report: ReportParams
 
     def __post_init__(self):
         _check_method("calib", self.calib)

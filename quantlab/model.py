@@ -17,36 +17,13 @@ profiling taps, the integer-only forward and quantization-aware training all wal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantlab.errors import UserError
-
-
-@dataclass(frozen=True)
-class Layer:
-    name: str
-    kind: str  # "conv" or "fc"
-    relu: bool  # ReLU after the layer
-    pool: bool  # 2x2 max pool after the ReLU
-
-
-LAYERS = (
-    Layer("conv1", "conv", relu=True, pool=True),
-    Layer("conv2", "conv", relu=True, pool=True),
-    Layer("fc1", "fc", relu=True, pool=False),
-    Layer("fc2", "fc", relu=True, pool=False),
-    Layer("fc3", "fc", relu=False, pool=False),
-)
-LAYER_NAMES = tuple(layer.name for layer in LAYERS)
-# Activation tensors, in order: the network input, then every layer's output after its ReLU.
-ACTIVATIONS = ("input", *LAYER_NAMES)
-# Which model has a bias in fc3: the lab trains both.
-MODELS = {"float": False, "bias": True}
+from quantlab.architecture import LAYERS, MODELS, Layer
 
 
 def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
@@ -102,13 +79,6 @@ def architecture_table(model: Net, input_shape=(3, 32, 32)) -> list[dict]:
     with torch.no_grad():
         walk(torch.zeros(1, *input_shape), apply)
     return rows
-
-
-def model_name_argument(argv: list[str], stage: str) -> str:
-    """The one command-line argument of a per-model stage: a name in MODELS."""
-    if len(argv) != 2 or argv[1] not in MODELS:
-        raise UserError(f"usage: python -m stages.{stage} MODEL, where MODEL is one of {', '.join(MODELS)}")
-    return argv[1]
 
 
 def state_to_arrays(model: Net) -> dict[str, np.ndarray]:

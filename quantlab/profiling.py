@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from quantlab.io import load_json, load_npz, save_json, save_npz
 
@@ -85,16 +84,16 @@ class Accumulator:
         self.count = self.zeros = 0
         self.counts = np.zeros(2 * bins, np.int64)
 
-    def observe_range(self, x: torch.Tensor) -> None:
-        x = x.detach().to(torch.float64)
-        self.min = min(self.min, x.min().item())
-        self.max = max(self.max, x.max().item())
-        self.sum += x.sum().item()
-        self.sum_squares += x.square().sum().item()
-        self.count += x.numel()
-        self.zeros += int((x == 0).sum().item())
+    def observe_range(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        self.sum += float(x.sum())
+        self.sum_squares += float(np.square(x).sum())
+        self.count += x.size
+        self.zeros += int(np.count_nonzero(x == 0))
 
-    def observe_counts(self, x: torch.Tensor) -> None:
+    def observe_counts(self, x: np.ndarray) -> None:
         self.counts += histogram(x, max(abs(self.min), abs(self.max)), self.bins)
 
     def result(self) -> TensorProfile:
@@ -103,19 +102,17 @@ class Accumulator:
         return TensorProfile(self.min, self.max, mean, std, self.count, self.zeros, self.counts)
 
 
-def histogram(x: torch.Tensor, absmax: float, bins: int) -> np.ndarray:
+def histogram(x: np.ndarray, absmax: float, bins: int) -> np.ndarray:
     """Counts of x in 2 * bins equal bins over [-absmax, absmax] (the last bin includes its right edge)."""
-    n = 2 * bins
+    x = np.asarray(x, dtype=np.float64).ravel()
     if absmax == 0:
-        index = torch.full((x.numel(),), bins, dtype=torch.int64)  # all zeros: the bin right of zero
-    else:
-        # floor(x * bins / A) + bins puts an exact zero at index `bins` whatever A is
-        index = (x.detach().flatten().to(torch.float64) * (bins / absmax)).floor_().add_(bins)
-        index = index.clamp_(0, n - 1).to(torch.int64)
-    return torch.bincount(index.cpu(), minlength=n).numpy()
+        return np.bincount(np.full(x.size, bins), minlength=2 * bins)  # all zeros: the bin right of zero
+    # floor(x * bins / A) + bins puts an exact zero at index `bins` whatever A is
+    index = np.clip(np.floor(x * (bins / absmax)) + bins, 0, 2 * bins - 1).astype(np.int64)
+    return np.bincount(index, minlength=2 * bins)
 
 
-def profile_tensor(x: torch.Tensor, bins: int) -> TensorProfile:
+def profile_tensor(x: np.ndarray, bins: int) -> TensorProfile:
     accumulator = Accumulator(bins)
     accumulator.observe_range(x)
     accumulator.observe_counts(x)
@@ -124,7 +121,7 @@ def profile_tensor(x: torch.Tensor, bins: int) -> TensorProfile:
 
 def profile_activations(run: Callable[[Callable], None], names: Iterable[str], bins: int) -> dict[str, TensorProfile]:
     """Profiles of the named activations. `run(tap)` must feed the same data through the network, with
-    `tap(name, x)` called at every activation, each time it is called (once per pass)."""
+    `tap(name, x)` called at every activation (x: an array), each time it is called (once per pass)."""
     accumulators = {name: Accumulator(bins) for name in names}
     for observe in (Accumulator.observe_range, Accumulator.observe_counts):
         def tap(name, x, observe=observe):

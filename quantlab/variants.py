@@ -15,9 +15,10 @@ from collections.abc import Callable
 import torch
 
 from quantlab import paths
+from quantlab.integer import IntegerNet
 from quantlab.io import load_json, load_npz
 from quantlab.model import load_model
-from quantlab.quant import IntegerNet, dequantized_state, split_weights
+from quantlab.quant import dequantized_state, split_weights
 
 VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
             "bias_quant")

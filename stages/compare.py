@@ -9,10 +9,11 @@ from quantlab import paths
 from quantlab.calibration import calibrate, diagnose
 from quantlab.config import CompareParams, QuantParams, load_params
 from quantlab.errors import run_main
+from quantlab.evaluation import Split, accuracy, predict
+from quantlab.integer import IntegerNet
 from quantlab.io import load_npz, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
-from quantlab.quant import IntegerNet, activation_signs, quantize_weights, split_weights
-from quantlab.training import Split, accuracy, predict
+from quantlab.quant import activation_signs, quantize_weights, split_weights
 
 
 def width_name(weight_bits: int, activation_bits: int) -> str:

@@ -6,8 +6,8 @@ import torch
 
 from quantlab import paths
 from quantlab.errors import run_main
+from quantlab.evaluation import Split, accuracy, predict
 from quantlab.io import load_npz, save_csv, save_json
-from quantlab.training import Split, accuracy, predict
 from quantlab.variants import VARIANTS, build
 
 # The two variants whose per-class accuracy and confusion matrix are plotted.

@@ -1,5 +1,6 @@
-"""Stage profile@<model>: ranges, moments and histograms of every layer's weights and of the activations
-(network input and every layer's output) on a calibration subset of the training set."""
+"""Stage profile@<model>: the model's layer table, and ranges, moments and histograms of every layer's
+weights and of the activations (network input and every layer's output) on a calibration subset of the
+training set."""
 
 import sys
 
@@ -7,11 +8,12 @@ import numpy as np
 import torch
 
 from quantlab import paths
+from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, model_name_argument
 from quantlab.config import ProfileParams, load_params
 from quantlab.data import normalize
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_npz
-from quantlab.model import ACTIVATIONS, LAYER_NAMES, Net, load_model, model_name_argument
+from quantlab.model import Net, architecture_table, load_model
 from quantlab.profiling import TensorProfile, profile_activations, profile_tensor, save_profiles
 
 BATCH = 1000
@@ -36,12 +38,16 @@ def calibration_indices(labels: np.ndarray, size: int, selection: str, seed: int
 
 def profile_model(model: Net, images: torch.Tensor, bins: int) -> dict[str, dict[str, TensorProfile]]:
     """Weight profiles of every layer, and activation profiles of `images` (uint8) run through the model."""
-    weights = {name: profile_tensor(getattr(model, name).weight, bins) for name in LAYER_NAMES}
+    weights = {name: profile_tensor(getattr(model, name).weight.detach().numpy(), bins) for name in LAYER_NAMES}
 
     def run(tap):
+        def observe(name, x):
+            tap(name, x.numpy())
+            return x
+
         with torch.no_grad():
             for start in range(0, len(images), BATCH):
-                model(normalize(images[start:start + BATCH]), tap)
+                model(normalize(images[start:start + BATCH]), observe)
 
     return {"weights": weights, "activations": profile_activations(run, ACTIVATIONS, bins)}
 
@@ -55,7 +61,8 @@ def main() -> None:
     index = calibration_indices(dataset["train_y"], p.calib_images, p.calib_selection, params.seed)
     profiles = profile_model(model, torch.from_numpy(dataset["train_x"][index]), p.bins)
     save_profiles(paths.profile(model_name), profiles,
-                  {"calibration": {"images": p.calib_images, "selection": p.calib_selection, "bins": p.bins}})
+                  {"architecture": architecture_table(model),
+                   "calibration": {"images": p.calib_images, "selection": p.calib_selection, "bins": p.bins}})
 
 
 if __name__ == "__main__":

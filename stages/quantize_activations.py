@@ -4,11 +4,11 @@ clipping threshold T chosen from the stored histograms by the calibration method
 import sys
 
 from quantlab import paths
+from quantlab.architecture import model_name_argument
 from quantlab.calibration import calibrate
 from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import save_json
-from quantlab.model import model_name_argument
 from quantlab.profiling import load_profiles
 from quantlab.quant import activation_signs
 

@@ -4,10 +4,10 @@ channel with `quant.per_channel`): S_W = max|W| / (2^(b-1) - 1), q = clamp(round
 import sys
 
 from quantlab import paths
+from quantlab.architecture import model_name_argument
 from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_npz, save_npz
-from quantlab.model import model_name_argument
 from quantlab.quant import quantize_weights
 
 

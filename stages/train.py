@@ -5,11 +5,13 @@ import sys
 import pandas as pd
 
 from quantlab import paths
+from quantlab.architecture import MODELS, model_name_argument
 from quantlab.config import TrainParams, load_params
 from quantlab.errors import run_main
+from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_npz
-from quantlab.model import MODELS, Net, model_name_argument, state_to_arrays
-from quantlab.training import Split, device, fit, make_deterministic
+from quantlab.model import Net, state_to_arrays
+from quantlab.training import device, fit, make_deterministic
 
 
 def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tuple[Net, list[dict]]:

@@ -1,6 +1,7 @@
 """End to end: the real `dvc repro` on a small generated CIFAR-10 archive in a temporary repository."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -9,6 +10,7 @@ from quantlab.sandbox import make_repo, run
 
 from cifar_fixture import make_archive
 
+AUTHOR = r"Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\"
 KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant"]
 
 
@@ -17,7 +19,7 @@ def repo(tmp_path_factory):
     archive = make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
     path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo",
                      data__url=str(archive), data__md5=md5_of(archive),
-                     train__epochs=3, train__batch_size=50, profile__calib_images=200)
+                     train__epochs=3, train__batch_size=50, profile__calib_images=200, report__author=AUTHOR)
     run(path, "dvc", "repro")
     return path
 
@@ -53,6 +55,40 @@ def test_calibration_comparison_covers_every_method_and_width(repo):
     assert len(layers) == 1 + 5 * 3 * 6  # methods x activation widths x tensors
 
 
+REPORT_FILES = ["report.tex", "report.md", "report.pdf", "figures/training.pdf", "figures/training.png",
+                "figures/weights.pdf", "figures/activations.pdf", "figures/activations.png", "figures/calibration.pdf"]
+
+
+def pdf_text(repo) -> str:
+    text = subprocess.run(["pdftotext", "-layout", str(repo / "reports/build/report.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    return " ".join(text.split())
+
+
+def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
+    text = pdf_text(repo)
+    accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
+    for key, value in accuracy.items():
+        assert f"{value:.2f}" in text, key
+    for width, row in json.loads((repo / "metrics/calibration.json").read_text()).items():
+        for method, value in row.items():
+            assert f"{value:.2f}" in text, (width, method)
+    assert AUTHOR in text
+    markdown = (repo / "reports/build/report.md").read_text()
+    assert all(f"{value:.2f}" in markdown for value in accuracy.values())
+    assert "![Distributions of the activations](figures/activations.png)" in markdown
+
+
+def test_forced_rebuild_is_byte_identical(repo):
+    before = {name: (repo / "reports/build" / name).read_bytes() for name in REPORT_FILES}
+    result = run(repo, "dvc", "repro", "-f", "-s", "report")
+    run(repo, "dvc", "repro", "-f", "-s", "pdf")
+    assert stages_run(result.stdout) == ["report"]
+    for name in REPORT_FILES:
+        assert (repo / "reports/build" / name).read_bytes() == before[name], name
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
 def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
@@ -66,8 +102,8 @@ def test_second_repro_runs_nothing_and_status_is_clean(repo):
 def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
-    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "quantize_activations@bias",
-                                                 "quantize_activations@float"]
+    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "pdf", "quantize_activations@bias",
+                                                 "quantize_activations@float", "report"]
     after = json.loads((repo / "metrics/accuracy.json").read_text())
     assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]

@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.model import LAYERS, Net, state_to_arrays
+from quantlab.architecture import LAYERS
+from quantlab.integer import FLOAT32_EXACT_LIMIT, IntegerNet, accumulation_dtype, integer_layer
+from quantlab.model import Net, state_to_arrays
 from quantlab.quant import (
-    FLOAT32_EXACT_LIMIT,
-    IntegerNet,
-    accumulation_dtype,
     activation_signs,
     bias_scale,
     dequantized_state,
     int_range,
-    integer_layer,
     quantize,
     quantize_bias,
     quantize_weights,

@@ -1,0 +1,122 @@
+"""The report's figures, drawn with matplotlib from the pipeline's data, as PDF (LaTeX) and PNG (Markdown).
+
+Sized for an IEEE two-column page (3.5 in column, 7.16 in page width) with 7-8 pt text, and written
+byte-stably: no creation date in the PDF, no software version in the PNG, fixed hash salt, and atomic
+writes, so the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from quantlab.io import atomic_write  # noqa: E402
+from quantlab.profiling import TensorProfile  # noqa: E402
+
+COLUMN, PAGE = 3.5, 7.16  # inches
+STYLE = {
+    "font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.labelsize": 6.5,
+    "legend.fontsize": 6.5, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "quantlab",
+    "pdf.fonttype": 42, "figure.dpi": 100, "savefig.dpi": 200,
+}
+
+
+def save(figure, directory: Path, name: str) -> None:
+    """`name`.pdf and `name`.png in `directory`, without timestamps or version strings."""
+    for suffix, metadata in (("pdf", {"CreationDate": None, "Producer": None, "Creator": None}),
+                             ("png", {"Software": None})):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix, metadata=metadata, bbox_inches="tight", pad_inches=0.02)
+        with atomic_write(directory / f"{name}.{suffix}") as f:
+            f.write(buffer.getvalue())
+    plt.close(figure)
+
+
+def training(histories: dict[str, "pd.DataFrame"]):  # noqa: F821
+    """Loss and accuracy per epoch of the trained models."""
+    with plt.rc_context(STYLE):
+        figure, (loss, acc) = plt.subplots(1, 2, figsize=(COLUMN, 1.7), layout="constrained")
+        for (name, history), colour in zip(histories.items(), ("C0", "C1"), strict=False):
+            loss.plot(history["epoch"], history["loss"], "o-", ms=2.5, lw=1, color=colour, label=name)
+            acc.plot(history["epoch"], history["train_accuracy"], "o-", ms=2.5, lw=1, color=colour)
+            acc.plot(history["epoch"], history["test_accuracy"], "s--", ms=2.5, lw=1, color=colour)
+        acc.plot([], [], "o-", ms=2.5, lw=1, color="0.3", label="train")
+        acc.plot([], [], "s--", ms=2.5, lw=1, color="0.3", label="test")
+        loss.set(xlabel="epoch", ylabel="cross-entropy loss")
+        acc.set(xlabel="epoch", ylabel="accuracy (%)")
+        for axes in (loss, acc):
+            axes.xaxis.get_major_locator().set_params(integer=True)
+        handles = [h for axes in (loss, acc) for h in axes.get_legend_handles_labels()[0]]
+        figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncol=4,
+                      frameon=False)
+        return figure
+
+
+def _rebinned(profile: TensorProfile, bins: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """The profile's histogram summed into about `bins` bins over the occupied range [min, max]."""
+    counts, edges = profile.counts, profile.edges
+    occupied = np.flatnonzero(counts)
+    if not len(occupied):
+        return np.array([profile.count]), np.array([-0.5, 0.5])
+    counts = counts[occupied[0]:occupied[-1] + 1]
+    edges = edges[occupied[0]:occupied[-1] + 2]
+    group = max(1, -(-len(counts) // bins))
+    pad = (-len(counts)) % group
+    counts = np.concatenate([counts, np.zeros(pad, counts.dtype)]).reshape(-1, group).sum(1)
+    step = edges[1] - edges[0]
+    return counts, edges[0] + step * group * np.arange(len(counts) + 1)
+
+
+def histograms(profiles: dict[str, TensorProfile], xlabel: str, log: bool,
+               thresholds: dict[str, float] | None = None, threshold_label: str = ""):
+    """One panel per tensor: its histogram, the actual range (solid), the 3-sigma range (dashed) and, when
+    given, the calibration threshold +-T (dotted)."""
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(2, 3, figsize=(PAGE, 2.9), layout="constrained")
+        for ax, (name, profile) in zip(axes.flat, profiles.items(), strict=False):
+            counts, edges = _rebinned(profile)
+            ax.stairs(counts, edges, fill=True, color="0.65", lw=0)
+            ax.axvline(profile.min, color="C0", lw=1, label="actual range")
+            ax.axvline(profile.max, color="C0", lw=1)
+            low, high = profile.sigma3
+            ax.axvline(low, color="C1", lw=1, ls="--", label="3-sigma range")
+            ax.axvline(high, color="C1", lw=1, ls="--")
+            if thresholds is not None:
+                t = thresholds[name]
+                ax.axvline(t, color="C3", lw=1.2, ls=":", label=threshold_label)
+                if profile.min < 0:
+                    ax.axvline(-t, color="C3", lw=1.2, ls=":")
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(name)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("count")
+        for ax in list(axes.flat)[len(profiles):]:
+            ax.axis("off")
+        figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=3,
+                      frameon=False)
+        return figure
+
+
+def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
+    """Test accuracy of every calibration method at every [weight/activation] bit width."""
+    widths = list(results)
+    methods = list(next(iter(results.values())))
+    with plt.rc_context(STYLE):
+        figure, ax = plt.subplots(figsize=(COLUMN, 1.9), layout="constrained")
+        x = np.arange(len(widths))
+        markers = "osD^v<>"
+        for i, method in enumerate(methods):
+            ax.plot(x, [results[w][method] for w in widths], marker=markers[i % len(markers)], ms=3, lw=1,
+                    label=method)
+        ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
+        ax.set_xticks(x, [w[1:].replace("A", "/") for w in widths])  # "W8A4" -> "8/4"
+        ax.set(xlabel="weight / activation bits", ylabel="test accuracy (%)")
+        ax.legend(frameon=False, ncol=3, loc="lower left")
+        return figure

@@ -1,0 +1,112 @@
+"""The lab report: its content gathered from the pipeline's outputs, rendered by jinja2 to LaTeX and Markdown.
+
+Every value a template prints goes through the output format's escaping (LaTeX or Markdown) unless it is a
+fragment built here on purpose (`Markup`: tables, equations), so a `_`, `%` or `&` in a param or a path
+prints as itself and cannot break or change the document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+TEMPLATES = Path("reports")
+# The code whose version the report states: everything that computes or renders a number.
+CODE = ("dvc.yaml", "quantlab", "stages", "reports")
+CODE_SUFFIXES = (".py", ".j2", ".yaml")
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+          ">": r"\textgreater{}"}
+_LATEX_PATTERN = re.compile("|".join(re.escape(c) for c in _LATEX))
+_MARKDOWN_PATTERN = re.compile(r"([\\`*_{}\[\]<>#|~$])")
+
+
+def latex_escape(value) -> str:
+    return _LATEX_PATTERN.sub(lambda m: _LATEX[m.group()], str(value))
+
+
+def latex_breakable(value) -> str:
+    """Escaped, with break points after / . _ - so long paths and URLs wrap inside a column."""
+    return re.sub(r"(/|\.|\\_|-)", r"\1\\allowbreak{}", latex_escape(value))
+
+
+def markdown_escape(value) -> str:
+    return _MARKDOWN_PATTERN.sub(r"\\\1", str(value))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def alignments(frame: pd.DataFrame) -> list[str]:
+    """Right for columns of numbers, left for the others."""
+    return ["right" if all(_is_number(str(v)) for v in frame[c]) else "left" for c in frame.columns]
+
+
+def latex_table(frame: pd.DataFrame) -> Markup:
+    """A booktabs tabular of a frame of strings, every cell and header escaped."""
+    align = "".join(a[0] for a in alignments(frame))
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return Markup("\n".join(lines))
+
+
+def markdown_table(frame: pd.DataFrame) -> Markup:
+    escaped = frame.map(markdown_escape).rename(columns=markdown_escape)
+    return Markup(escaped.to_markdown(index=False, colalign=alignments(frame), disable_numparse=True))
+
+
+def environment(latex: bool) -> jinja2.Environment:
+    """LaTeX templates use <% %> and << >> so that TeX's braces need no escaping."""
+    escape, table = (latex_escape, latex_table) if latex else (markdown_escape, markdown_table)
+    delimiters = dict(block_start_string="<%", block_end_string="%>", variable_start_string="<<",
+                      variable_end_string=">>", comment_start_string="<#", comment_end_string="#>") if latex else {}
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             finalize=lambda v: v if isinstance(v, Markup) else escape(v), **delimiters)
+    env.filters["table"] = table
+    env.filters["breakable"] = (lambda v: Markup(latex_breakable(v))) if latex else markdown_escape
+    env.filters["pct"] = lambda v: f"{v:.2f}"
+    return env
+
+
+def render(template: str, context: dict) -> str:
+    return environment(template.endswith(".tex.j2")).get_template(template).render(**context)
+
+
+def code_version(root: Path = Path(".")) -> str:
+    """The first 12 hex digits of the SHA-256 of the pipeline's source files (paths and contents)."""
+    digest = hashlib.sha256()
+    files = sorted(p for name in CODE for p in ([root / name] if (root / name).is_file() else
+                                                 (root / name).rglob("*")) if p.suffix in CODE_SUFFIXES)
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def source_date() -> dt.datetime:
+    """The report's date: SOURCE_DATE_EPOCH if set, else the time of the last git commit, so the same
+    inputs give the same report; the Unix epoch outside a git repository."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is None:
+        try:
+            epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True,
+                                   check=True).stdout.strip() or "0"
+        except (OSError, subprocess.CalledProcessError):
+            epoch = "0"
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC)

@@ -1,0 +1,157 @@
+"""Stage report: the lab report as LaTeX (IEEEtran) and Markdown, with its figures, from the pipeline's data."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from markupsafe import Markup
+
+from quantlab import figures, paths
+from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, LAYERS
+from quantlab.config import PARAMS_FILE, load_params
+from quantlab.errors import run_main
+from quantlab.io import load_json, load_npz, save_text
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quant import int_range, split_weights
+from quantlab.report import code_version, render, source_date
+
+VARIANTS = {
+    "float": "float model",
+    "quant_weights": "weights quantized",
+    "quant_weights_activations": "weights and activations quantized",
+    "bias_float": "float model, bias in fc3",
+    "bias_quant_raw_bias": "quantized, bias added unscaled",
+    "bias_quant": "quantized, int32 bias",
+}
+
+
+def interval(low: float, high: float) -> str:
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def ranges(profiles: dict[str, TensorProfile], first: str) -> pd.DataFrame:
+    """The lab's range table: actual and 3-sigma range of every tensor."""
+    return pd.DataFrame({first: list(profiles), "actual range": [interval(p.min, p.max) for p in profiles.values()],
+                         "3-sigma range": [interval(*p.sigma3) for p in profiles.values()]})
+
+
+def sigma3_verdicts(profiles: dict[str, TensorProfile]) -> dict[str, list[str]]:
+    """Which tensors' 3-sigma range would clip (narrower than the actual range) and which would waste levels."""
+    clips = [name for name, p in profiles.items() if p.sigma3[0] > p.min or p.sigma3[1] < p.max]
+    return {"clips": clips, "wastes": [name for name in profiles if name not in clips]}
+
+
+def weight_scales_table(profiles, scales: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({"layer": list(profiles), "max |W|": [f"{p.absmax:.4f}" for p in profiles.values()],
+                         "S_W": [_format_scale(s) for s in scales.values()]})
+
+
+def activation_scales_table(activations: dict, weight_scales: dict[str, np.ndarray]) -> pd.DataFrame:
+    scales = activations["scales"]
+    rows = []
+    for name in ACTIVATIONS:
+        qmin, qmax = int_range(activations["bits"], activations["signed"][name])
+        m = "" if name == "input" else _format_scale(
+            scales[ACTIVATIONS[ACTIVATIONS.index(name) - 1]] * weight_scales[name] / scales[name])
+        rows.append({"tensor": name, "threshold T": f"{activations['thresholds'][name]:.4f}",
+                     "scale S": f"{scales[name]:.4g}", "range": f"[{qmin}, {qmax}]", "M": m})
+    return pd.DataFrame(rows)
+
+
+def _format_scale(value: np.ndarray) -> str:
+    """A scale or multiplier; per-channel ones as their range."""
+    return f"{value:.4g}" if np.ndim(value) == 0 else f"{value.min():.3g} to {value.max():.3g}"
+
+
+def calibration_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(results).T
+    frame = frame.map(lambda v: f"{v:.2f}")
+    frame.insert(0, "W/A bits", [w[1:].replace("A", "/") for w in frame.index])
+    return frame
+
+
+def diagnostics_table(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
+    """SQNR (dB) and clipped share (%) of every tensor under every method, at the headline activation bits."""
+    rows = layers[layers["activation_bits"] == bits]
+    table = rows.pivot(index="tensor", columns="method", values="sqnr_db").loc[list(ACTIVATIONS)]
+    clipped = rows.pivot(index="tensor", columns="method", values="clipped").loc[list(ACTIVATIONS)]
+    methods = list(dict.fromkeys(rows["method"]))
+    frame = pd.DataFrame({"tensor": table.index})
+    for method in methods:
+        frame[method] = [f"{s:.1f} / {100 * c:.2f}" if pd.notna(s) else f"- / {100 * c:.2f}"
+                         for s, c in zip(table[method], clipped[method], strict=True)]
+    return frame
+
+
+def flat_params(mapping: dict, prefix: str = "") -> list[tuple[str, str]]:
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items += flat_params(value, f"{prefix}{key}.")
+        else:
+            text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+            items.append((f"{prefix}{key}", text.removesuffix("\n...")))
+    return items
+
+
+def context() -> dict:
+    params = load_params()
+    raw_params = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8"))
+    accuracy = load_json(paths.ACCURACY)
+    weights = load_profiles(paths.profile("float"), "weights")
+    activations_profile = load_profiles(paths.profile("float"), "activations")
+    activations = load_json(paths.quant_activations("float"))
+    _, weight_scales = split_weights(load_npz(paths.quant_weights("float")))
+    bias = load_npz(paths.QUANT_BIAS)
+    bias_activations = load_json(paths.quant_activations("bias"))
+    calibration = load_json(paths.CALIBRATION)
+    dataset = load_npz(paths.DATASET)
+    best = [f"{max(row, key=row.get)} at {width[1:].replace('A', '/')}" for width, row in calibration.items()]
+    return {
+        "report": params.report, "params": params, "acc": accuracy,
+        "variants": pd.DataFrame({"variant": list(VARIANTS.values()), "metric key": list(VARIANTS),
+                                  "accuracy (%)": [f"{accuracy[k]:.2f}" for k in VARIANTS]}),
+        "architecture": pd.DataFrame(load_json(paths.profile("float") / "stats.json")["architecture"]),
+        "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
+        "weight_ranges": ranges(weights, "layer"), "weight_verdicts": sigma3_verdicts(weights),
+        "weight_scales": weight_scales_table(weights, weight_scales),
+        "activation_ranges": ranges(activations_profile, "tensor"),
+        "activation_verdicts": sigma3_verdicts(activations_profile),
+        "activation_scales": activation_scales_table(activations, weight_scales),
+        "qmax_w": int_range(params.quant.weight_bits)[1], "qmin_w": int_range(params.quant.weight_bits)[0],
+        "qmax_a": int_range(params.quant.activation_bits)[1], "qmin_a": int_range(params.quant.activation_bits)[0],
+        "calibration": calibration_table(calibration), "best": best,
+        "diagnostics": diagnostics_table(pd.read_csv(paths.CALIBRATION_LAYERS), params.quant.activation_bits),
+        "s_bias": float(np.max(bias["fc3.bias_scale"])), "q_bias": bias["fc3.bias"].tolist(),
+        "s_in_fc3": bias_activations["scales"]["fc2"],
+        "run": pd.DataFrame(flat_params(raw_params), columns=["param", "value"]),
+        "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
+        "layers": LAYER_NAMES, "relu_layers": [layer.name for layer in LAYERS if layer.relu],
+        "figures": Markup("figures"),
+    }
+
+
+def draw_figures(directory: Path) -> None:
+    params = load_params()
+    histories = {name: pd.read_csv(paths.train_history(name)) for name in ("float", "bias")}
+    figures.save(figures.training(histories), directory, "training")
+    figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
+                 directory, "weights")
+    activations = load_json(paths.quant_activations("float"))
+    figures.save(figures.histograms(load_profiles(paths.profile("float"), "activations"), "activation value",
+                                    log=True, thresholds=activations["thresholds"],
+                                    threshold_label=f"threshold ({params.calib})"), directory, "activations")
+    figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.ACCURACY)["float"]),
+                 directory, "calibration")
+
+
+def main() -> None:
+    draw_figures(paths.REPORT / "figures")
+    values = context()
+    save_text(paths.REPORT / "report.tex", render("report.tex.j2", values))
+    save_text(paths.REPORT / "report.md", render("report.md.j2", values))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,57 @@
+"""dvc.yaml: every stage depends on its own script and on every quantlab module that script imports
+(directly or through other modules), so that DVC reruns exactly the stages a code change can affect."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# Modules that locate files, read params or report errors: they decide nothing a stage computes.
+INFRASTRUCTURE = {"quantlab/errors.py", "quantlab/config.py", "quantlab/paths.py", "quantlab/__init__.py"}
+
+
+def quantlab_imports(path: Path) -> set[str]:
+    """The quantlab modules a file imports, anywhere in it (module-level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "quantlab":
+            if node.module == "quantlab":
+                found |= {f"quantlab/{alias.name}.py" for alias in node.names}
+            else:
+                found.add(node.module.replace(".", "/") + ".py")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.replace(".", "/") + ".py" for a in node.names if a.name.startswith("quantlab.")}
+    return {f for f in found if (ROOT / f).exists()}
+
+
+def closure(path: str) -> set[str]:
+    seen, todo = set(), [path]
+    while todo:
+        for module in quantlab_imports(ROOT / todo.pop()) - seen:
+            seen.add(module)
+            if module not in INFRASTRUCTURE:  # config imports calibration only to validate `calib`
+                todo.append(module)
+    return seen
+
+
+def stages():
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        yield name, stage.get("do", stage)
+
+
+def test_every_stage_depends_on_its_script_and_the_code_it_imports():
+    for name, stage in stages():
+        module = stage["cmd"].split()[2]  # python -m stages.<name> [model]
+        script = module.replace(".", "/") + ".py"
+        deps = set(stage["deps"])
+        assert script in deps, f"{name}: {script} missing from deps"
+        missing = closure(script) - INFRASTRUCTURE - deps
+        assert not missing, f"{name}: add {sorted(missing)} to its deps"
+
+
+def test_every_code_dependency_exists():
+    for name, stage in stages():
+        for dep in stage["deps"]:
+            if dep.endswith(".py") or dep.endswith(".j2"):
+                assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"

@@ -1,0 +1,77 @@
+"""Report rendering: escaping of every printed value, tables, byte-stable figures, the code version."""
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+from markupsafe import Markup
+
+from quantlab import figures
+from quantlab.profiling import profile_tensor
+from quantlab.report import code_version, environment, latex_escape, latex_table, markdown_escape, markdown_table
+
+SPECIAL = r"A_b & C% $x$ #1 {y} ~z ^w \v <u>"
+
+
+def test_latex_escape_every_special_character():
+    assert latex_escape(SPECIAL) == (r"A\_b \& C\% \$x\$ \#1 \{y\} \textasciitilde{}z \textasciicircum{}w "
+                                     r"\textbackslash{}v \textless{}u\textgreater{}")
+
+
+def test_markdown_escape():
+    assert markdown_escape("a_b *c* [d](e) | f") == r"a\_b \*c\* \[d\](e) \| f"
+
+
+def test_templates_escape_values_but_not_markup():
+    tex = environment(latex=True).from_string(r"\title{<< name >>} << fragment >>")
+    assert tex.render(name="50%_x", fragment=Markup(r"\alpha")) == r"\title{50\%\_x} \alpha"
+    md = environment(latex=False).from_string("# {{ name }}")
+    assert md.render(name="a_b") == r"# a\_b"
+
+
+def test_tables_escape_cells_and_headers_and_align_numbers_right():
+    frame = pd.DataFrame({"name_x": ["a&b", "c"], "value": ["1.50", "-2"]})
+    tex = latex_table(frame)
+    assert r"\begin{tabular}{lr}" in tex and r"name\_x & value \\" in tex and r"a\&b & 1.50 \\" in tex
+    md = markdown_table(frame)
+    assert md.splitlines()[0].split("|")[1].strip() == r"name\_x"
+    assert md.splitlines()[1].endswith("--:|")
+
+
+def test_figures_are_byte_stable(tmp_path):
+    profiles = {f"t{i}": profile_tensor(torch.randn(1000, generator=torch.Generator().manual_seed(i)), 256)
+                for i in range(3)}
+    for name in ("a", "b"):
+        figures.save(figures.histograms(profiles, "value", log=True, thresholds={k: 1.0 for k in profiles},
+                                        threshold_label="T"), tmp_path / name, "h")
+    for suffix in ("pdf", "png"):
+        assert (tmp_path / "a" / f"h.{suffix}").read_bytes() == (tmp_path / "b" / f"h.{suffix}").read_bytes()
+    assert b"CreationDate" not in (tmp_path / "a" / "h.pdf").read_bytes()
+
+
+def test_code_version_follows_source_contents(tmp_path):
+    (tmp_path / "quantlab").mkdir()
+    (tmp_path / "quantlab" / "a.py").write_text("x = 1\n")
+    (tmp_path / "quantlab" / "notes.txt").write_text("ignored\n")
+    first = code_version(tmp_path)
+    (tmp_path / "quantlab" / "notes.txt").write_text("changed\n")
+    assert code_version(tmp_path) == first
+    (tmp_path / "quantlab" / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) != first and len(first) == 12
+
+
+@pytest.mark.skipif(shutil.which("latexmk") is None or shutil.which("pdftotext") is None,
+                    reason="needs TeX Live and poppler-utils (make test installs them)")
+def test_escaped_specials_compile_and_read_back(tmp_path):
+    from stages.pdf import build_pdf
+
+    tex = tmp_path / "t.tex"
+    body = environment(latex=True).from_string("<< value >>").render(value=SPECIAL)
+    tex.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\pagestyle{empty}\\begin{document}\n" + body +
+                   "\n\\end{document}\n")
+    (tmp_path / "t.pdf").write_bytes(build_pdf(tex))
+    text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
+    assert " ".join(text.split()) == SPECIAL
+    assert build_pdf(tex) == (tmp_path / "t.pdf").read_bytes()  # byte-reproducible
