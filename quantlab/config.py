@@ -112,6 +112,11 @@ class CompareParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
+
+
+@dataclass(frozen=True)
 class ReportParams:
     title: str
     author: str
@@ -127,6 +132,7 @@ class Params:
     profile: ProfileParams
     quant: QuantParams
     compare: CompareParams
+    export: ExportParams
     report: ReportParams
 
     def __post_init__(self):

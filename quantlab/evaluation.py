@@ -27,12 +27,21 @@ class Split:
         return len(self.y)
 
 
-def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted class of every image, computed in batches by `forward` on normalized inputs (channels-last:
-    several times faster for the 3-channel conv1 on CPUs)."""
+def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000,
+            pixels: bool = False) -> torch.Tensor:
+    """The outputs (logits) of `forward` for every image, computed in batches, on normalized inputs in
+    channels-last layout (several times faster for the 3-channel conv1 on CPUs), or on the uint8 `pixels`."""
+    def prepare(images):
+        return images if pixels else normalize(images).contiguous(memory_format=CHANNELS_LAST)
+
     with torch.no_grad():
-        return torch.cat([forward(normalize(split.x[i:i + batch_size]).contiguous(memory_format=CHANNELS_LAST))
-                          .argmax(1) for i in range(0, len(split), batch_size)])
+        return torch.cat([forward(prepare(split.x[i:i + batch_size])) for i in range(0, len(split), batch_size)])
+
+
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000,
+            pixels: bool = False) -> torch.Tensor:
+    """Predicted class of every image (see `outputs`)."""
+    return outputs(forward, split, batch_size, pixels).argmax(1)
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

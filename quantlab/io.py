@@ -81,9 +81,10 @@ def require(path: str | Path) -> Path:
     return path
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (only `names`, if given: the others are not read)."""
     with np.load(require(path), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+        return {name: archive[name] for name in (archive.files if names is None else names)}
 
 
 def load_json(path: str | Path):

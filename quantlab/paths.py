@@ -32,3 +32,10 @@ PLOTS = Path("plots")
 CALIBRATION = Path("metrics/calibration.json")
 CALIBRATION_LAYERS = Path("compare/layers.csv")
 REPORT = Path("reports/build")
+
+
+def export(name: str) -> Path:
+    return Path("export") / name
+
+
+ENGINE = Path("metrics/engine.json")

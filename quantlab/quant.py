@@ -78,9 +78,11 @@ def quantize_bias(bias: np.ndarray, weight_scale, input_scale: float) -> np.ndar
     return q.astype(np.int32)
 
 
-def quantize_weights(state: dict[str, np.ndarray], bits: int = 8, per_channel: bool = False) -> dict[str, np.ndarray]:
-    """Every layer's weight as integers (int8 storage) and its scale: {"conv1": q, "conv1.scale": S, ...}."""
-    out = {}
+def quantize_weights(state: dict[str, np.ndarray], bits: int = 8,
+                     per_channel: bool = False) -> dict[str, np.ndarray]:
+    """Every layer's weight as integers (int8 storage) and its scale: {"conv1": q, "conv1.scale": S, ...},
+    and the bit width ("bits")."""
+    out = {"bits": np.int64(bits)}
     for layer in LAYERS:
         weight = state[f"{layer.name}.weight"]
         scale = weight_scale(weight, bits, per_channel)

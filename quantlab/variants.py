@@ -6,6 +6,8 @@
     bias_float                  the float model with a bias in fc3
     bias_quant_raw_bias         its integer-only forward, fc3's bias added as trained (see IntegerNet)
     bias_quant                  its integer-only forward, fc3's bias as int32 on the accumulator's scale
+    integer_engine              the exported float model on the bit-exact integer engine (fixed-point
+                                rescale); it reads uint8 pixels, the others normalized images
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ from collections.abc import Callable
 
 import torch
 
-from quantlab import paths
+from quantlab import paths, runner
+from quantlab.engine import IntegerEngine
 from quantlab.integer import IntegerNet
 from quantlab.io import load_json, load_npz
 from quantlab.model import load_model
 from quantlab.quant import dequantized_state, split_weights
 
 VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
-            "bias_quant")
+            "bias_quant", "integer_engine")
+PIXEL_VARIANTS = {"integer_engine"}
+# Each model's engine, and the float-rescale variant it is compared with.
+ENGINE_REFERENCES = {"float": "quant_weights_activations", "bias": "bias_quant"}
 
 
 def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
@@ -34,6 +40,10 @@ def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
     elif bias_mode == "int32":
         bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
     return IntegerNet.build(q_weights, weight_scales, activations, bias, bias_mode)
+
+
+def integer_engine(model_name: str) -> IntegerEngine:
+    return IntegerEngine(*runner.load(paths.export(model_name)))
 
 
 def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -51,4 +61,6 @@ def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return integer_net("bias", "raw")
     if variant == "bias_quant":
         return integer_net("bias", "int32")
+    if variant == "integer_engine":
+        return integer_engine("float")
     raise KeyError(variant)

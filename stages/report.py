@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 from markupsafe import Markup
 
-from quantlab import figures, paths
+from quantlab import figures, paths, runner
 from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, LAYERS
 from quantlab.config import PARAMS_FILE, load_params
 from quantlab.errors import run_main
@@ -23,6 +23,7 @@ VARIANTS = {
     "bias_float": "float model, bias in fc3",
     "bias_quant_raw_bias": "quantized, bias added unscaled",
     "bias_quant": "quantized, int32 bias",
+    "integer_engine": "integer engine, fixed-point rescale",
 }
 
 
@@ -84,6 +85,18 @@ def diagnostics_table(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
     return frame
 
 
+def fixed_point_table(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Every layer's rescale M, its fixed-point form M0 * 2^(shift - 31), pre-shift and accumulator bound."""
+    def span(values: np.ndarray) -> str:
+        return str(values.min()) if values.min() == values.max() else f"{values.min()} to {values.max()}"
+
+    return pd.DataFrame([{"layer": layer["name"],
+                          "M": _format_scale(np.unique(layer["real_multiplier"]).squeeze()),
+                          "M0": span(arrays[layer["multiplier"]]), "shift": span(arrays[layer["shift"]]),
+                          "pre-shift": str(layer["pre_shift"]), "max |acc|": str(layer["accumulator_bound"])}
+                         for layer in manifest["layers"]])
+
+
 def flat_params(mapping: dict, prefix: str = "") -> list[tuple[str, str]]:
     items = []
     for key, value in mapping.items():
@@ -125,6 +138,8 @@ def context() -> dict:
         "diagnostics": diagnostics_table(pd.read_csv(paths.CALIBRATION_LAYERS), params.quant.activation_bits),
         "s_bias": float(np.max(bias["fc3.bias_scale"])), "q_bias": bias["fc3.bias"].tolist(),
         "s_in_fc3": bias_activations["scales"]["fc2"],
+        "fixed_point": fixed_point_table(*runner.load(paths.export("float"))),
+        "engine": load_json(paths.ENGINE),
         "run": pd.DataFrame(flat_params(raw_params), columns=["param", "value"]),
         "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
         "layers": LAYER_NAMES, "relu_layers": [layer.name for layer in LAYERS if layer.relu],

@@ -2,16 +2,22 @@
 
 import json
 import subprocess
+import sys
 
+import numpy as np
 import pytest
+import torch
 
+from quantlab import runner
 from quantlab.data import md5_of
+from quantlab.engine import IntegerEngine
 from quantlab.sandbox import make_repo, run
 
 from cifar_fixture import make_archive
 
 AUTHOR = r"Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\"
-KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant"]
+KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant",
+        "integer_engine"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,20 @@ def test_metrics_hold_every_variant_and_quantization_tracks_float(repo):
         assert abs(accuracy[variant] - accuracy["float"]) <= 5
     assert accuracy["bias_float"] > 60
     assert abs(accuracy["bias_quant"] - accuracy["bias_float"]) <= 5
+
+
+def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
+    test_x = np.load(repo / "data/cifar10.npz")["test_x"]
+    np.save(tmp_path / "images.npy", test_x)
+    result = subprocess.run([sys.executable, str(repo / "export/float/runner.py"), str(repo / "export/float"),
+                             str(tmp_path / "images.npy")], capture_output=True, text=True, check=True)
+    engine = IntegerEngine(*runner.load(repo / "export/float"))
+    assert [int(c) for c in result.stdout.split()] == engine(torch.from_numpy(test_x)).argmax(1).tolist()
+    agreement = json.loads((repo / "metrics/engine.json").read_text())
+    accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
+    assert agreement["float"]["accuracy"] == accuracy["integer_engine"]
+    for model in ("float", "bias"):
+        assert agreement[model]["identical_predictions"] >= 0.99 and agreement[model]["max_logit_diff_lsb"] <= 2
 
 
 def test_plots_and_profiles_are_written(repo):
@@ -102,8 +122,8 @@ def test_second_repro_runs_nothing_and_status_is_clean(repo):
 def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
-    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "pdf", "quantize_activations@bias",
-                                                 "quantize_activations@float", "report"]
+    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "export@bias", "export@float", "pdf",
+                                                 "quantize_activations@bias", "quantize_activations@float", "report"]
     after = json.loads((repo / "metrics/accuracy.json").read_text())
     assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]

@@ -21,6 +21,8 @@ from quantlab.quant import (
     weight_scale,
 )
 
+from quant_fixture import minmax_activations
+
 
 def test_int_range_follows_bits_and_sign():
     assert int_range(8) == (-128, 127)
@@ -152,17 +154,10 @@ def test_integer_forward_equals_int64_reference(per_channel, bits, unsigned):
     arrays = quantize_weights(state_to_arrays(model), bits, per_channel=per_channel)
     q_weights, w_scales = split_weights(arrays)
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    absmax = {}
-
-    def record(name, h):
-        absmax[name] = h.abs().max().item()
-        return h
-
-    model(x, record)
-    signs = activation_signs(unsigned)
-    a_scales = {name: absmax[name] / int_range(bits, signs[name])[1] for name in signs}  # minmax calibration
+    calibrated = minmax_activations(model, x, bits, unsigned)
+    a_scales = calibrated["scales"]
     bias = quantize_bias(model.fc3.bias.detach().numpy(), w_scales["fc3"], a_scales["fc2"])
-    net = IntegerNet.build(q_weights, w_scales, activations(a_scales, bits, unsigned), bias=bias, bias_mode="int32")
+    net = IntegerNet.build(q_weights, w_scales, calibrated, bias=bias, bias_mode="int32")
     expected = _reference(x.double().numpy(), q_weights, w_scales, a_scales, bias, bits, unsigned)
     got = net(x)
     assert got.dtype == torch.float64

@@ -1,0 +1,51 @@
+"""Benchmark: the bit-exact integer engine against the float model on the 10,000 test images, in one run;
+and the standalone NumPy runner on the same images (its predictions must be the engine's).
+Goal: the engine within 3x of the float model's time.
+
+Run after `dvc repro` (it reads data/, models/ and export/): python -m bench.engine
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from quantlab import paths, runner
+from quantlab.errors import run_main
+from quantlab.evaluation import Split, outputs
+from quantlab.io import load_npz
+from quantlab.variants import build, integer_engine
+
+GOAL_RATIO = 3.0
+
+
+def best_of(repeats: int, work) -> tuple[float, torch.Tensor]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    dataset = load_npz(paths.DATASET, ["test_x", "test_y"])
+    test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
+    model, engine = build("float"), integer_engine("float")
+    float_time, _ = best_of(3, lambda: outputs(model, test))
+    engine_time, engine_logits = best_of(3, lambda: outputs(engine, test, pixels=True))
+    manifest, arrays = runner.load(paths.export("float"))
+    start = time.perf_counter()
+    runner_logits = runner.run(manifest, arrays, dataset["test_x"])
+    runner_time = time.perf_counter() - start
+    same = np.array_equal(runner_logits, engine_logits.numpy())
+    ratio = engine_time / float_time
+    print(f"{len(test)} test images, {torch.get_num_threads()} threads, best of 3:")
+    print(f"  float model              {float_time:6.2f} s")
+    print(f"  integer engine           {engine_time:6.2f} s   {ratio:.2f}x float, goal <= {GOAL_RATIO:.0f}x: "
+          f"{'met' if ratio <= GOAL_RATIO else 'MISSED'}")
+    print(f"  standalone NumPy runner  {runner_time:6.2f} s   (once) logits identical to the engine's: {same}")
+
+
+if __name__ == "__main__":
+    run_main(main)

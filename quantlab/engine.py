@@ -1,0 +1,77 @@
+"""The bit-exact integer inference engine: the exported network (see `quantlab.runner`), run fast.
+
+Only integer tensors from the pixels to the logits: an input lookup table, int8 x int8 matrix products with
+int32 accumulation (`torch._int_mm`, oneDNN's int8 GEMM), int32 biases, the fixed-point rescale of
+`quantlab.runner` (M0, shift per layer or per channel), ReLU as a clamp, max pooling on integers.
+
+The int32 accumulators cannot be checked after an int8 GEMM (it wraps), so they are checked before: for
+every output channel, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| must fit in int32, or building the engine
+fails, naming the layer. Max pooling is applied to the accumulators, before the rescale: the fixed-point
+rescale and the clamp are monotonic non-decreasing (M0 > 0), so they commute with max (the runner pools
+after, as the reference graphs do; the tests hold the two to the same logits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantlab.runner import INT32_MAX, accumulator_bound, requantize
+
+# Inputs with values above 127 (unsigned 8-bit) are shifted by -128 into int8 for the GEMM; the shift is
+# added back exactly as 128 * sum_j q_W[o, j].
+UNSIGNED_OFFSET = 128
+
+
+class EngineLayer:
+    def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int]):
+        self.spec = spec
+        weight = arrays[spec["weight"]].astype(np.int64)
+        self.kernel = weight.shape[-1] if spec["kind"] == "conv" else 0
+        flat = weight.reshape(len(weight), -1)
+        self.offset = UNSIGNED_OFFSET if input_range[1] > 127 else 0
+        bias = arrays[spec["bias"]].astype(np.int64) if spec["bias"] else np.zeros(len(flat), np.int64)
+        # the final sums, and the GEMM's own partial sums on the offset inputs, must both fit in int32
+        shifted_range = (input_range[0] - self.offset, input_range[1] - self.offset)
+        worst = max(accumulator_bound(flat, input_range, bias), accumulator_bound(flat, shifted_range))
+        if worst > INT32_MAX:
+            raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {worst} > "
+                                f"{INT32_MAX}); use fewer bits or smaller ranges")
+        self.weight_t = torch.from_numpy(flat.T.astype(np.int8)).contiguous()  # (K, O) for _int_mm
+        self.bias = torch.from_numpy((bias + self.offset * flat.sum(axis=1)).astype(np.int32))
+        self.arrays = {spec[key]: torch.from_numpy(arrays[spec[key]]) for key in ("multiplier", "shift")}
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """int32/int16 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
+        if self.offset:
+            q = q - self.offset
+        q = q.to(torch.int8)
+        if self.kernel:
+            n, h, w, _ = q.shape
+            k = self.kernel
+            # (N, H', W', C, k, k) -> one row per output position, columns ordered as the weight (C, kh, kw)
+            cols = q.unfold(1, k, 1).unfold(2, k, 1).reshape(n * (h - k + 1) * (w - k + 1), -1)
+            acc = (torch._int_mm(cols, self.weight_t) + self.bias).reshape(n, h - k + 1, w - k + 1, -1)
+            if self.spec["pool"]:  # on the int32 accumulators, channels last
+                acc = F.max_pool2d(acc.permute(0, 3, 1, 2), self.spec["pool"]).permute(0, 2, 3, 1)
+        else:
+            acc = torch._int_mm(q, self.weight_t) + self.bias
+        return requantize(self.spec, self.arrays, acc.long(), channel_axis=-1).int()
+
+
+class IntegerEngine:
+    """Integer logits (int32) of uint8 images (N, 3, 32, 32), from an export's manifest and arrays."""
+
+    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray]):
+        self.lut = torch.from_numpy(arrays[manifest["input"]["lut"]].astype(np.int32))
+        ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in manifest["layers"]]
+        self.layers = [EngineLayer(spec, arrays, ranges[i]) for i, spec in enumerate(manifest["layers"])]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        q = self.lut[pixels.to(torch.int64)].permute(0, 2, 3, 1)  # channels last: (N, H, W, C)
+        for layer in self.layers:
+            if not layer.kernel and q.ndim == 4:
+                q = q.permute(0, 3, 1, 2).reshape(len(q), -1)  # flatten in (C, H, W) order, as the model
+            q = layer(q)
+        return q

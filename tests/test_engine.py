@@ -1,0 +1,194 @@
+"""The fixed-point helpers against exact rational arithmetic, and the integer engine against the runner."""
+
+import ast
+import hashlib
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from math import floor
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab import runner
+from quantlab.architecture import MODELS
+from quantlab.engine import IntegerEngine
+from quantlab.evaluation import Split, outputs
+from quantlab.integer import IntegerNet
+from quantlab.io import save_json, save_npz
+from quantlab.model import Net, state_to_arrays
+from quantlab.quant import quantize_bias, quantize_weights, split_weights
+from quantlab.runner import (
+    INT32_MAX,
+    INT32_MIN,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+from stages.export import export
+
+from quant_fixture import minmax_activations
+
+RNG = np.random.default_rng(0)
+EDGES = [INT32_MIN, INT32_MIN + 1, -(2 ** 30), -3, -1, 0, 1, 3, 2 ** 30, INT32_MAX - 1, INT32_MAX]
+
+
+def half_up(value: Fraction) -> int:
+    return floor(value + Fraction(1, 2))
+
+
+def half_away(value: Fraction) -> int:
+    return half_up(value) if value >= 0 else -half_up(-value)
+
+
+def srdhm_as_in_c(a: int, b: int) -> int:
+    """gemmlowp's code, line by line, with C's truncating division."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    nudged = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
+    return nudged // 2 ** 31 if nudged >= 0 else -((-nudged) // 2 ** 31)
+
+
+def int32s(n):
+    return RNG.integers(INT32_MIN, INT32_MAX, n, endpoint=True, dtype=np.int64)
+
+
+def test_doubling_high_mul_is_exact_rounding_half_up_and_saturates_once():
+    a = np.concatenate([int32s(20_000), np.repeat(EDGES, len(EDGES)),
+                        RNG.integers(-(2 ** 20), 2 ** 20, 2_000) * 2 + 1])  # odd a with b = 2^30: ties
+    b = np.concatenate([int32s(20_000), np.tile(EDGES, len(EDGES)), np.full(2_000, 2 ** 30)])
+    got = saturating_rounding_doubling_high_mul(a, b)
+    for x, y, value in zip(a.tolist(), b.tolist(), got.tolist(), strict=True):
+        expected = INT32_MAX if x == y == INT32_MIN else half_up(Fraction(x * y, 2 ** 31))
+        assert value == expected == srdhm_as_in_c(x, y), (x, y)
+    ties = got[-2_000:]
+    assert np.array_equal(ties, (a[-2_000:] + 1) // 2)  # x / 2 with x odd: ties go toward +infinity
+
+
+def test_rounding_divide_by_power_of_two_rounds_ties_away_from_zero():
+    exponents = RNG.integers(0, 32, 20_000)
+    x = np.concatenate([int32s(20_000), [INT32_MIN, INT32_MAX, -1, 1, 0] * 32])
+    e = np.concatenate([exponents, np.repeat(np.arange(32), 5)])
+    tie_e = RNG.integers(1, 31, 2_000)
+    tie_x = (RNG.integers(-(2 ** 10), 2 ** 10, 2_000) * 2 + 1) << (tie_e - 1)  # exactly k + 1/2, both signs
+    x, e = np.concatenate([x, tie_x]), np.concatenate([e, tie_e])
+    got = rounding_divide_by_pot(x, e)
+    for value, xi, ei in zip(got.tolist(), x.tolist(), e.tolist(), strict=True):
+        assert value == half_away(Fraction(xi, 2 ** ei)), (xi, ei)
+    with pytest.raises(ValueError):
+        rounding_divide_by_pot(np.array([1]), np.array([32]))
+
+
+def test_quantize_multiplier_against_exact_rounding():
+    edges = [1 - 2 ** -40, 1.0, 0.5, 2 ** -31, 2 ** -32, 2 ** -33, 2 ** -40, 0.0, 3.7]
+    for multiplier in [*np.exp2(RNG.uniform(-45, 8, 5_000)).tolist(), *edges]:
+        m0, shift = quantize_multiplier(multiplier)
+        if m0 == 0:
+            assert multiplier * 2 ** 31 < 0.5  # a shift beyond 31: every int32 times it rounds to zero
+            continue
+        assert 2 ** 30 <= m0 < 2 ** 31 and -31 <= shift
+        exact = Fraction(multiplier) * 2 ** (31 - shift)
+        # rounded half away from zero; a mantissa that rounds up to 2^31 becomes 2^30 with shift + 1
+        assert m0 == half_away(exact) or (half_away(exact * 2) == 2 ** 31 and m0 == 2 ** 30)
+        assert abs(Fraction(m0) * Fraction(2) ** (shift - 31) - Fraction(multiplier)) <= Fraction(2) ** (shift - 32)
+    assert quantize_multiplier(1 - 2 ** -40) == (2 ** 30, 1)
+
+
+def test_multiply_by_quantized_multiplier_is_the_exact_composition_within_one_lsb():
+    x = np.concatenate([RNG.integers(-(2 ** 24), 2 ** 24, 5_000), [INT32_MIN, INT32_MAX, 0, -1, 1]])
+    for multiplier in (0.000731, 0.0123, 0.49999, 0.75, 1.5, 2.0 ** -31):
+        m0, shift = quantize_multiplier(multiplier)
+        if multiplier > 1:
+            x = x[np.abs(x) < 2 ** 24]
+        got = multiply_by_quantized_multiplier(x, np.int64(m0), np.int64(shift))
+        left, right = max(shift, 0), max(-shift, 0)
+        for value, xi in zip(got.tolist(), x.tolist(), strict=True):
+            high = half_up(Fraction((xi << left) * m0, 2 ** 31))
+            assert value == half_away(Fraction(high, 2 ** right))
+            assert abs(value - Fraction(xi * m0) * Fraction(2) ** (shift - 31)) <= 1
+
+
+def test_left_shift_overflow_fails_loudly():
+    m0, shift = quantize_multiplier(4.0)
+    with pytest.raises(OverflowError, match="int32 overflow"):
+        multiply_by_quantized_multiplier(np.array([2 ** 30]), np.int64(m0), np.int64(shift))
+
+
+# --- the engine, the runner and the float-rescale forward on one exported random network -------------------
+
+def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0):
+    torch.manual_seed(seed)
+    net = Net(fc3_bias=MODELS[model])
+    weights = quantize_weights(state_to_arrays(net), bits, per_channel)
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    activations = minmax_activations(net, x, bits, unsigned)
+    bias = quantize_bias(net.fc3.bias.detach().numpy(), split_weights(weights)[1]["fc3"],
+                         activations["scales"]["fc2"]) if MODELS[model] else None
+    manifest, arrays = export(model, weights, activations, bias, [str(c) for c in range(10)], headroom)
+    directory = tmp_path / "export"
+    save_npz(directory / "model.npz", arrays)
+    manifest["sha256"] = hashlib.sha256((directory / "model.npz").read_bytes()).hexdigest()
+    save_json(directory / "manifest.json", manifest)
+    reference = IntegerNet.build(*split_weights(weights), activations, bias, "int32" if bias is not None else "none")
+    return directory, reference
+
+
+IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("bits, per_channel, unsigned, headroom", [
+    (8, False, False, True), (8, True, False, True), (8, False, True, True), (4, True, True, True),
+    (6, False, False, False), (8, False, False, False)])
+def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsigned, headroom):
+    directory, reference = random_export(tmp_path, bits, per_channel, unsigned, headroom)
+    manifest, arrays = runner.load(directory)
+    engine_logits = IntegerEngine(manifest, arrays)(IMAGES)
+    assert engine_logits.dtype == torch.int32
+    np.testing.assert_array_equal(runner.run(manifest, arrays, IMAGES.numpy()), engine_logits.numpy())
+    split = Split(IMAGES, torch.zeros(len(IMAGES), dtype=torch.int64))
+    float_rescale = outputs(reference, split, batch_size=16)
+    difference = (engine_logits.double() - float_rescale).abs()
+    assert difference.max() <= 3 and (difference == 0).double().mean() >= 0.8
+    if headroom and bits == 8:
+        assert torch.equal(engine_logits.double(), float_rescale)  # the fixed point keeps every rounding
+
+
+def test_accumulator_overflow_fails_loudly(tmp_path):
+    directory, _ = random_export(tmp_path)
+    manifest, arrays = runner.load(directory)
+    arrays["fc3.bias"] = np.full(10, INT32_MAX - 5, np.int32)
+    with pytest.raises(OverflowError, match="fc3: the int32 accumulator can overflow"):
+        IntegerEngine(manifest, arrays)
+    with pytest.raises(OverflowError, match="fc3"):
+        runner.run(manifest, arrays, IMAGES.numpy())
+
+
+def test_runner_is_standalone_and_checks_the_checksum(tmp_path):
+    source = runner.__file__
+    imports = {alias.name.split(".")[0] for node in ast.walk(ast.parse(open(source).read()))
+               if isinstance(node, (ast.Import, ast.ImportFrom))
+               for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert imports <= {"__future__", "argparse", "hashlib", "json", "math", "sys", "pathlib", "numpy"}
+    directory, _ = random_export(tmp_path)
+    manifest, arrays = runner.load(directory)
+    expected = IntegerEngine(manifest, arrays)(IMAGES).argmax(1).tolist()
+    (tmp_path / "alone").mkdir()
+    script = tmp_path / "alone" / "runner.py"  # outside the repository: nothing of quantlab to import
+    script.write_text(open(source).read())
+    np.save(tmp_path / "images.npy", IMAGES.numpy())
+    result = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "images.npy"),
+                             "--out", str(tmp_path / "logits.npy")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [int(line) for line in result.stdout.split()] == expected
+    assert np.load(tmp_path / "logits.npy").dtype == np.int32
+    payload = bytearray((directory / "model.npz").read_bytes())
+    payload[-100] ^= 1
+    (directory / "model.npz").write_bytes(bytes(payload))
+    result = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "images.npy")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "does not match the checksum" in result.stderr
+    assert json.loads((directory / "manifest.json").read_text())["format"] == runner.FORMAT
