@@ -16,7 +16,7 @@ import numpy as np
 
 from quantlab.errors import UserError
 from quantlab.profiling import TensorProfile
-from quantlab.quant import int_range, scale_for
+from quantlab.quant import activation_quantization, int_range
 
 METHODS: dict[str, type[Calibrator]] = {}
 
@@ -202,12 +202,10 @@ def diagnose(profile: TensorProfile, threshold: float, bits: int, signed: bool =
 
 def calibrate(profiles: dict[str, TensorProfile], method: str, bits: int, signs: dict[str, bool],
               percentile: float = 99.99) -> dict:
-    """Threshold and scale of every activation under `method`: what quantize_activations stores and
-    IntegerNet reads."""
+    """Threshold and scale of every activation under calibration `method`."""
     calib = calibrator(method, percentile)
     thresholds = {name: float(calib.threshold(p, bits, signs[name])) for name, p in profiles.items()}
-    return {"calib": method, "bits": bits, "signed": dict(signs), "thresholds": thresholds,
-            "scales": {name: float(scale_for(t, bits, signs[name])) for name, t in thresholds.items()}}
+    return activation_quantization(method, thresholds, bits, signs)
 
 
 def calibrator(name: str, percentile: float = 99.99) -> Calibrator:

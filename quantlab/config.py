@@ -68,16 +68,19 @@ class ProfileParams:
 
 
 BITS = range(2, 9)
+EMA = "ema"  # `calib` value that takes the ranges learned by quantization-aware training
+QAT_RANGES = ("mse", "max")  # the keys of quantlab.qat.RANGES (which needs torch; this module does not)
 
 
 def _check_bits(key: str, bits: int) -> None:
     _check(bits in BITS, key, f"must be between {BITS.start} and {BITS.stop - 1} bits, got {bits}")
 
 
-def _check_method(key: str, name: str) -> None:
+def _check_method(key: str, name: str, extra: tuple[str, ...] = ()) -> None:
     from quantlab.calibration import METHODS  # late import: calibration does not import this module
 
-    _check(name in METHODS, key, f"is {name!r}; valid: {', '.join(METHODS)}")
+    valid = (*METHODS, *extra)
+    _check(name in valid, key, f"is {name!r}; valid: {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,22 @@ class CompareParams:
 
 
 @dataclass(frozen=True)
+class QATParams:
+    epochs: int
+    lr: float  # peak learning rate of the fine-tune's one-cycle schedule
+    decay: float  # EMA decay of the activation ranges
+    start: int  # the training step from which activations are fake-quantized
+    ranges: str  # the batch statistic the EMA tracks: "mse" or "max" (see quantlab.qat)
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
+        _check(self.lr > 0, "qat.lr", f"must be positive, got {self.lr}")
+        _check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
+        _check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
+        _check(self.ranges in QAT_RANGES, "qat.ranges", f"is {self.ranges!r}; valid: {', '.join(QAT_RANGES)}")
+
+
+@dataclass(frozen=True)
 class ExportParams:
     headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
 
@@ -132,11 +151,12 @@ class Params:
     profile: ProfileParams
     quant: QuantParams
     compare: CompareParams
+    qat: QATParams
     export: ExportParams
     report: ReportParams
 
     def __post_init__(self):
-        _check_method("calib", self.calib)
+        _check_method("calib", self.calib, (EMA,))
 
 
 def _matches(value, kind) -> bool:

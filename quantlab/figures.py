@@ -58,6 +58,19 @@ def training(histories: dict[str, "pd.DataFrame"]):  # noqa: F821
         return figure
 
 
+def fine_tuning(histories: dict[str, "pd.DataFrame"]):  # noqa: F821
+    """Loss and train accuracy (running, per logged interval) of each quantization-aware fine-tune."""
+    with plt.rc_context(STYLE):
+        figure, (loss, acc) = plt.subplots(1, 2, figsize=(COLUMN, 1.7), layout="constrained")
+        for name, history in histories.items():
+            loss.plot(history["step"], history["loss"], lw=1, label=name)
+            acc.plot(history["step"], history["train_accuracy"], lw=1)
+        loss.set(xlabel="step", ylabel="cross-entropy loss")
+        acc.set(xlabel="step", ylabel="train accuracy (%)")
+        figure.legend(*loss.get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False)
+        return figure
+
+
 def _rebinned(profile: TensorProfile, bins: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """The profile's histogram summed into about `bins` bins over the occupied range [min, max]."""
     counts, edges = profile.counts, profile.edges

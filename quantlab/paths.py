@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from quantlab.config import EMA, Params
+
 DATASET = Path("data/cifar10.npz")
 DOWNLOADS = Path("data/raw")  # downloaded archives (git-ignored), reused when their md5 matches
 
@@ -39,3 +41,24 @@ def export(name: str) -> Path:
 
 
 ENGINE = Path("metrics/engine.json")
+
+
+def width_name(weight_bits: int, activation_bits: int) -> str:
+    return f"W{weight_bits}A{activation_bits}"
+
+
+def qat(name: str, width: str) -> Path:
+    """The fine-tuned state (.npz) and learned ranges (.json) of a model at a width, without suffix."""
+    return Path("qat") / name / width
+
+
+def qat_history(name: str, width: str) -> Path:
+    return Path("plots/qat") / f"{name}-{width}.csv"
+
+
+def quantized_state(name: str, params: Params) -> Path:
+    """The weights that get quantized: the trained model's, or with calib=ema its quantization-aware
+    fine-tune at the configured bits."""
+    if params.calib == EMA:
+        return qat(name, width_name(params.quant.weight_bits, params.quant.activation_bits)).with_suffix(".npz")
+    return model(name)

@@ -64,6 +64,12 @@ def activation_signs(unsigned_activations: bool) -> dict[str, bool]:
     return {name: not (unsigned_activations and name in relu) for name in ACTIVATIONS}
 
 
+def activation_quantization(method: str, thresholds: dict[str, float], bits: int, signs: dict[str, bool]) -> dict:
+    """What quantize_activations stores and IntegerNet reads: every activation's threshold and scale."""
+    return {"calib": method, "bits": bits, "signed": dict(signs), "thresholds": dict(thresholds),
+            "scales": {name: float(scale_for(t, bits, signs[name])) for name, t in thresholds.items()}}
+
+
 def bias_scale(weight_scale, input_scale: float):
     """S_bias = S_W * S_in: the unit of the integer accumulator the bias is added to."""
     return np.asarray(weight_scale, np.float64) * input_scale

@@ -29,17 +29,19 @@ def make_deterministic(seed: int) -> None:
 
 
 def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch_size: int, lr: float,
-        weight_decay: float, flip: bool, seed: int, desc: str) -> list[dict]:
-    """Train with Adam and a one-cycle learning-rate schedule; the history has one row per epoch."""
+        weight_decay: float, flip: bool, seed: int, desc: str, log_every: int = 0) -> list[dict]:
+    """Train with AdamW and a one-cycle learning-rate schedule. The history has a row per epoch with the
+    epoch's mean loss, train and test accuracy; with `log_every`, also a row every that many steps with
+    the mean loss and train accuracy since the last row (no test accuracy)."""
     generator = torch.Generator(device=train.x.device).manual_seed(seed)
     steps_per_epoch = -(-len(train) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    history = []
+    history, step = [], 0
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator, device=train.x.device)
-        loss_sum, correct = 0.0, 0
+        epoch_sums, interval_sums = [0.0, 0, 0], [0.0, 0, 0]  # loss * n, correct, n
         bar = tqdm(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}", unit="batch",
                    leave=False, mininterval=1.0)
         for start in bar:
@@ -55,12 +57,22 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.item() * len(index)
-            correct += (logits.argmax(1) == y).sum().item()
+            step += 1
+            batch = (loss.item() * len(index), (logits.argmax(1) == y).sum().item(), len(index))
+            for sums in (epoch_sums, interval_sums):
+                for i, value in enumerate(batch):
+                    sums[i] += value
+            if log_every and step % log_every == 0 and step % steps_per_epoch:
+                history.append(_row(epoch - 1 + (start + len(index)) / len(train), step, interval_sums))
+                interval_sums = [0.0, 0, 0]
         model.eval()
-        row = {"epoch": epoch, "loss": loss_sum / len(train), "train_accuracy": 100.0 * correct / len(train),
-               "test_accuracy": accuracy(predict(model, test), test.y)}
+        row = {**_row(epoch, step, epoch_sums), "test_accuracy": accuracy(predict(model, test), test.y)}
         print(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f}, train {row['train_accuracy']:.2f} %, "
               f"test {row['test_accuracy']:.2f} %", flush=True)
         history.append(row)
     return history
+
+
+def _row(epoch: float, step: int, sums: list) -> dict:
+    loss_sum, correct, count = sums
+    return {"epoch": epoch, "step": step, "loss": loss_sum / count, "train_accuracy": 100.0 * correct / count}

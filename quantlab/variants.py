@@ -5,6 +5,8 @@
     quant_weights_activations   the integer-only forward of the float model (IntegerNet)
     bias_float                  the float model with a bias in fc3
     bias_quant_raw_bias         its integer-only forward, fc3's bias added as trained (see IntegerNet)
+
+With calib=ema the quantized variants are built from the quantization-aware fine-tunes instead.
     bias_quant                  its integer-only forward, fc3's bias as int32 on the accumulator's scale
     integer_engine              the exported float model on the bit-exact integer engine (fixed-point
                                 rescale); it reads uint8 pixels, the others normalized images
@@ -17,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from quantlab import paths, runner
+from quantlab.config import load_params
 from quantlab.engine import IntegerEngine
 from quantlab.integer import IntegerNet
 from quantlab.io import load_json, load_npz
@@ -35,8 +38,8 @@ def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
     activations = load_json(paths.quant_activations(model_name))
     q_weights, weight_scales = split_weights(arrays)
     bias = None
-    if bias_mode == "raw":
-        bias = load_npz(paths.model(model_name))["fc3.bias"]
+    if bias_mode == "raw":  # the bias of the weights that were quantized (the QAT fine-tune's with calib=ema)
+        bias = load_npz(paths.quantized_state(model_name, load_params()))["fc3.bias"]
     elif bias_mode == "int32":
         bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
     return IntegerNet.build(q_weights, weight_scales, activations, bias, bias_mode)
@@ -50,7 +53,7 @@ def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function from normalized images to logits (float or integer) for `variant`."""
     if variant == "float":
         return load_model(load_npz(paths.model("float")), "float")
-    if variant == "quant_weights":
+    if variant == "quant_weights":  # every weight replaced, so the float model's state serves as the frame
         state = load_npz(paths.model("float"))
         return load_model(dequantized_state(state, load_npz(paths.quant_weights("float"))), "float")
     if variant == "quant_weights_activations":

@@ -1,5 +1,6 @@
 """Stage quantize_weights@<model>: symmetric weights of `quant.weight_bits` bits, per tensor (or per output
-channel with `quant.per_channel`): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1)."""
+channel with `quant.per_channel`): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1).
+With `calib=ema`, the weights are those of the model's quantization-aware fine-tune."""
 
 import sys
 
@@ -13,8 +14,10 @@ from quantlab.quant import quantize_weights
 
 def main() -> None:
     model_name = model_name_argument(sys.argv, "quantize_weights")
-    quant = load_params().quant
-    arrays = quantize_weights(load_npz(paths.model(model_name)), quant.weight_bits, quant.per_channel)
+    params = load_params()
+    quant = params.quant
+    arrays = quantize_weights(load_npz(paths.quantized_state(model_name, params)), quant.weight_bits,
+                              quant.per_channel)
     save_npz(paths.quant_weights(model_name), arrays)
 
 

@@ -97,6 +97,16 @@ def fixed_point_table(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataF
                          for layer in manifest["layers"]])
 
 
+def qat_table(calibration: dict[str, dict[str, float]], float_accuracy: float) -> pd.DataFrame:
+    """Per width: the best post-training method, the quantization-aware fine-tune, and the gap to float."""
+    rows = []
+    for width, row in calibration.items():
+        best = max((m for m in row if m != "qat"), key=row.get)
+        rows.append({"W/A bits": width[1:].replace("A", "/"), "best post-training": f"{best} {row[best]:.2f}",
+                     "QAT": f"{row['qat']:.2f}", "QAT - float": f"{row['qat'] - float_accuracy:+.2f}"})
+    return pd.DataFrame(rows)
+
+
 def flat_params(mapping: dict, prefix: str = "") -> list[tuple[str, str]]:
     items = []
     for key, value in mapping.items():
@@ -120,7 +130,8 @@ def context() -> dict:
     bias_activations = load_json(paths.quant_activations("bias"))
     calibration = load_json(paths.CALIBRATION)
     dataset = load_npz(paths.DATASET)
-    best = [f"{max(row, key=row.get)} at {width[1:].replace('A', '/')}" for width, row in calibration.items()]
+    best = [f"{max((m for m in row if m != 'qat'), key=row.get)} at {width[1:].replace('A', '/')}"
+            for width, row in calibration.items()]
     return {
         "report": params.report, "params": params, "acc": accuracy,
         "variants": pd.DataFrame({"variant": list(VARIANTS.values()), "metric key": list(VARIANTS),
@@ -140,6 +151,7 @@ def context() -> dict:
         "s_in_fc3": bias_activations["scales"]["fc2"],
         "fixed_point": fixed_point_table(*runner.load(paths.export("float"))),
         "engine": load_json(paths.ENGINE),
+        "qat": qat_table(calibration, accuracy["float"]),
         "run": pd.DataFrame(flat_params(raw_params), columns=["param", "value"]),
         "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
         "layers": LAYER_NAMES, "relu_layers": [layer.name for layer in LAYERS if layer.relu],
@@ -159,6 +171,9 @@ def draw_figures(directory: Path) -> None:
                                     threshold_label=f"threshold ({params.calib})"), directory, "activations")
     figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.ACCURACY)["float"]),
                  directory, "calibration")
+    widths = [paths.width_name(*width) for width in params.compare.widths]
+    figures.save(figures.fine_tuning({width[1:].replace("A", "/"): pd.read_csv(paths.qat_history("float", width))
+                                      for width in widths}), directory, "qat")
 
 
 def main() -> None:

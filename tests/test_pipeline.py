@@ -25,7 +25,8 @@ def repo(tmp_path_factory):
     archive = make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
     path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo",
                      data__url=str(archive), data__md5=md5_of(archive),
-                     train__epochs=3, train__batch_size=50, profile__calib_images=200, report__author=AUTHOR)
+                     train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
+                     report__author=AUTHOR)
     run(path, "dvc", "repro")
     return path
 
@@ -56,7 +57,8 @@ def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
 
 
 def test_plots_and_profiles_are_written(repo):
-    assert (repo / "plots/train/float.csv").read_text().startswith("epoch,loss,train_accuracy,test_accuracy\n")
+    assert (repo / "plots/train/float.csv").read_text().startswith("epoch,step,loss,train_accuracy,test_accuracy\n")
+    assert (repo / "plots/qat/float-W4A4.csv").read_text().startswith("epoch,step,loss,train_accuracy")
     assert len((repo / "plots/confusion/quant.csv").read_text().splitlines()) == 1 + 500
     assert (repo / "plots/per_class/float.csv").read_text().startswith("class,accuracy\nairplane,")
     stats = json.loads((repo / "profile/float/stats.json").read_text())
@@ -67,7 +69,7 @@ def test_plots_and_profiles_are_written(repo):
 def test_calibration_comparison_covers_every_method_and_width(repo):
     table = json.loads((repo / "metrics/calibration.json").read_text())
     assert list(table) == ["W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
-    assert all(list(row) == ["minmax", "sigma3", "percentile", "kl", "mse"] for row in table.values())
+    assert all(list(row) == ["minmax", "sigma3", "percentile", "kl", "mse", "qat"] for row in table.values())
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
     assert table["W8A8"]["minmax"] == accuracy["quant_weights_activations"]  # the same integer forward
     layers = (repo / "compare/layers.csv").read_text().splitlines()
@@ -123,10 +125,19 @@ def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
     assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "export@bias", "export@float", "pdf",
-                                                 "quantize_activations@bias", "quantize_activations@float", "report"]
+                                                 "quantize_activations@bias", "quantize_activations@float",
+                                                 "quantize_weights@bias", "quantize_weights@float", "report"]
     after = json.loads((repo / "metrics/accuracy.json").read_text())
     assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]
     table = json.loads((repo / "metrics/calibration.json").read_text())
     assert after["quant_weights_activations"] == table["W8A8"]["kl"]
     assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
+    run(repo, "dvc", "exp", "run", "-S", "calib=ema")
+    accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
+    table = json.loads((repo / "metrics/calibration.json").read_text())
+    assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "ema"
+    assert accuracy["quant_weights_activations"] == table["W8A8"]["qat"] == accuracy["integer_engine"]

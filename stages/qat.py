@@ -1,0 +1,61 @@
+"""Stage qat: quantization-aware fine-tuning with learned (EMA) activation ranges, starting from the trained
+models: the float model at every width of `compare.widths` (the comparison's QAT row) and at the configured
+bits, the bias model at the configured bits (both for `calib=ema`). Writes each fine-tuned state, its
+learned ranges and its training curve."""
+
+import pandas as pd
+
+from quantlab import paths
+from quantlab.config import EMA, Params, load_params
+from quantlab.errors import run_main
+from quantlab.evaluation import Split
+from quantlab.io import load_npz, save_csv, save_json, save_npz
+from quantlab.model import load_model, state_to_arrays
+from quantlab.qat import QATNet
+from quantlab.quant import activation_quantization, activation_signs
+from quantlab.training import device, fit, make_deterministic
+
+LOG_EVERY = 25  # steps between the points of a training curve
+
+
+def runs(params: Params) -> list[tuple[str, int, int]]:
+    """(model, weight bits, activation bits) of every fine-tune, each once."""
+    configured = (params.quant.weight_bits, params.quant.activation_bits)
+    widths = dict.fromkeys([*(tuple(w) for w in params.compare.widths), configured])
+    return [("float", *width) for width in widths] + [("bias", *configured)]
+
+
+def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Split, test: Split,
+              params: Params) -> tuple[dict, dict, list[dict]]:
+    """The fine-tuned state, its learned activation quantization and its training history."""
+    make_deterministic(params.seed)
+    on = device()
+    model = load_model(load_npz(paths.model(model_name)), model_name).to(on)
+    quant, qat = params.quant, params.qat
+    network = QATNet(model, weight_bits, activation_bits, quant.per_channel, quant.unsigned_activations,
+                     qat.decay, qat.start, qat.ranges, params.seed).to(on)
+    history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
+                  weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
+                  desc=f"qat@{model_name} {paths.width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
+    activations = activation_quantization(EMA, network.learned_thresholds(), activation_bits,
+                                          activation_signs(quant.unsigned_activations))
+    return state_to_arrays(model.cpu()), activations, history
+
+
+def main() -> None:
+    params = load_params()
+    dataset = load_npz(paths.DATASET)
+    on = device()
+    train = Split.of(dataset["train_x"], dataset["train_y"], on)
+    test = Split.of(dataset["test_x"], dataset["test_y"], on)
+    for model_name, weight_bits, activation_bits in runs(params):
+        width = paths.width_name(weight_bits, activation_bits)
+        state, activations, history = fine_tune(model_name, weight_bits, activation_bits, train, test, params)
+        save_npz(paths.qat(model_name, width).with_suffix(".npz"), state)
+        save_json(paths.qat(model_name, width).with_suffix(".json"),
+                  {**activations, "weight_bits": weight_bits, "fake_quant_test_accuracy": history[-1]["test_accuracy"]})
+        save_csv(paths.qat_history(model_name, width), pd.DataFrame(history))
+
+
+if __name__ == "__main__":
+    run_main(main)
