@@ -1,21 +1,49 @@
-"""Benchmark: the pipeline through the real `dvc` commands, in a throw-away copy of this working tree that
-uses this workspace's params.yaml (so the same data source). Prints wall times:
+"""Benchmark: the whole pipeline through the real `dvc` commands, each run in a throw-away copy of this working
+tree with this workspace's params.yaml (so the same data source). Prints:
 
-    cold `dvc repro`                  every stage, from the archive
-    no-op `dvc repro`                 nothing to run
-    `dvc exp run -S calib=kl`         only the stages that depend on `calib`   goal < 20 s
+    cold `dvc repro`, all stages                                 and each stage's peak memory (goal <= 2 GiB)
+    the same work in one process (no DVC, one start-up)          the ratio cold / one-process (goal <= 1.25)
+    no-op `dvc repro`                                            goal <= 3 s
+    `dvc exp run -S calib=kl` after the full run                 goal <= 20 s
+    cold `dvc repro` on 1/4 and 1/2 of the training images       (train.fraction)
 
-Run: python -m bench.pipeline   (takes as long as a cold run, about 5 minutes on 2 cores)
+Run: python -m bench.pipeline [--quick]   (about 20 minutes on 2 cores; --quick skips the scaling runs)
 """
 
+import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
-from quantlab.errors import run_main
-from quantlab.sandbox import ROOT, make_repo, run
+import yaml
 
-EXP_GOAL_SECONDS = 20.0
+from quantlab.errors import run_main
+from quantlab.sandbox import ROOT, make_repo, run, set_params
+
+GIB = 2 ** 30
+GOALS = {"ratio": 1.25, "noop": 3.0, "exp": 20.0, "memory": 2 * GIB}
+MEASURE = "bench.measure"  # wraps each stage command to record its peak memory
+
+
+def stage_commands(repo: Path) -> list[tuple[str, str]]:
+    """(name, command) of every stage of dvc.yaml, foreach expanded, in file order (which is topological)."""
+    commands = []
+    for name, stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in stage:
+            commands += [(f"{name}@{item}", stage["do"]["cmd"].replace("${item}", item)) for item in stage["foreach"]]
+        else:
+            commands.append((name, stage["cmd"]))
+    return commands
+
+
+def sandbox(directory: Path, **params) -> Path:
+    repo = make_repo(directory, extra=["bench"])
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    if params:
+        set_params(repo, **params)
+    run(repo, "git", "commit", "-qam", "benchmark params")
+    return repo
 
 
 def timed(repo: Path, *command: str) -> tuple[float, str]:
@@ -24,20 +52,63 @@ def timed(repo: Path, *command: str) -> tuple[float, str]:
     return time.perf_counter() - start, result.stdout
 
 
+def measured_cold_run(repo: Path) -> tuple[float, dict[str, int]]:
+    """Cold `dvc repro` with every stage command wrapped by bench.measure; its time and per-stage peaks."""
+    dvc_yaml = repo / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("cmd: python -m ", f"cmd: python -m {MEASURE} "))
+    run(repo, "git", "commit", "-qam", "measure peak memory")
+    seconds, _ = timed(repo, "dvc", "repro")
+    peaks = {path.stem: int(path.read_text()) for path in sorted((repo / ".peak-memory").glob("*"))}
+    return seconds, peaks
+
+
+def one_process(repo: Path) -> float:
+    """Every stage's main(), in order, in one Python process: the same work without DVC."""
+    script = ("import runpy, sys\n"
+              f"for name, command in {stage_commands(repo)!r}:\n"
+              "    sys.argv = command.split()[2:]\n"
+              "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n")
+    seconds, _ = timed(repo, "python", "-c", script)
+    return seconds
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the runs on 1/4 and 1/2 of the images")
+    args = parser.parse_args()
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        repo = make_repo(Path(tmp) / "repo")
-        (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-        run(repo, "git", "commit", "-qam", "workspace params")
-        cold, _ = timed(repo, "dvc", "repro")
-        noop, _ = timed(repo, "dvc", "repro")
-        exp, out = timed(repo, "dvc", "exp", "run", "-S", "calib=kl")
+        tmp = Path(tmp)
+        repo = sandbox(tmp / "dvc")
+        results["cold"], peaks = measured_cold_run(repo)
+        results["noop"], _ = timed(repo, "dvc", "repro")
+        results["exp"], out = timed(repo, "dvc", "exp", "run", "-S", "calib=kl")
         rerun = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
-    print(f"{'cold dvc repro':<34} {cold:7.1f} s")
-    print(f"{'no-op dvc repro':<34} {noop:7.1f} s")
-    print(f"{'dvc exp run -S calib=kl':<34} {exp:7.1f} s   goal < {EXP_GOAL_SECONDS:.0f} s: "
-          f"{'met' if exp < EXP_GOAL_SECONDS else 'MISSED'}")
+        results["one_process"] = one_process(sandbox(tmp / "one-process"))
+        scaling = {} if args.quick else {
+            fraction: measured_cold_run(sandbox(tmp / f"fraction-{fraction}", train__fraction=fraction))[0]
+            for fraction in (0.25, 0.5)}
+    scaling[1.0] = results["cold"]
+    ratio = results["cold"] / results["one_process"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    print(f"{'cold dvc repro':<40} {results['cold']:7.1f} s")
+    print(f"{'the same work in one process':<40} {results['one_process']:7.1f} s   ratio {ratio:.2f}, "
+          f"goal <= {GOALS['ratio']}: {verdict(ratio <= GOALS['ratio'])}")
+    print(f"{'no-op dvc repro':<40} {results['noop']:7.1f} s   goal <= {GOALS['noop']:.0f} s: "
+          f"{verdict(results['noop'] <= GOALS['noop'])}")
+    print(f"{'dvc exp run -S calib=kl':<40} {results['exp']:7.1f} s   goal <= {GOALS['exp']:.0f} s: "
+          f"{verdict(results['exp'] <= GOALS['exp'])}")
     print(f"  stages rerun: {', '.join(rerun)}")
+    print("cold dvc repro by share of the 50,000 training images:")
+    for fraction, seconds in sorted(scaling.items()):
+        print(f"  {fraction:>4}  {seconds:7.1f} s")
+    print(f"peak memory per stage (goal <= 2 GiB): {verdict(max(peaks.values()) <= GOALS['memory'])}")
+    for stage, peak in peaks.items():
+        print(f"  {stage:<28} {peak / 2 ** 20:7.0f} MiB")
+    print(json.dumps({**results, "ratio": ratio, "scaling": scaling, "peaks": peaks}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,11 @@ class TrainParams:
     lr: float  # peak learning rate of the one-cycle schedule
     weight_decay: float
     flip: bool  # random horizontal flips of training images
+    fraction: float  # share of the training images used (a seeded random subset), for scaling studies
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _check(0 < self.fraction <= 1, "train.fraction", f"must be in (0, 1], got {self.fraction}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be non-negative, got {self.weight_decay}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import tarfile
+import tempfile
 import zlib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,11 +55,15 @@ def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
 
         path = download_dir / Path(urlparse(url).path).name
         if not path.exists():
-            try:
-                download_url(url, str(download_dir), path.name)
-            except Exception as error:  # urllib and torchvision raise many kinds; all mean "no archive"
-                raise UserError(f"cannot download {url} ({error.__class__.__name__}: {error}); offline, set "
-                                f"data.url to a local copy of cifar-10-python.tar.gz and data.md5 to its md5") from None
+            download_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=download_dir, prefix=".download-") as scratch:
+                try:
+                    download_url(url, scratch, path.name)
+                except Exception as error:  # urllib and torchvision raise many kinds; all mean "no archive"
+                    raise UserError(f"cannot download {url} ({error.__class__.__name__}: {error}); offline, set "
+                                    f"data.url to a local copy of cifar-10-python.tar.gz and data.md5 to its "
+                                    f"md5") from None
+                os.replace(Path(scratch) / path.name, path)  # complete downloads only, never a partial one
     else:
         path = Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
         if not path.is_file():

@@ -28,9 +28,12 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`. Temporary files
+    of `path` that a killed process left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
@@ -85,6 +88,16 @@ def load_npz(path: str | Path, names: list[str] | None = None) -> dict[str, np.n
     """The arrays of an .npz (only `names`, if given: the others are not read)."""
     with np.load(require(path), allow_pickle=False) as archive:
         return {name: archive[name] for name in (archive.files if names is None else names)}
+
+
+def load_state(path: str | Path) -> dict[str, np.ndarray]:
+    """A model's weights (.npz), refused if any value is NaN or infinite (a diverged or damaged checkpoint)."""
+    state = load_npz(path)
+    for name, array in state.items():
+        if not np.isfinite(array).all():
+            raise UserError(f"{path}: {name} holds NaN or infinite values; retrain it with `dvc repro -f` "
+                            f"(and a lower learning rate if training diverged)")
+    return state
 
 
 def load_json(path: str | Path):

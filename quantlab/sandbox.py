@@ -23,8 +23,8 @@ def environment() -> dict:
     return env
 
 
-def run(cwd: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True)
+def run(cwd: Path, *command: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env={**environment(), **(env or {})}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -43,9 +43,10 @@ def set_params(repo: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_repo(path: Path, **params) -> Path:
+def make_repo(path: Path, extra: list[str] | tuple[str, ...] = (), **params) -> Path:
+    """A git + DVC repository at `path` with the project's files (and the `extra` ones), params changed."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT:
+    for name in [*PROJECT, *extra]:
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -14,11 +14,21 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from quantlab.data import normalize
+from quantlab.errors import UserError
 from quantlab.evaluation import Split, accuracy, predict
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def training_subset(split: Split, fraction: float, seed: int) -> Split:
+    """All of `split`, or a seeded random `fraction` of it (in the original order)."""
+    if fraction >= 1:
+        return split
+    count = max(1, round(fraction * len(split)))
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return Split(split.x[index.to(split.x.device)], split.y[index.to(split.y.device)])
 
 
 def make_deterministic(seed: int) -> None:
@@ -53,6 +63,9 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
             y = train.y[index]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise UserError(f"{desc}: training diverged (the loss is {loss.item()} at epoch {epoch}, step "
+                                f"{step + 1}); lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

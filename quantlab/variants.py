@@ -22,7 +22,7 @@ from quantlab import paths, runner
 from quantlab.config import load_params
 from quantlab.engine import IntegerEngine
 from quantlab.integer import IntegerNet
-from quantlab.io import load_json, load_npz
+from quantlab.io import load_json, load_npz, load_state
 from quantlab.model import load_model
 from quantlab.quant import dequantized_state, split_weights
 
@@ -39,7 +39,7 @@ def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
     q_weights, weight_scales = split_weights(arrays)
     bias = None
     if bias_mode == "raw":  # the bias of the weights that were quantized (the QAT fine-tune's with calib=ema)
-        bias = load_npz(paths.quantized_state(model_name, load_params()))["fc3.bias"]
+        bias = load_state(paths.quantized_state(model_name, load_params()))["fc3.bias"]
     elif bias_mode == "int32":
         bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
     return IntegerNet.build(q_weights, weight_scales, activations, bias, bias_mode)
@@ -52,14 +52,14 @@ def integer_engine(model_name: str) -> IntegerEngine:
 def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function from normalized images to logits (float or integer) for `variant`."""
     if variant == "float":
-        return load_model(load_npz(paths.model("float")), "float")
+        return load_model(load_state(paths.model("float")), "float")
     if variant == "quant_weights":  # every weight replaced, so the float model's state serves as the frame
-        state = load_npz(paths.model("float"))
+        state = load_state(paths.model("float"))
         return load_model(dequantized_state(state, load_npz(paths.quant_weights("float"))), "float")
     if variant == "quant_weights_activations":
         return integer_net("float")
     if variant == "bias_float":
-        return load_model(load_npz(paths.model("bias")), "bias")
+        return load_model(load_state(paths.model("bias")), "bias")
     if variant == "bias_quant_raw_bias":
         return integer_net("bias", "raw")
     if variant == "bias_quant":

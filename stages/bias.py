@@ -4,7 +4,7 @@ S_bias = S_W * S_in (S_in: the scale of fc2's output, which feeds fc3), q_b = ro
 from quantlab import paths
 from quantlab.config import load_params
 from quantlab.errors import UserError, run_main
-from quantlab.io import load_json, load_npz, save_npz
+from quantlab.io import load_json, load_npz, load_state, save_npz
 from quantlab.quant import bias_scale, quantize_bias
 
 
@@ -17,7 +17,7 @@ def quantized_fc3_bias(bias, weight_scale, input_scale: float) -> dict:
 
 
 def main() -> None:
-    model = load_npz(paths.quantized_state("bias", load_params()))
+    model = load_state(paths.quantized_state("bias", load_params()))
     weights = load_npz(paths.quant_weights("bias"))
     activations = load_json(paths.quant_activations("bias"))
     save_npz(paths.QUANT_BIAS, quantized_fc3_bias(model["fc3.bias"], weights["fc3.scale"],

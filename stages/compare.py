@@ -12,7 +12,7 @@ from quantlab.config import CompareParams, QuantParams, load_params
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, accuracy, predict
 from quantlab.integer import IntegerNet
-from quantlab.io import load_json, load_npz, save_csv, save_json
+from quantlab.io import load_json, load_npz, load_state, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quant import activation_signs, quantize_weights, split_weights
 
@@ -34,7 +34,7 @@ def compare(state: dict, profiles: dict[str, TensorProfile], test: Split, quant:
         results[width] = {method: integer_accuracy(q_weights, scales, calibrations[method, activation_bits], test)
                           for method in settings.methods}
         qat = paths.qat("float", width)
-        q_weights, scales = split_weights(quantize_weights(load_npz(qat.with_suffix(".npz")), weight_bits,
+        q_weights, scales = split_weights(quantize_weights(load_state(qat.with_suffix(".npz")), weight_bits,
                                                            quant.per_channel))
         results[width]["qat"] = integer_accuracy(q_weights, scales, load_json(qat.with_suffix(".json")), test)
     rows = [{"method": method, "activation_bits": bits, "tensor": name,
@@ -47,7 +47,7 @@ def main() -> None:
     params = load_params()
     dataset = load_npz(paths.DATASET)
     test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
-    results, layers = compare(load_npz(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
+    results, layers = compare(load_state(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
                               test, params.quant, params.compare)
     save_json(paths.CALIBRATION, results)
     for method in [*params.compare.methods, "qat"]:

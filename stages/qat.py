@@ -9,11 +9,11 @@ from quantlab import paths
 from quantlab.config import EMA, Params, load_params
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
-from quantlab.io import load_npz, save_csv, save_json, save_npz
+from quantlab.io import load_npz, load_state, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.qat import QATNet
 from quantlab.quant import activation_quantization, activation_signs
-from quantlab.training import device, fit, make_deterministic
+from quantlab.training import device, fit, make_deterministic, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
 
@@ -30,7 +30,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     """The fine-tuned state, its learned activation quantization and its training history."""
     make_deterministic(params.seed)
     on = device()
-    model = load_model(load_npz(paths.model(model_name)), model_name).to(on)
+    model = load_model(load_state(paths.model(model_name)), model_name).to(on)
     quant, qat = params.quant, params.qat
     network = QATNet(model, weight_bits, activation_bits, quant.per_channel, quant.unsigned_activations,
                      qat.decay, qat.start, qat.ranges, params.seed).to(on)
@@ -46,7 +46,7 @@ def main() -> None:
     params = load_params()
     dataset = load_npz(paths.DATASET)
     on = device()
-    train = Split.of(dataset["train_x"], dataset["train_y"], on)
+    train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)
     for model_name, weight_bits, activation_bits in runs(params):
         width = paths.width_name(weight_bits, activation_bits)

@@ -8,7 +8,7 @@ from quantlab import paths
 from quantlab.architecture import model_name_argument
 from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.io import load_npz, save_npz
+from quantlab.io import load_state, save_npz
 from quantlab.quant import quantize_weights
 
 
@@ -16,7 +16,7 @@ def main() -> None:
     model_name = model_name_argument(sys.argv, "quantize_weights")
     params = load_params()
     quant = params.quant
-    arrays = quantize_weights(load_npz(paths.quantized_state(model_name, params)), quant.weight_bits,
+    arrays = quantize_weights(load_state(paths.quantized_state(model_name, params)), quant.weight_bits,
                               quant.per_channel)
     save_npz(paths.quant_weights(model_name), arrays)
 

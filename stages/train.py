@@ -11,7 +11,7 @@ from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_npz
 from quantlab.model import Net, state_to_arrays
-from quantlab.training import device, fit, make_deterministic
+from quantlab.training import device, fit, make_deterministic, training_subset
 
 
 def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tuple[Net, list[dict]]:
@@ -19,7 +19,8 @@ def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tup
     make_deterministic(seed)
     on = device()
     model = Net(fc3_bias=MODELS[model_name]).to(on)
-    history = fit(model, Split.of(dataset["train_x"], dataset["train_y"], on),
+    train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.fraction, seed)
+    history = fit(model, train,
                   Split.of(dataset["test_x"], dataset["test_y"], on),
                   epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                   weight_decay=params.weight_decay, flip=params.flip, seed=seed, desc=f"train@{model_name}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from quantlab.errors import UserError
-from quantlab.io import atomic_write, load_npz, require, save_json, save_npz
+from quantlab.io import atomic_write, load_npz, load_state, require, save_json, save_npz
 
 
 def test_npz_is_byte_stable_and_loads(tmp_path):
@@ -38,3 +38,16 @@ def test_json_refuses_nan(tmp_path):
 def test_missing_upstream_output_names_the_fix(tmp_path):
     with pytest.raises(UserError, match="missing upstream output .*run `dvc repro`"):
         require(tmp_path / "models" / "float.npz")
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path):
+    save_npz(tmp_path / "float.npz", {"conv1.weight": np.array([0.5, np.nan], np.float32)})
+    with pytest.raises(UserError, match="conv1.weight holds NaN or infinite values; retrain it"):
+        load_state(tmp_path / "float.npz")
+
+
+def test_a_killed_write_leaves_nothing_the_next_write_keeps(tmp_path):
+    stale = tmp_path / ".out.json.abc123.tmp"  # what SIGKILL between write and rename leaves
+    stale.write_text("{")
+    save_json(tmp_path / "out.json", {"v": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

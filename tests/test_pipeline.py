@@ -1,8 +1,13 @@
 """End to end: the real `dvc repro` on a small generated CIFAR-10 archive in a temporary repository."""
 
+import csv
+import hashlib
+import io
 import json
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,7 +31,7 @@ def repo(tmp_path_factory):
     path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo",
                      data__url=str(archive), data__md5=md5_of(archive),
                      train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
-                     report__author=AUTHOR)
+                     compare__widths=[[8, 8], [4, 4]], report__author=AUTHOR)
     run(path, "dvc", "repro")
     return path
 
@@ -68,17 +73,13 @@ def test_plots_and_profiles_are_written(repo):
 
 def test_calibration_comparison_covers_every_method_and_width(repo):
     table = json.loads((repo / "metrics/calibration.json").read_text())
-    assert list(table) == ["W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
+    assert list(table) == ["W8A8", "W4A4"]
     assert all(list(row) == ["minmax", "sigma3", "percentile", "kl", "mse", "qat"] for row in table.values())
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
     assert table["W8A8"]["minmax"] == accuracy["quant_weights_activations"]  # the same integer forward
     layers = (repo / "compare/layers.csv").read_text().splitlines()
     assert layers[0] == "method,activation_bits,tensor,threshold,clipped,sqnr_db"
-    assert len(layers) == 1 + 5 * 3 * 6  # methods x activation widths x tensors
-
-
-REPORT_FILES = ["report.tex", "report.md", "report.pdf", "figures/training.pdf", "figures/training.png",
-                "figures/weights.pdf", "figures/activations.pdf", "figures/activations.png", "figures/calibration.pdf"]
+    assert len(layers) == 1 + 5 * 2 * 6  # methods x activation widths x tensors
 
 
 def pdf_text(repo) -> str:
@@ -101,24 +102,95 @@ def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
     assert "![Distributions of the activations](figures/activations.png)" in markdown
 
 
-def test_forced_rebuild_is_byte_identical(repo):
-    before = {name: (repo / "reports/build" / name).read_bytes() for name in REPORT_FILES}
-    result = run(repo, "dvc", "repro", "-f", "-s", "report")
-    run(repo, "dvc", "repro", "-f", "-s", "pdf")
-    assert stages_run(result.stdout) == ["report"]
-    for name in REPORT_FILES:
-        assert (repo / "reports/build" / name).read_bytes() == before[name], name
+OUTPUTS = ["data", "models", "profile", "qat", "quant", "export", "metrics", "plots", "compare", "reports/build",
+           "dvc.lock"]
+
+
+def output_digests(repo) -> dict[str, str]:
+    files = [p for name in OUTPUTS for p in ([repo / name] if (repo / name).is_file() else
+                                             sorted((repo / name).rglob("*"))) if p.is_file()]
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_forced_rerun_of_everything_is_byte_identical(repo):
+    before = output_digests(repo)
+    assert len(before) > 60 and any(name.endswith("report.pdf") for name in before)
+    run(repo, "dvc", "repro", "-f")
+    assert output_digests(repo) == before
     assert "up to date" in run(repo, "dvc", "status").stdout
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(repo):
     again = run(repo, "dvc", "repro")
     assert stages_run(again.stdout) == []
     assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_changing_a_report_template_reruns_only_the_report_stages(repo):
+    template = repo / "reports/report.tex.j2"
+    original = template.read_text()
+    template.write_text(original.replace(r"\section{Results}", r"\section{Results of this run}"))
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
+    assert r"\section{Results of this run}" in (repo / "reports/build/report.tex").read_text()
+    template.write_text(original)
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
+    assert stages_run(run(repo, "dvc", "repro").stdout) == []
+
+
+KILLER = """
+import os, signal
+_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):  # SIGKILL this process instead of completing one chosen write
+    if str(dst).endswith(os.environ["KILL_WHEN_WRITING"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+"""
+
+
+def test_a_stage_killed_while_writing_reruns_and_dvc_accepts_it(repo, tmp_path):
+    before = output_digests(repo)
+    (tmp_path / "sitecustomize.py").write_text(KILLER)
+    killed = run(repo, "dvc", "repro", "-f", "-s", "evaluate", check=False,
+                 env={"PYTHONPATH": str(tmp_path), "KILL_WHEN_WRITING": "metrics/accuracy.json"})
+    assert killed.returncode != 0
+    assert not (repo / "metrics/accuracy.json").exists() and list((repo / "metrics").glob(".accuracy.json.*.tmp"))
+    assert "changed" in run(repo, "dvc", "status").stdout
+    run(repo, "dvc", "repro")
+    assert "up to date" in run(repo, "dvc", "status").stdout
+    assert not list(repo.rglob("*.tmp"))
+    assert output_digests(repo) == before
+
+
+def test_two_queued_experiments_run_in_parallel(repo):
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "results")  # queued experiments start from the last commit
+    for calib in ("kl", "mse"):
+        run(repo, "dvc", "exp", "run", "--queue", "-S", f"calib={calib}")
+    run(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", run(repo, "dvc", "queue", "status").stdout):
+        assert time.monotonic() < deadline, "queued experiments did not finish in 10 minutes"
+        time.sleep(2)
+    rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv").stdout)))
+    column = next(c for c in rows[0] if c.endswith("quant_weights_activations"))
+    table = json.loads((repo / "metrics/calibration.json").read_text())
+    finished = {row["calib"]: row for row in rows if row.get("State") == "Success"}
+    assert set(finished) == {"kl", "mse"}
+    for calib, row in finished.items():
+        assert float(row[column]) == table["W8A8"][calib]
+    assert "up to date" in run(repo, "dvc", "status").stdout  # the workspace is untouched
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages `dvc repro` reproduced: ran, or restored from DVC's run-cache (a stage already run elsewhere
+    with the same deps and params, e.g. by a queued experiment)."""
+    return [line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage") or "is cached - skipping run" in line]
 
 
 def test_switching_calib_reruns_only_what_depends_on_it(repo):

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from quantlab.config import TrainParams
+from quantlab.errors import UserError
+from quantlab.evaluation import Split
 from quantlab.model import Net, architecture_table
+from quantlab.training import training_subset
 from stages.train import train
 
 from cifar_fixture import batches
@@ -39,7 +42,7 @@ def dataset():
 
 
 def test_same_seed_same_weights_bit_for_bit(dataset):
-    params = TrainParams(epochs=2, batch_size=32, lr=0.004, weight_decay=0.0, flip=True)
+    params = TrainParams(epochs=2, batch_size=32, lr=0.004, weight_decay=0.0, flip=True, fraction=1.0)
     first, history = train("bias", dataset, params, seed=1)
     second, _ = train("bias", dataset, params, seed=1)
     other, _ = train("bias", dataset, params, seed=2)
@@ -48,3 +51,16 @@ def test_same_seed_same_weights_bit_for_bit(dataset):
     assert not torch.equal(first.fc1.weight, other.fc1.weight)
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_fraction_trains_on_a_seeded_subset(dataset):
+    split = Split.of(dataset["train_x"], dataset["train_y"], torch.device("cpu"))
+    quarter = training_subset(split, 0.25, seed=0)
+    assert len(quarter) == 50 and torch.equal(quarter.y, training_subset(split, 0.25, seed=0).y)
+    assert training_subset(split, 1.0, seed=0) is split
+
+
+def test_diverging_training_stops_with_a_clear_error(dataset):
+    params = TrainParams(epochs=1, batch_size=32, lr=1e12, weight_decay=0.0, flip=False, fraction=1.0)
+    with pytest.raises(UserError, match="training diverged .* lower the learning rate"):
+        train("float", dataset, params, seed=0)
