@@ -33,6 +33,11 @@ ACTIVATIONS = ("input", *LAYER_NAMES)
 MODELS = {"float": False, "bias": True}
 
 
+def input_of(layer_name: str) -> str:
+    """The activation entering a layer (pooling does not change scales)."""
+    return ACTIVATIONS[ACTIVATIONS.index(layer_name) - 1]
+
+
 def model_name_argument(argv: list[str], stage: str) -> str:
     """The one command-line argument of a per-model stage: a name in MODELS."""
     if len(argv) != 2 or argv[1] not in MODELS:

@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 
 from quantlab.errors import UserError
 
@@ -147,6 +146,8 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
     }
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels 0..255 to float32 in [-1, 1], as the lab's transforms.Normalize((0.5,)*3, (0.5,)*3)."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
+def normalize(images):
+    """uint8 pixels 0..255 to float32 in [-1, 1], as the lab's transforms.Normalize((0.5,)*3, (0.5,)*3);
+    a NumPy array or a torch tensor, with the same float32 operations (so the same bits) for both."""
+    pixels = images.astype(np.float32) if isinstance(images, np.ndarray) else images.float()
+    return pixels / 127.5 - 1.0

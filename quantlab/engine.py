@@ -38,26 +38,37 @@ class EngineLayer:
         if worst > INT32_MAX:
             raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {worst} > "
                                 f"{INT32_MAX}); use fewer bits or smaller ranges")
-        self.weight_t = torch.from_numpy(flat.T.astype(np.int8)).contiguous()  # (K, O) for _int_mm
-        self.bias = torch.from_numpy((bias + self.offset * flat.sum(axis=1)).astype(np.int32))
+        # (K, O) for _int_mm; a conv's columns ordered (kh, kw, C), as `windows` lays out the input
+        columns = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1) if self.kernel else flat
+        self.weight_t = torch.from_numpy(columns.T.astype(np.int8)).contiguous()
+        self.bias = torch.from_numpy(bias + self.offset * flat.sum(axis=1))  # int64, added to int32 sums
         self.arrays = {spec[key]: torch.from_numpy(arrays[spec[key]]) for key in ("multiplier", "shift")}
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """int32/int16 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
+        """int32 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
         if self.offset:
             q = q - self.offset
         q = q.to(torch.int8)
         if self.kernel:
             n, h, w, _ = q.shape
             k = self.kernel
-            # (N, H', W', C, k, k) -> one row per output position, columns ordered as the weight (C, kh, kw)
-            cols = q.unfold(1, k, 1).unfold(2, k, 1).reshape(n * (h - k + 1) * (w - k + 1), -1)
-            acc = (torch._int_mm(cols, self.weight_t) + self.bias).reshape(n, h - k + 1, w - k + 1, -1)
+            acc = torch._int_mm(windows(q, k), self.weight_t).reshape(n, h - k + 1, w - k + 1, -1)
             if self.spec["pool"]:  # on the int32 accumulators, channels last
                 acc = F.max_pool2d(acc.permute(0, 3, 1, 2), self.spec["pool"]).permute(0, 2, 3, 1)
         else:
-            acc = torch._int_mm(q, self.weight_t) + self.bias
-        return requantize(self.spec, self.arrays, acc.long(), channel_axis=-1).int()
+            acc = torch._int_mm(q, self.weight_t)
+        # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
+        return requantize(self.spec, self.arrays, acc.long() + self.bias, channel_axis=-1).int()
+
+
+def windows(q: torch.Tensor, k: int) -> torch.Tensor:
+    """im2col of a contiguous channels-last (N, H, W, C) tensor for a k x k convolution (stride 1, no padding):
+    one row per output position, columns ordered (kh, kw, C). For each kh the k * C values of a window's
+    row lie next to each other in memory, so the strided view is copied in runs of k * C values."""
+    n, h, w, c = q.shape
+    q = q.contiguous()
+    view = q.as_strided((n, h - k + 1, w - k + 1, k, k * c), (h * w * c, w * c, c, w * c, 1))
+    return view.reshape(-1, k * k * c)
 
 
 class IntegerEngine:

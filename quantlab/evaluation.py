@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 
+from quantlab import paths
 from quantlab.data import normalize
+from quantlab.io import load_npz, save_csv
 
 CHANNELS_LAST = torch.channels_last
 
@@ -47,3 +50,18 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     """Percent of correct predictions, rounded to two decimals as in metrics/accuracy.json."""
     return round(100.0 * (predictions == labels).sum().item() / len(labels), 2)
+
+
+def test_split(with_classes: bool = False) -> tuple[Split, list | None]:
+    """The test images and labels (on the CPU), and the class names if asked for."""
+    dataset = load_npz(paths.DATASET, ["test_x", "test_y", *(["classes"] if with_classes else [])])
+    return (Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu")),
+            dataset["classes"] if with_classes else None)
+
+
+def save_class_plots(name: str, predictions: torch.Tensor, labels: torch.Tensor, classes) -> None:
+    """plots/per_class/<name>.csv (accuracy of every class) and plots/confusion/<name>.csv (one row per image)."""
+    per_class = [accuracy(predictions[labels == c], labels[labels == c]) for c in range(len(classes))]
+    save_csv(paths.PLOTS / "per_class" / f"{name}.csv", pd.DataFrame({"class": classes, "accuracy": per_class}))
+    save_csv(paths.PLOTS / "confusion" / f"{name}.csv",
+             pd.DataFrame({"actual": classes[labels.numpy()], "predicted": classes[predictions.numpy()]}))

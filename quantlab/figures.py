@@ -32,7 +32,7 @@ def save(figure, directory: Path, name: str) -> None:
     for suffix, metadata in (("pdf", {"CreationDate": None, "Producer": None, "Creator": None}),
                              ("png", {"Software": None})):
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, metadata=metadata, bbox_inches="tight", pad_inches=0.02)
+        figure.savefig(buffer, format=suffix, metadata=metadata)
         with atomic_write(directory / f"{name}.{suffix}") as f:
             f.write(buffer.getvalue())
     plt.close(figure)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantlab.architecture import ACTIVATIONS, LAYERS, Layer
+from quantlab.architecture import LAYERS, Layer, input_of
 from quantlab.model import walk
-from quantlab.quant import channel_shaped, int_range, quantize, requantize
+from quantlab.quant import channel_shaped, int_range, multiplier, quantize, requantize
 
 FLOAT32_EXACT_LIMIT = 2 ** 24
 
@@ -63,7 +63,7 @@ class IntegerNet:
                   activations, None if bias is None else torch.as_tensor(np.asarray(bias, np.float64)), bias_mode)
         for layer in LAYERS:
             q = torch.from_numpy(np.asarray(q_weights[layer.name], dtype=np.float64))
-            max_abs_input = max(abs(v) for v in net.range(net.input_of(layer)))
+            max_abs_input = max(abs(v) for v in net.range(input_of(layer.name)))
             q = q.to(accumulation_dtype(q, max_abs_input))
             net.q_weights[layer.name] = q.contiguous(memory_format=torch.channels_last) if q.ndim == 4 else q
         return net
@@ -71,15 +71,8 @@ class IntegerNet:
     def range(self, activation: str) -> tuple[int, int]:
         return int_range(self.activations["bits"], self.activations["signed"][activation])
 
-    @staticmethod
-    def input_of(layer: Layer) -> str:
-        """The activation entering `layer` (pooling does not change scales)."""
-        return ACTIVATIONS[ACTIVATIONS.index(layer.name) - 1]
-
     def multiplier(self, layer: Layer) -> torch.Tensor:
-        """M = S_in * S_W / S_out, where S_in is the scale of the activation entering the layer."""
-        scales = self.activations["scales"]
-        return scales[self.input_of(layer)] * self.weight_scales[layer.name] / scales[layer.name]
+        return multiplier(self.activations, self.weight_scales[layer.name], layer.name)
 
     def _apply(self, layer: Layer, q_x: torch.Tensor) -> torch.Tensor:
         acc = integer_layer(layer, q_x, self.q_weights[layer.name])

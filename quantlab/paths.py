@@ -20,8 +20,10 @@ def profile(name: str) -> Path:
     return Path("profile") / name
 
 
-def quant_weights(name: str) -> Path:
-    return Path("quant") / name / "weights.npz"
+def quant_weights(name: str, params: Params | None = None) -> Path:
+    """The quantized weights of the trained model; with `params` whose calib is ema, of its QAT fine-tune."""
+    fine_tuned = params is not None and params.calib == EMA
+    return Path("quant") / name / ("qat_weights.npz" if fine_tuned else "weights.npz")
 
 
 def quant_activations(name: str) -> Path:
@@ -30,6 +32,7 @@ def quant_activations(name: str) -> Path:
 
 QUANT_BIAS = Path("quant/bias/bias.npz")
 ACCURACY = Path("metrics/accuracy.json")
+FLOAT_ACCURACY = Path("evaluation/float.json")  # evaluate_float's results, merged into ACCURACY by evaluate
 PLOTS = Path("plots")
 CALIBRATION = Path("metrics/calibration.json")
 CALIBRATION_LAYERS = Path("compare/layers.csv")
@@ -56,9 +59,12 @@ def qat_history(name: str, width: str) -> Path:
     return Path("plots/qat") / f"{name}-{width}.csv"
 
 
+def qat_state(name: str, params: Params) -> Path:
+    """The quantization-aware fine-tune of a model at the configured bits."""
+    return qat(name, width_name(params.quant.weight_bits, params.quant.activation_bits)).with_suffix(".npz")
+
+
 def quantized_state(name: str, params: Params) -> Path:
-    """The weights that get quantized: the trained model's, or with calib=ema its quantization-aware
-    fine-tune at the configured bits."""
-    if params.calib == EMA:
-        return qat(name, width_name(params.quant.weight_bits, params.quant.activation_bits)).with_suffix(".npz")
-    return model(name)
+    """The float weights behind the headline quantized network: the trained model's, or with calib=ema its
+    quantization-aware fine-tune at the configured bits."""
+    return qat_state(name, params) if params.calib == EMA else model(name)

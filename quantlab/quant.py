@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantlab.architecture import ACTIVATIONS, LAYERS
+from quantlab.architecture import ACTIVATIONS, LAYERS, input_of
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
@@ -68,6 +68,12 @@ def activation_quantization(method: str, thresholds: dict[str, float], bits: int
     """What quantize_activations stores and IntegerNet reads: every activation's threshold and scale."""
     return {"calib": method, "bits": bits, "signed": dict(signs), "thresholds": dict(thresholds),
             "scales": {name: float(scale_for(t, bits, signs[name])) for name, t in thresholds.items()}}
+
+
+def multiplier(activations: dict, weight_scale, layer_name: str):
+    """M = S_in * S_W / S_out of a layer: S_in the scale of the activation entering it, S_out its own."""
+    scales = activations["scales"]
+    return scales[input_of(layer_name)] * weight_scale / scales[layer_name]
 
 
 def bias_scale(weight_scale, input_scale: float):

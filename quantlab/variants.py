@@ -5,11 +5,11 @@
     quant_weights_activations   the integer-only forward of the float model (IntegerNet)
     bias_float                  the float model with a bias in fc3
     bias_quant_raw_bias         its integer-only forward, fc3's bias added as trained (see IntegerNet)
-
-With calib=ema the quantized variants are built from the quantization-aware fine-tunes instead.
     bias_quant                  its integer-only forward, fc3's bias as int32 on the accumulator's scale
     integer_engine              the exported float model on the bit-exact integer engine (fixed-point
                                 rescale); it reads uint8 pixels, the others normalized images
+
+With calib=ema the quantized variants are built from the quantization-aware fine-tunes instead.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from quantlab.quant import dequantized_state, split_weights
 VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
             "bias_quant", "integer_engine")
 PIXEL_VARIANTS = {"integer_engine"}
-# Each model's engine, and the float-rescale variant it is compared with.
-ENGINE_REFERENCES = {"float": "quant_weights_activations", "bias": "bias_quant"}
+FLOAT_VARIANTS = ("float", "bias_float")  # untouched by quantization: evaluated by their own stage
+# The float-rescale variant the engine is compared with (the same network, rescaled with a float M).
+ENGINE_REFERENCE = "quant_weights_activations"
 
 
 def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
-    arrays = load_npz(paths.quant_weights(model_name))
+    arrays = load_npz(paths.quant_weights(model_name, load_params()))
     activations = load_json(paths.quant_activations(model_name))
     q_weights, weight_scales = split_weights(arrays)
     bias = None
@@ -55,7 +56,7 @@ def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return load_model(load_state(paths.model("float")), "float")
     if variant == "quant_weights":  # every weight replaced, so the float model's state serves as the frame
         state = load_state(paths.model("float"))
-        return load_model(dequantized_state(state, load_npz(paths.quant_weights("float"))), "float")
+        return load_model(dequantized_state(state, load_npz(paths.quant_weights("float", load_params()))), "float")
     if variant == "quant_weights_activations":
         return integer_net("float")
     if variant == "bias_float":

@@ -17,8 +17,9 @@ def quantized_fc3_bias(bias, weight_scale, input_scale: float) -> dict:
 
 
 def main() -> None:
-    model = load_state(paths.quantized_state("bias", load_params()))
-    weights = load_npz(paths.quant_weights("bias"))
+    params = load_params()
+    model = load_state(paths.quantized_state("bias", params))
+    weights = load_npz(paths.quant_weights("bias", params))
     activations = load_json(paths.quant_activations("bias"))
     save_npz(paths.QUANT_BIAS, quantized_fc3_bias(model["fc3.bias"], weights["fc3.scale"],
                                                   activations["scales"]["fc2"]))

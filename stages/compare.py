@@ -45,7 +45,7 @@ def compare(state: dict, profiles: dict[str, TensorProfile], test: Split, quant:
 
 def main() -> None:
     params = load_params()
-    dataset = load_npz(paths.DATASET)
+    dataset = load_npz(paths.DATASET, ["test_x", "test_y"])
     test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
     results, layers = compare(load_state(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
                               test, params.quant, params.compare)

@@ -8,40 +8,40 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from quantlab import paths, runner
 from quantlab.architecture import LAYERS, MODELS, model_name_argument
 from quantlab.config import load_params
 from quantlab.data import normalize
 from quantlab.errors import run_main
-from quantlab.integer import IntegerNet
 from quantlab.io import load_json, load_npz, save_json, save_npz, save_text
-from quantlab.model import Net, architecture_table
-from quantlab.quant import quantize, split_weights
+from quantlab.quant import int_range, multiplier, quantize, split_weights
 
 
 def input_lut(activations: dict) -> np.ndarray:
     """The quantized input of each of the 256 pixel values, exactly as the float-rescale forward computes it."""
-    pixels = normalize(torch.arange(256, dtype=torch.uint8)).to(torch.float64)
+    pixels = normalize(np.arange(256, dtype=np.uint8)).astype(np.float64)
     return quantize(pixels, activations["scales"]["input"], activations["bits"],
-                    activations["signed"]["input"]).numpy().astype(np.int16)
+                    activations["signed"]["input"]).astype(np.int16)
 
 
 def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, bias: np.ndarray | None,
-           classes: list[str], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+           classes: list[str], architecture: list[dict], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """The manifest (without its checksum) and the arrays of the integer network; with `headroom`, each
     layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see runner)."""
     q_weights, weight_scales = split_weights(weights)
-    net = IntegerNet.build(q_weights, weight_scales, activations)
-    shapes = {row["layer"]: row for row in architecture_table(Net(fc3_bias=MODELS[model_name]))}
+    shapes = {row["layer"]: row for row in architecture}
     arrays = {"input.lut": input_lut(activations)}
     layers = []
-    input_range = net.range("input")
+
+    def activation_range(name: str) -> tuple[int, int]:
+        return int_range(activations["bits"], activations["signed"][name])
+
+    input_range = activation_range("input")
     for layer in LAYERS:
         channels = len(q_weights[layer.name])
-        multiplier = np.broadcast_to(net.multiplier(layer).numpy(), (channels,))
-        m0, shift = zip(*(runner.quantize_multiplier(float(m)) for m in multiplier), strict=True)
+        rescale = np.broadcast_to(multiplier(activations, weight_scales[layer.name], layer.name), (channels,))
+        m0, shift = zip(*(runner.quantize_multiplier(float(m)) for m in rescale), strict=True)
         names = {key: f"{layer.name}.{key}" for key in ("weight", "m0", "shift")}
         arrays[names["weight"]] = q_weights[layer.name].astype(np.int8)
         arrays[names["m0"]] = np.array(m0, np.int32)
@@ -49,7 +49,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
         has_bias = bias is not None and layer.name == "fc3"
         if has_bias:
             arrays["fc3.bias"] = bias.astype(np.int32)
-        qmin, qmax = net.range(layer.name)
+        qmin, qmax = activation_range(layer.name)
         bound = runner.accumulator_bound(q_weights[layer.name], input_range, bias if has_bias else None)
         clamp = [max(qmin, 0) if layer.relu else qmin, qmax]
         layers.append({
@@ -59,7 +59,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
             "weight": names["weight"], "weight_bits": int(weights["bits"]),
             "weight_scale": np.asarray(weight_scales[layer.name]).tolist(),
             "bias": "fc3.bias" if has_bias else None,
-            "multiplier": names["m0"], "shift": names["shift"], "real_multiplier": multiplier.tolist(),
+            "multiplier": names["m0"], "shift": names["shift"], "real_multiplier": rescale.tolist(),
             "accumulator_bound": bound,
             "pre_shift": runner.headroom_shift(bound, arrays[names["shift"]]) if headroom else 0,
             "output_scale": activations["scales"][layer.name], "output_range": [qmin, qmax],
@@ -70,7 +70,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
         "format": runner.FORMAT, "version": 1, "model": model_name, "calib": activations["calib"],
         "activation_bits": activations["bits"],
         "input": {"shape": [3, 32, 32], "lut": "input.lut", "normalization": "x = pixel / 127.5 - 1 (float32)",
-                  "scale": activations["scales"]["input"], "range": list(net.range("input"))},
+                  "scale": activations["scales"]["input"], "range": list(activation_range("input"))},
         "layers": layers, "classes": classes, "arrays": "model.npz",
     }
     return manifest, arrays
@@ -78,11 +78,13 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
 
 def main() -> None:
     model_name = model_name_argument(sys.argv, "export")
+    params = load_params()
     activations = load_json(paths.quant_activations(model_name))
     bias = load_npz(paths.QUANT_BIAS)["fc3.bias"] if MODELS[model_name] else None
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
-    manifest, arrays = export(model_name, load_npz(paths.quant_weights(model_name)), activations, bias, classes,
-                              load_params().export.headroom)
+    architecture = load_json(paths.profile(model_name) / "stats.json")["architecture"]
+    weights = load_npz(paths.quant_weights(model_name, params))
+    manifest, arrays = export(model_name, weights, activations, bias, classes, architecture, params.export.headroom)
     directory = paths.export(model_name)
     save_npz(directory / manifest["arrays"], arrays)
     manifest["sha256"] = hashlib.sha256((directory / manifest["arrays"]).read_bytes()).hexdigest()

@@ -1,12 +1,14 @@
 """Stage quantize_weights@<model>: symmetric weights of `quant.weight_bits` bits, per tensor (or per output
 channel with `quant.per_channel`): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1).
-With `calib=ema`, the weights are those of the model's quantization-aware fine-tune."""
+Both the trained model's weights (weights.npz) and those of its quantization-aware fine-tune at the same bits
+(qat_weights.npz, what `calib=ema` uses), so that switching `calib` never reruns this stage."""
 
 import sys
+from dataclasses import replace
 
 from quantlab import paths
 from quantlab.architecture import model_name_argument
-from quantlab.config import load_params
+from quantlab.config import EMA, load_params
 from quantlab.errors import run_main
 from quantlab.io import load_state, save_npz
 from quantlab.quant import quantize_weights
@@ -16,9 +18,10 @@ def main() -> None:
     model_name = model_name_argument(sys.argv, "quantize_weights")
     params = load_params()
     quant = params.quant
-    arrays = quantize_weights(load_state(paths.quantized_state(model_name, params)), quant.weight_bits,
-                              quant.per_channel)
-    save_npz(paths.quant_weights(model_name), arrays)
+    ema = replace(params, calib=EMA)
+    for state, out in ((paths.model(model_name), paths.quant_weights(model_name)),
+                       (paths.qat_state(model_name, params), paths.quant_weights(model_name, ema))):
+        save_npz(out, quantize_weights(load_state(state), quant.weight_bits, quant.per_channel))
 
 
 if __name__ == "__main__":

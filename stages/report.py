@@ -16,6 +16,7 @@ from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quant import int_range, split_weights
 from quantlab.report import code_version, render, source_date
 
+# How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
 VARIANTS = {
     "float": "float model",
     "quant_weights": "weights quantized",
@@ -125,17 +126,17 @@ def context() -> dict:
     weights = load_profiles(paths.profile("float"), "weights")
     activations_profile = load_profiles(paths.profile("float"), "activations")
     activations = load_json(paths.quant_activations("float"))
-    _, weight_scales = split_weights(load_npz(paths.quant_weights("float")))
+    _, weight_scales = split_weights(load_npz(paths.quant_weights("float", params)))
     bias = load_npz(paths.QUANT_BIAS)
     bias_activations = load_json(paths.quant_activations("bias"))
     calibration = load_json(paths.CALIBRATION)
-    dataset = load_npz(paths.DATASET)
+    dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
     best = [f"{max((m for m in row if m != 'qat'), key=row.get)} at {width[1:].replace('A', '/')}"
             for width, row in calibration.items()]
     return {
         "report": params.report, "params": params, "acc": accuracy,
-        "variants": pd.DataFrame({"variant": list(VARIANTS.values()), "metric key": list(VARIANTS),
-                                  "accuracy (%)": [f"{accuracy[k]:.2f}" for k in VARIANTS]}),
+        "variants": pd.DataFrame({"variant": [VARIANTS.get(k, k) for k in accuracy], "metric key": list(accuracy),
+                                  "accuracy (%)": [f"{v:.2f}" for v in accuracy.values()]}),
         "architecture": pd.DataFrame(load_json(paths.profile("float") / "stats.json")["architecture"]),
         "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
         "weight_ranges": ranges(weights, "layer"), "weight_verdicts": sigma3_verdicts(weights),
@@ -159,25 +160,16 @@ def context() -> dict:
     }
 
 
-def draw_figures(directory: Path) -> None:
-    params = load_params()
-    histories = {name: pd.read_csv(paths.train_history(name)) for name in ("float", "bias")}
-    figures.save(figures.training(histories), directory, "training")
-    figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
-                 directory, "weights")
+def draw_activations(directory: Path) -> None:
+    """The activation histograms with the chosen calibration's thresholds (the other figures: stage figures)."""
     activations = load_json(paths.quant_activations("float"))
     figures.save(figures.histograms(load_profiles(paths.profile("float"), "activations"), "activation value",
                                     log=True, thresholds=activations["thresholds"],
-                                    threshold_label=f"threshold ({params.calib})"), directory, "activations")
-    figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.ACCURACY)["float"]),
-                 directory, "calibration")
-    widths = [paths.width_name(*width) for width in params.compare.widths]
-    figures.save(figures.fine_tuning({width[1:].replace("A", "/"): pd.read_csv(paths.qat_history("float", width))
-                                      for width in widths}), directory, "qat")
+                                    threshold_label=f"threshold ({load_params().calib})"), directory, "activations")
 
 
 def main() -> None:
-    draw_figures(paths.REPORT / "figures")
+    draw_activations(paths.REPORT / "figures")
     values = context()
     save_text(paths.REPORT / "report.tex", render("report.tex.j2", values))
     save_text(paths.REPORT / "report.md", render("report.md.j2", values))

@@ -18,7 +18,7 @@ from quantlab.engine import IntegerEngine
 from quantlab.evaluation import Split, outputs
 from quantlab.integer import IntegerNet
 from quantlab.io import save_json, save_npz
-from quantlab.model import Net, state_to_arrays
+from quantlab.model import Net, architecture_table, state_to_arrays
 from quantlab.quant import quantize_bias, quantize_weights, split_weights
 from quantlab.runner import (
     INT32_MAX,
@@ -128,7 +128,8 @@ def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=
     activations = minmax_activations(net, x, bits, unsigned)
     bias = quantize_bias(net.fc3.bias.detach().numpy(), split_weights(weights)[1]["fc3"],
                          activations["scales"]["fc2"]) if MODELS[model] else None
-    manifest, arrays = export(model, weights, activations, bias, [str(c) for c in range(10)], headroom)
+    manifest, arrays = export(model, weights, activations, bias, [str(c) for c in range(10)],
+                              architecture_table(net), headroom)
     directory = tmp_path / "export"
     save_npz(directory / "model.npz", arrays)
     manifest["sha256"] = hashlib.sha256((directory / "model.npz").read_bytes()).hexdigest()

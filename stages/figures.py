@@ -1,0 +1,30 @@
+"""Stage figures: the report's figures that no calibration choice changes (training curves, weight
+histograms, the calibration comparison, the QAT curves), as PDF and PNG. The activation histograms carry the
+chosen calibration's thresholds and are drawn by the report stage, so `dvc exp run -S calib=...` redraws
+only those."""
+
+import pandas as pd
+
+from quantlab import figures, paths
+from quantlab.config import load_params
+from quantlab.errors import run_main
+from quantlab.io import load_json
+from quantlab.profiling import load_profiles
+
+
+def main() -> None:
+    params = load_params()
+    directory = paths.REPORT / "figures"
+    histories = {name: pd.read_csv(paths.train_history(name)) for name in ("float", "bias")}
+    figures.save(figures.training(histories), directory, "training")
+    figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
+                 directory, "weights")
+    figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.FLOAT_ACCURACY)["float"]),
+                 directory, "calibration")
+    widths = [paths.width_name(*width) for width in params.compare.widths]
+    figures.save(figures.fine_tuning({width[1:].replace("A", "/"): pd.read_csv(paths.qat_history("float", width))
+                                      for width in widths}), directory, "qat")
+
+
+if __name__ == "__main__":
+    run_main(main)
