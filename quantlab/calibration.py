@@ -200,11 +200,11 @@ def diagnose(profile: TensorProfile, threshold: float, bits: int, signed: bool =
     return {"threshold": float(threshold), "clipped": float(clipped), "sqnr_db": sqnr}
 
 
-def calibrate(profiles: dict[str, TensorProfile], method: str, bits: int, signs: dict[str, bool],
+def calibrate(profiles: dict[str, TensorProfile], method: str, bits: dict[str, int], signs: dict[str, bool],
               percentile: float = 99.99) -> dict:
-    """Threshold and scale of every activation under calibration `method`."""
+    """Threshold and scale of every activation under calibration `method`, each at its own bits."""
     calib = calibrator(method, percentile)
-    thresholds = {name: float(calib.threshold(p, bits, signs[name])) for name, p in profiles.items()}
+    thresholds = {name: float(calib.threshold(p, bits[name], signs[name])) for name, p in profiles.items()}
     return activation_quantization(method, thresholds, bits, signs)
 
 

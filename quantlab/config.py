@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,13 @@ class QuantParams:
     per_channel: bool  # one weight scale per output channel instead of one per tensor
     unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1] instead of [-2^(b-1), 2^(b-1) - 1]
     percentile: float  # the |x| percentile of calib=percentile
+    logit_bits: int | None  # bits of the last layer's output (the logits); None: activation_bits, as the lab
 
     def __post_init__(self):
         _check_bits("quant.weight_bits", self.weight_bits)
         _check_bits("quant.activation_bits", self.activation_bits)
+        if self.logit_bits is not None:
+            _check_bits("quant.logit_bits", self.logit_bits)
         _check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
 
 
@@ -162,6 +166,10 @@ class Params:
 
 
 def _matches(value, kind) -> bool:
+    if isinstance(kind, types.UnionType):  # e.g. int | None
+        return any(_matches(value, option) for option in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
@@ -188,10 +196,16 @@ def _build(cls, raw, prefix: str):
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, f"{prefix}{name}.")
         elif not _matches(value, kind):
-            raise UserError(f"{PARAMS_FILE}: {prefix}{name} must be {kind.__name__}, got {value!r}")
+            raise UserError(f"{PARAMS_FILE}: {prefix}{name} must be {_type_name(kind)}, got {value!r}")
         else:
-            values[name] = kind(value)
+            values[name] = kind(value) if isinstance(kind, type) else value  # a union (int | None) keeps it
     return cls(**values)
+
+
+def _type_name(kind) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join("null" if option is type(None) else option.__name__ for option in typing.get_args(kind))
+    return kind.__name__
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from quantlab.architecture import LAYERS, Layer, input_of
 from quantlab.model import walk
-from quantlab.quant import channel_shaped, int_range, multiplier, quantize, requantize
+from quantlab.quant import activation_range, channel_shaped, multiplier, quantize, requantize
 
 FLOAT32_EXACT_LIMIT = 2 ** 24
 
@@ -69,7 +69,7 @@ class IntegerNet:
         return net
 
     def range(self, activation: str) -> tuple[int, int]:
-        return int_range(self.activations["bits"], self.activations["signed"][activation])
+        return activation_range(self.activations, activation)
 
     def multiplier(self, layer: Layer) -> torch.Tensor:
         return multiplier(self.activations, self.weight_scales[layer.name], layer.name)
@@ -86,6 +86,7 @@ class IntegerNet:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Integer logits (as float64 holding integers) of float inputs x in [-1, 1]."""
-        q_x = quantize(x.to(torch.float64), self.activations["scales"]["input"], self.activations["bits"],
-                       self.activations["signed"]["input"])
+        activations = self.activations
+        q_x = quantize(x.to(torch.float64), activations["scales"]["input"], activations["bits"]["input"],
+                       activations["signed"]["input"])
         return walk(q_x.contiguous(memory_format=torch.channels_last), self._apply, pool=False)

@@ -24,7 +24,7 @@ from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, walk
-from quantlab.quant import activation_signs, channel_shaped, int_range
+from quantlab.quant import activation_signs, activation_widths, channel_shaped, int_range
 
 
 class FakeQuantize(torch.autograd.Function):
@@ -67,11 +67,14 @@ RANGES = {"max": batch_max, "mse": batch_mse}
 class QATNet(nn.Module):
     """The lab's network with fake-quantized weights and activations and EMA-tracked activation ranges."""
 
-    def __init__(self, model: Net, weight_bits: int, activation_bits: int, per_channel: bool,
+    def __init__(self, model: Net, weight_bits: int, activation_bits: int | dict[str, int], per_channel: bool,
                  unsigned_activations: bool, decay: float, start: int, ranges: str = "mse", seed: int = 0):
+        """`activation_bits`: one width for every activation, or each activation's (see activation_widths)."""
         super().__init__()
         self.model = model
-        self.weight_bits, self.activation_bits, self.per_channel = weight_bits, activation_bits, per_channel
+        self.weight_bits, self.per_channel = weight_bits, per_channel
+        self.widths = (activation_bits if isinstance(activation_bits, dict)
+                       else activation_widths(activation_bits))
         self.signs = activation_signs(unsigned_activations)
         self.decay, self.start, self.statistic = decay, start, RANGES[ranges]
         self.generator = torch.Generator().manual_seed(seed)
@@ -92,7 +95,7 @@ class QATNet(nn.Module):
 
     def _activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         index = ACTIVATIONS.index(name)
-        qmin, qmax = int_range(self.activation_bits, self.signs[name])
+        qmin, qmax = int_range(self.widths[name], self.signs[name])
         if self.training:
             observed = self.statistic(x, qmin, qmax, self.generator)
             first = self.steps == 0

@@ -18,6 +18,8 @@ import numpy as np
 
 from quantlab.architecture import ACTIVATIONS, LAYERS, input_of
 
+LOGITS = LAYERS[-1].name  # the last layer's output
+
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     """The integers a `bits`-bit value holds: 8 signed -> (-128, 127), 8 unsigned -> (0, 255)."""
@@ -64,10 +66,25 @@ def activation_signs(unsigned_activations: bool) -> dict[str, bool]:
     return {name: not (unsigned_activations and name in relu) for name in ACTIVATIONS}
 
 
-def activation_quantization(method: str, thresholds: dict[str, float], bits: int, signs: dict[str, bool]) -> dict:
-    """What quantize_activations stores and IntegerNet reads: every activation's threshold and scale."""
-    return {"calib": method, "bits": bits, "signed": dict(signs), "thresholds": dict(thresholds),
-            "scales": {name: float(scale_for(t, bits, signs[name])) for name, t in thresholds.items()}}
+def activation_widths(activation_bits: int, logit_bits: int | None = None) -> dict[str, int]:
+    """The bits of every activation: `activation_bits`, except the logits (the last layer's output) at
+    `logit_bits` where given. Few bits there tie the largest logits (at 4 bits, 16 levels), and the tie
+    decides the prediction; 8-bit logits, as deployed int8 networks have, avoid that."""
+    return {name: logit_bits if logit_bits is not None and name == LOGITS else activation_bits
+            for name in ACTIVATIONS}
+
+
+def activation_quantization(method: str, thresholds: dict[str, float], bits: dict[str, int],
+                            signs: dict[str, bool]) -> dict:
+    """What quantize_activations stores and IntegerNet reads: every activation's bits, sign, threshold
+    and scale."""
+    return {"calib": method, "bits": dict(bits), "signed": dict(signs), "thresholds": dict(thresholds),
+            "scales": {name: float(scale_for(t, bits[name], signs[name])) for name, t in thresholds.items()}}
+
+
+def activation_range(activations: dict, name: str) -> tuple[int, int]:
+    """The integer range of activation `name` under an `activation_quantization` record."""
+    return int_range(activations["bits"][name], activations["signed"][name])
 
 
 def multiplier(activations: dict, weight_scale, layer_name: str):

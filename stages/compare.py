@@ -14,7 +14,7 @@ from quantlab.evaluation import Split, accuracy, predict
 from quantlab.integer import IntegerNet
 from quantlab.io import load_json, load_npz, load_state, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
-from quantlab.quant import activation_signs, quantize_weights, split_weights
+from quantlab.quant import activation_signs, activation_widths, quantize_weights, split_weights
 
 
 def integer_accuracy(q_weights: dict, scales: dict, activations: dict, test: Split) -> float:
@@ -25,8 +25,9 @@ def compare(state: dict, profiles: dict[str, TensorProfile], test: Split, quant:
             settings: CompareParams) -> tuple[dict, pd.DataFrame]:
     """Test accuracy {width: {method: %, ..., "qat": %}} and the per-activation diagnostics of every method."""
     signs = activation_signs(quant.unsigned_activations)
-    calibrations = {(method, bits): calibrate(profiles, method, bits, signs, quant.percentile)
-                    for method in settings.methods for _, bits in settings.widths}
+    widths = {bits: activation_widths(bits, quant.logit_bits) for _, bits in settings.widths}
+    calibrations = {(method, bits): calibrate(profiles, method, widths[bits], signs, quant.percentile)
+                    for method in settings.methods for bits in widths}
     results = {}
     for weight_bits, activation_bits in settings.widths:
         width = paths.width_name(weight_bits, activation_bits)
@@ -38,7 +39,7 @@ def compare(state: dict, profiles: dict[str, TensorProfile], test: Split, quant:
                                                            quant.per_channel))
         results[width]["qat"] = integer_accuracy(q_weights, scales, load_json(qat.with_suffix(".json")), test)
     rows = [{"method": method, "activation_bits": bits, "tensor": name,
-             **diagnose(profiles[name], calibration["thresholds"][name], bits, signs[name])}
+             **diagnose(profiles[name], calibration["thresholds"][name], widths[bits][name], signs[name])}
             for (method, bits), calibration in calibrations.items() for name in profiles]
     return results, pd.DataFrame(rows)
 

@@ -15,13 +15,13 @@ from quantlab.config import load_params
 from quantlab.data import normalize
 from quantlab.errors import run_main
 from quantlab.io import load_json, load_npz, save_json, save_npz, save_text
-from quantlab.quant import int_range, multiplier, quantize, split_weights
+from quantlab.quant import activation_range, multiplier, quantize, split_weights
 
 
 def input_lut(activations: dict) -> np.ndarray:
     """The quantized input of each of the 256 pixel values, exactly as the float-rescale forward computes it."""
     pixels = normalize(np.arange(256, dtype=np.uint8)).astype(np.float64)
-    return quantize(pixels, activations["scales"]["input"], activations["bits"],
+    return quantize(pixels, activations["scales"]["input"], activations["bits"]["input"],
                     activations["signed"]["input"]).astype(np.int16)
 
 
@@ -34,10 +34,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
     arrays = {"input.lut": input_lut(activations)}
     layers = []
 
-    def activation_range(name: str) -> tuple[int, int]:
-        return int_range(activations["bits"], activations["signed"][name])
-
-    input_range = activation_range("input")
+    input_range = activation_range(activations, "input")
     for layer in LAYERS:
         channels = len(q_weights[layer.name])
         rescale = np.broadcast_to(multiplier(activations, weight_scales[layer.name], layer.name), (channels,))
@@ -49,7 +46,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
         has_bias = bias is not None and layer.name == "fc3"
         if has_bias:
             arrays["fc3.bias"] = bias.astype(np.int32)
-        qmin, qmax = activation_range(layer.name)
+        qmin, qmax = activation_range(activations, layer.name)
         bound = runner.accumulator_bound(q_weights[layer.name], input_range, bias if has_bias else None)
         clamp = [max(qmin, 0) if layer.relu else qmin, qmax]
         layers.append({
@@ -70,7 +67,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
         "format": runner.FORMAT, "version": 1, "model": model_name, "calib": activations["calib"],
         "activation_bits": activations["bits"],
         "input": {"shape": [3, 32, 32], "lut": "input.lut", "normalization": "x = pixel / 127.5 - 1 (float32)",
-                  "scale": activations["scales"]["input"], "range": list(activation_range("input"))},
+                  "scale": activations["scales"]["input"], "range": list(activation_range(activations, "input"))},
         "layers": layers, "classes": classes, "arrays": "model.npz",
     }
     return manifest, arrays

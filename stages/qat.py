@@ -12,7 +12,7 @@ from quantlab.evaluation import Split
 from quantlab.io import load_npz, load_state, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.qat import QATNet
-from quantlab.quant import activation_quantization, activation_signs
+from quantlab.quant import activation_quantization, activation_signs, activation_widths
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
@@ -32,12 +32,13 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     on = device()
     model = load_model(load_state(paths.model(model_name)), model_name).to(on)
     quant, qat = params.quant, params.qat
-    network = QATNet(model, weight_bits, activation_bits, quant.per_channel, quant.unsigned_activations,
+    widths = activation_widths(activation_bits, quant.logit_bits)
+    network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,
                      qat.decay, qat.start, qat.ranges, params.seed).to(on)
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
                   desc=f"qat@{model_name} {paths.width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
-    activations = activation_quantization(EMA, network.learned_thresholds(), activation_bits,
+    activations = activation_quantization(EMA, network.learned_thresholds(), widths,
                                           activation_signs(quant.unsigned_activations))
     return state_to_arrays(model.cpu()), activations, history
 

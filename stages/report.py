@@ -13,7 +13,7 @@ from quantlab.config import PARAMS_FILE, load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json, load_npz, save_text
 from quantlab.profiling import TensorProfile, load_profiles
-from quantlab.quant import int_range, split_weights
+from quantlab.quant import activation_range, int_range, split_weights
 from quantlab.report import code_version, render, source_date
 
 # How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
@@ -53,7 +53,7 @@ def activation_scales_table(activations: dict, weight_scales: dict[str, np.ndarr
     scales = activations["scales"]
     rows = []
     for name in ACTIVATIONS:
-        qmin, qmax = int_range(activations["bits"], activations["signed"][name])
+        qmin, qmax = activation_range(activations, name)
         m = "" if name == "input" else _format_scale(
             scales[ACTIVATIONS[ACTIVATIONS.index(name) - 1]] * weight_scales[name] / scales[name])
         rows.append({"tensor": name, "threshold T": f"{activations['thresholds'][name]:.4f}",

@@ -2,10 +2,11 @@
 
 import torch
 
-from quantlab.quant import activation_signs, int_range
+from quantlab.quant import activation_quantization, activation_signs, activation_widths
 
 
-def minmax_activations(net, x: torch.Tensor, bits: int = 8, unsigned: bool = False) -> dict:
+def minmax_activations(net, x: torch.Tensor, bits: int = 8, unsigned: bool = False,
+                       logit_bits: int | None = None) -> dict:
     """What quantize_activations stores, with thresholds from the actual ranges of `net` on `x`."""
     absmax = {}
 
@@ -15,6 +16,4 @@ def minmax_activations(net, x: torch.Tensor, bits: int = 8, unsigned: bool = Fal
 
     with torch.no_grad():
         net(x, record)
-    signs = activation_signs(unsigned)
-    return {"calib": "minmax", "bits": bits, "signed": signs, "thresholds": absmax,
-            "scales": {name: absmax[name] / int_range(bits, signs[name])[1] for name in signs}}
+    return activation_quantization("minmax", absmax, activation_widths(bits, logit_bits), activation_signs(unsigned))

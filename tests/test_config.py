@@ -30,6 +30,11 @@ def test_repository_params_load():
     assert params.calib == "minmax" and params.train.epochs >= 1
 
 
+@pytest.mark.parametrize("logit_bits", [None, 8, 2])
+def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
+    assert load_params(write(tmp_path, quant__logit_bits=logit_bits)).quant.logit_bits == logit_bits
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"train__epoch": 3}, "unknown key train.epoch; valid keys in train: epochs"),
     ({"train__epochs": KeyError}, "missing key train.epochs"),
@@ -45,6 +50,8 @@ def test_repository_params_load():
     ({"quant__activation_bits": 1}, "quant.activation_bits must be between 2 and 8 bits, got 1"),
     ({"quant__weight_bits": 17}, "quant.weight_bits must be between 2 and 8 bits, got 17"),
     ({"quant__percentile": 0}, "quant.percentile must be in (0, 100]"),
+    ({"quant__logit_bits": 9}, "quant.logit_bits must be between 2 and 8 bits, got 9"),
+    ({"quant__logit_bits": "8"}, "quant.logit_bits must be int or null, got '8'"),
     ({"compare__widths": [[8, 8], [4]]}, "compare.widths must hold [weight bits, activation bits] pairs, got [4]"),
     ({"compare__widths": [[8, 9]]}, "compare.widths must be between 2 and 8 bits, got 9"),
     ({"compare__methods": ["kl", "entropy"]}, "compare.methods is 'entropy'; valid: minmax, sigma3, percentile"),

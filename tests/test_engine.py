@@ -19,7 +19,7 @@ from quantlab.evaluation import Split, outputs
 from quantlab.integer import IntegerNet
 from quantlab.io import save_json, save_npz
 from quantlab.model import Net, architecture_table, state_to_arrays
-from quantlab.quant import quantize_bias, quantize_weights, split_weights
+from quantlab.quant import int_range, quantize_bias, quantize_weights, split_weights
 from quantlab.runner import (
     INT32_MAX,
     INT32_MIN,
@@ -120,12 +120,13 @@ def test_left_shift_overflow_fails_loudly():
 
 # --- the engine, the runner and the float-rescale forward on one exported random network -------------------
 
-def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0):
+def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0,
+                  logit_bits=None):
     torch.manual_seed(seed)
     net = Net(fc3_bias=MODELS[model])
     weights = quantize_weights(state_to_arrays(net), bits, per_channel)
     x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    activations = minmax_activations(net, x, bits, unsigned)
+    activations = minmax_activations(net, x, bits, unsigned, logit_bits)
     bias = quantize_bias(net.fc3.bias.detach().numpy(), split_weights(weights)[1]["fc3"],
                          activations["scales"]["fc2"]) if MODELS[model] else None
     manifest, arrays = export(model, weights, activations, bias, [str(c) for c in range(10)],
@@ -141,11 +142,12 @@ def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=
 IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("bits, per_channel, unsigned, headroom", [
-    (8, False, False, True), (8, True, False, True), (8, False, True, True), (4, True, True, True),
-    (6, False, False, False), (8, False, False, False)])
-def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsigned, headroom):
-    directory, reference = random_export(tmp_path, bits, per_channel, unsigned, headroom)
+@pytest.mark.parametrize("bits, per_channel, unsigned, headroom, logit_bits", [
+    (8, False, False, True, None), (8, True, False, True, None), (8, False, True, True, None),
+    (4, True, True, True, None), (4, True, True, True, 8), (6, False, False, False, None),
+    (8, False, False, False, None)])
+def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsigned, headroom, logit_bits):
+    directory, reference = random_export(tmp_path, bits, per_channel, unsigned, headroom, logit_bits=logit_bits)
     manifest, arrays = runner.load(directory)
     engine_logits = IntegerEngine(manifest, arrays)(IMAGES)
     assert engine_logits.dtype == torch.int32
@@ -156,6 +158,9 @@ def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsi
     assert difference.max() <= 3 and (difference == 0).double().mean() >= 0.8
     if headroom and bits == 8:
         assert torch.equal(engine_logits.double(), float_rescale)  # the fixed point keeps every rounding
+    qmin, qmax = int_range(logit_bits or bits)
+    assert manifest["layers"][-1]["output_range"] == [qmin, qmax] and manifest["layers"][-2]["clamp"][1] < 2 ** bits
+    assert qmin <= engine_logits.min() and engine_logits.max() <= qmax
 
 
 def test_accumulator_overflow_fails_loudly(tmp_path):

@@ -7,6 +7,7 @@ from quantlab.architecture import LAYERS
 from quantlab.config import QAT_RANGES
 from quantlab.model import Net
 from quantlab.qat import RANGES, QATNet, batch_max, batch_mse, fake_quantize
+from quantlab.quant import activation_widths
 
 
 def test_forward_rounds_half_to_even_and_clamps():
@@ -54,6 +55,19 @@ def test_ema_ranges_and_delayed_activation_quantization():
     network.eval()  # quantized from `start` on, and always in evaluation
     x = batches[0]
     assert not torch.allclose(network(x), network.model(x))
+
+
+def test_logits_take_their_own_width():
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    levels = {}
+    for logit_bits in (None, 8):
+        torch.manual_seed(0)
+        network = QATNet(Net(), 8, activation_widths(2, logit_bits), per_channel=False, unsigned_activations=False,
+                         decay=0.5, start=0, ranges="max")
+        network(x)  # learns the ranges
+        network.eval()
+        levels[logit_bits] = len(torch.unique(network(x)))  # the fake-quantized logits
+    assert levels[None] <= 4 < 16 < levels[8]  # 2 bits as every activation; 8 bits of their own
 
 
 def test_weights_are_fake_quantized_per_channel():

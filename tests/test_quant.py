@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.architecture import LAYERS
+from quantlab.architecture import ACTIVATIONS, LAYERS
 from quantlab.integer import FLOAT32_EXACT_LIMIT, IntegerNet, accumulation_dtype, integer_layer
 from quantlab.model import Net, state_to_arrays
 from quantlab.quant import (
     activation_signs,
+    activation_widths,
     bias_scale,
     dequantized_state,
     int_range,
@@ -22,6 +23,13 @@ from quantlab.quant import (
 )
 
 from quant_fixture import minmax_activations
+
+
+def test_activation_widths_give_the_logits_their_own_bits():
+    assert activation_widths(4) == {name: 4 for name in ACTIVATIONS}
+    assert activation_widths(4, None) == activation_widths(4)
+    widths = activation_widths(4, logit_bits=8)
+    assert widths.pop("fc3") == 8 and set(widths.values()) == {4}
 
 
 def test_int_range_follows_bits_and_sign():
@@ -112,7 +120,7 @@ def test_bias_scale_and_int32_bias():
 # --- the whole integer forward against an independent int64 NumPy implementation -----------------------
 
 def activations(scales, bits=8, unsigned=False):
-    return {"bits": bits, "signed": activation_signs(unsigned), "scales": scales}
+    return {"bits": activation_widths(bits), "signed": activation_signs(unsigned), "scales": scales}
 
 
 def _conv_int64(x, w):
