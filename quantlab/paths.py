@@ -22,8 +22,12 @@ def profile(name: str) -> Path:
 
 def quant_weights(name: str, params: Params | None = None) -> Path:
     """The quantized weights of the trained model; with `params` whose calib is ema, of its QAT fine-tune."""
-    fine_tuned = params is not None and params.calib == EMA
-    return Path("quant") / name / ("qat_weights.npz" if fine_tuned else "weights.npz")
+    return qat_weights(name) if params is not None and params.calib == EMA else Path("quant") / name / "weights.npz"
+
+
+def qat_weights(name: str) -> Path:
+    """The quantized weights of the model's quantization-aware fine-tune at the configured bits."""
+    return Path("quant") / name / "qat_weights.npz"
 
 
 def quant_activations(name: str) -> Path:

@@ -24,7 +24,7 @@ from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, walk
-from quantlab.quant import activation_signs, activation_widths, channel_shaped, int_range
+from quantlab.quant import activation_signs, channel_shaped, int_range
 
 
 class FakeQuantize(torch.autograd.Function):
@@ -67,14 +67,12 @@ RANGES = {"max": batch_max, "mse": batch_mse}
 class QATNet(nn.Module):
     """The lab's network with fake-quantized weights and activations and EMA-tracked activation ranges."""
 
-    def __init__(self, model: Net, weight_bits: int, activation_bits: int | dict[str, int], per_channel: bool,
+    def __init__(self, model: Net, weight_bits: int, widths: dict[str, int], per_channel: bool,
                  unsigned_activations: bool, decay: float, start: int, ranges: str = "mse", seed: int = 0):
-        """`activation_bits`: one width for every activation, or each activation's (see activation_widths)."""
+        """`widths`: the bits of every activation (quantlab.quant.activation_widths)."""
         super().__init__()
         self.model = model
-        self.weight_bits, self.per_channel = weight_bits, per_channel
-        self.widths = (activation_bits if isinstance(activation_bits, dict)
-                       else activation_widths(activation_bits))
+        self.weight_bits, self.widths, self.per_channel = weight_bits, widths, per_channel
         self.signs = activation_signs(unsigned_activations)
         self.decay, self.start, self.statistic = decay, start, RANGES[ranges]
         self.generator = torch.Generator().manual_seed(seed)

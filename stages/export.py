@@ -33,8 +33,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
     shapes = {row["layer"]: row for row in architecture}
     arrays = {"input.lut": input_lut(activations)}
     layers = []
-
-    input_range = activation_range(activations, "input")
+    input_range = network_input = activation_range(activations, "input")
     for layer in LAYERS:
         channels = len(q_weights[layer.name])
         rescale = np.broadcast_to(multiplier(activations, weight_scales[layer.name], layer.name), (channels,))
@@ -67,7 +66,7 @@ def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, b
         "format": runner.FORMAT, "version": 1, "model": model_name, "calib": activations["calib"],
         "activation_bits": activations["bits"],
         "input": {"shape": [3, 32, 32], "lut": "input.lut", "normalization": "x = pixel / 127.5 - 1 (float32)",
-                  "scale": activations["scales"]["input"], "range": list(activation_range(activations, "input"))},
+                  "scale": activations["scales"]["input"], "range": list(network_input)},
         "layers": layers, "classes": classes, "arrays": "model.npz",
     }
     return manifest, arrays

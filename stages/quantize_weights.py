@@ -4,11 +4,10 @@ Both the trained model's weights (weights.npz) and those of its quantization-awa
 (qat_weights.npz, what `calib=ema` uses), so that switching `calib` never reruns this stage."""
 
 import sys
-from dataclasses import replace
 
 from quantlab import paths
 from quantlab.architecture import model_name_argument
-from quantlab.config import EMA, load_params
+from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_state, save_npz
 from quantlab.quant import quantize_weights
@@ -18,9 +17,8 @@ def main() -> None:
     model_name = model_name_argument(sys.argv, "quantize_weights")
     params = load_params()
     quant = params.quant
-    ema = replace(params, calib=EMA)
     for state, out in ((paths.model(model_name), paths.quant_weights(model_name)),
-                       (paths.qat_state(model_name, params), paths.quant_weights(model_name, ema))):
+                       (paths.qat_state(model_name, params), paths.qat_weights(model_name))):
         save_npz(out, quantize_weights(load_state(state), quant.weight_bits, quant.per_channel))
 
 

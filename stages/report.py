@@ -13,7 +13,7 @@ from quantlab.config import PARAMS_FILE, load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json, load_npz, save_text
 from quantlab.profiling import TensorProfile, load_profiles
-from quantlab.quant import activation_range, int_range, split_weights
+from quantlab.quant import activation_range, int_range, multiplier, split_weights
 from quantlab.report import code_version, render, source_date
 
 # How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
@@ -54,8 +54,7 @@ def activation_scales_table(activations: dict, weight_scales: dict[str, np.ndarr
     rows = []
     for name in ACTIVATIONS:
         qmin, qmax = activation_range(activations, name)
-        m = "" if name == "input" else _format_scale(
-            scales[ACTIVATIONS[ACTIVATIONS.index(name) - 1]] * weight_scales[name] / scales[name])
+        m = "" if name == "input" else _format_scale(multiplier(activations, weight_scales[name], name))
         rows.append({"tensor": name, "threshold T": f"{activations['thresholds'][name]:.4f}",
                      "scale S": f"{scales[name]:.4g}", "range": f"[{qmin}, {qmax}]", "M": m})
     return pd.DataFrame(rows)
@@ -98,11 +97,16 @@ def fixed_point_table(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataF
                          for layer in manifest["layers"]])
 
 
+def best_post_training(row: dict[str, float]) -> str:
+    """The calibration method with the highest accuracy in a row of metrics/calibration.json (not QAT)."""
+    return max((method for method in row if method != "qat"), key=row.get)
+
+
 def qat_table(calibration: dict[str, dict[str, float]], float_accuracy: float) -> pd.DataFrame:
     """Per width: the best post-training method, the quantization-aware fine-tune, and the gap to float."""
     rows = []
     for width, row in calibration.items():
-        best = max((m for m in row if m != "qat"), key=row.get)
+        best = best_post_training(row)
         rows.append({"W/A bits": width[1:].replace("A", "/"), "best post-training": f"{best} {row[best]:.2f}",
                      "QAT": f"{row['qat']:.2f}", "QAT - float": f"{row['qat'] - float_accuracy:+.2f}"})
     return pd.DataFrame(rows)
@@ -131,8 +135,7 @@ def context() -> dict:
     bias_activations = load_json(paths.quant_activations("bias"))
     calibration = load_json(paths.CALIBRATION)
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
-    best = [f"{max((m for m in row if m != 'qat'), key=row.get)} at {width[1:].replace('A', '/')}"
-            for width, row in calibration.items()]
+    best = [f"{best_post_training(row)} at {width[1:].replace('A', '/')}" for width, row in calibration.items()]
     return {
         "report": params.report, "params": params, "acc": accuracy,
         "variants": pd.DataFrame({"variant": [VARIANTS.get(k, k) for k in accuracy], "metric key": list(accuracy),

@@ -41,7 +41,7 @@ def test_range_statistics():
 
 def test_ema_ranges_and_delayed_activation_quantization():
     torch.manual_seed(0)
-    network = QATNet(Net(), 8, 8, per_channel=False, unsigned_activations=False, decay=0.5, start=2,
+    network = QATNet(Net(), 8, activation_widths(8), per_channel=False, unsigned_activations=False, decay=0.5, start=2,
                      ranges="max")
     network.train()
     batches = [torch.rand(4, 3, 32, 32) * 2 - 1 for _ in range(3)]
@@ -72,7 +72,7 @@ def test_logits_take_their_own_width():
 
 def test_weights_are_fake_quantized_per_channel():
     torch.manual_seed(0)
-    network = QATNet(Net(), 2, 8, per_channel=True, unsigned_activations=False, decay=0.9, start=0)
+    network = QATNet(Net(), 2, activation_widths(8), per_channel=True, unsigned_activations=False, decay=0.9, start=0)
     weight = network.weight(next(layer for layer in LAYERS if layer.name == "fc2"))
     for row in weight:
         assert len(torch.unique(row)) <= 4  # 2 bits: at most -2, -1, 0, 1 times the row's scale
