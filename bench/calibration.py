@@ -8,11 +8,11 @@ import time
 
 from quantlab import paths
 from quantlab.architecture import MODELS
-from quantlab.calibration import METHODS, calibrator
 from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.profiling import load_profiles
-from quantlab.quant import activation_signs
+from quantlab.quantize.calibration import POST_TRAINING, calibrator
+from quantlab.quantize.symmetric import activation_signs
 
 GOAL_SECONDS = 1.0
 
@@ -24,7 +24,7 @@ def main() -> None:
     bit_widths = sorted({bits for _, bits in params.compare.widths})
     signs = activation_signs(params.quant.unsigned_activations)
     per_method = {}
-    for method in METHODS:
+    for method in POST_TRAINING:
         calib = calibrator(method, params.quant.percentile)
         start = time.perf_counter()
         for (_, name), profile in profiles.items():
@@ -33,7 +33,7 @@ def main() -> None:
         per_method[method] = time.perf_counter() - start
     total = sum(per_method.values())
     count = len(profiles) * len(bit_widths)
-    print(f"thresholds of {len(METHODS)} methods x {len(profiles)} tensors x activation bits {bit_widths} "
+    print(f"thresholds of {len(POST_TRAINING)} methods x {len(profiles)} tensors x activation bits {bit_widths} "
           f"({count} per method, {profiles[next(iter(profiles))].bins} bins):")
     for method, seconds in per_method.items():
         print(f"  {method:<10} {seconds * 1000:8.1f} ms")

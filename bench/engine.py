@@ -10,11 +10,12 @@ import time
 import numpy as np
 import torch
 
-from quantlab import paths, runner
+from quantlab import paths
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, outputs
+from quantlab.inference import export_format, runner
 from quantlab.io import load_npz
-from quantlab.variants import build, integer_engine
+from quantlab.variants import build, fixed_point_engine
 
 GOAL_RATIO = 3.0
 
@@ -31,10 +32,10 @@ def best_of(repeats: int, work) -> tuple[float, torch.Tensor]:
 def main() -> None:
     dataset = load_npz(paths.DATASET, ["test_x", "test_y"])
     test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
-    model, engine = build("float"), integer_engine("float")
+    model, engine = build("float"), fixed_point_engine("float")
     float_time, _ = best_of(3, lambda: outputs(model, test))
     engine_time, engine_logits = best_of(3, lambda: outputs(engine, test, pixels=True))
-    manifest, arrays = runner.load(paths.export("float"))
+    manifest, arrays = export_format.read(paths.export("float"))
     start = time.perf_counter()
     runner_logits = runner.run(manifest, arrays, dataset["test_x"])
     runner_time = time.perf_counter() - start

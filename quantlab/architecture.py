@@ -1,7 +1,8 @@
-"""The lab's network as data: its layers in order, its activation tensors and the two models it trains.
+"""The lab's network as data: its layers in order, their sizes and shapes, its activation tensors and the two
+models it trains.
 
-Kept free of PyTorch so that the stages that only handle numbers (calibration, weight and bias
-quantization) start in a fraction of a second; `quantlab.model` builds the network from this table.
+Kept free of PyTorch so that the stages that only handle numbers (calibration, quantization, export) start in
+a fraction of a second; `quantlab.model` builds the network from this table.
 """
 
 from __future__ import annotations
@@ -10,32 +11,71 @@ from dataclasses import dataclass
 
 from quantlab.errors import UserError
 
+INPUT_SHAPE = (3, 32, 32)  # channels, height, width of a CIFAR-10 image
+
 
 @dataclass(frozen=True)
 class Layer:
     name: str
     kind: str  # "conv" or "fc"
+    inputs: int  # input channels (conv) or features (fc)
+    outputs: int  # output channels or features
+    kernel: int  # the conv's square kernel size; 0 for fc
     relu: bool  # ReLU after the layer
     pool: bool  # 2x2 max pool after the ReLU
 
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        kernel = (self.kernel, self.kernel) if self.kind == "conv" else ()
+        return (self.outputs, self.inputs, *kernel)
+
 
 LAYERS = (
-    Layer("conv1", "conv", relu=True, pool=True),
-    Layer("conv2", "conv", relu=True, pool=True),
-    Layer("fc1", "fc", relu=True, pool=False),
-    Layer("fc2", "fc", relu=True, pool=False),
-    Layer("fc3", "fc", relu=False, pool=False),
+    Layer("conv1", "conv", 3, 12, kernel=5, relu=True, pool=True),
+    Layer("conv2", "conv", 12, 32, kernel=3, relu=True, pool=True),
+    Layer("fc1", "fc", 32 * 6 * 6, 256, kernel=0, relu=True, pool=False),
+    Layer("fc2", "fc", 256, 64, kernel=0, relu=True, pool=False),
+    Layer("fc3", "fc", 64, 10, kernel=0, relu=False, pool=False),
 )
 LAYER_NAMES = tuple(layer.name for layer in LAYERS)
 # Activation tensors, in order: the network input, then every layer's output after its ReLU.
 ACTIVATIONS = ("input", *LAYER_NAMES)
 # Which model has a bias in fc3: the lab trains both.
 MODELS = {"float": False, "bias": True}
+POOL = 2  # the max pools' window and stride
 
 
 def input_of(layer_name: str) -> str:
     """The activation entering a layer (pooling does not change scales)."""
     return ACTIVATIONS[ACTIVATIONS.index(layer_name) - 1]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the lab's Table I: a conv/fc layer or a max pool, with its input and output shapes."""
+
+    name: str
+    kind: str  # "conv", "fc" or "pool"
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+    relu: bool
+
+
+def steps(input_shape: tuple[int, ...] = INPUT_SHAPE) -> list[Step]:
+    """Every layer and max pool in order, with integer shapes: (C, H, W) for images, (features,) for fc."""
+    rows, shape = [], input_shape
+    for layer in LAYERS:
+        if layer.kind == "conv":
+            size = shape[1] - layer.kernel + 1
+            output = (layer.outputs, size, size)
+        else:
+            output = (layer.outputs,)
+        rows.append(Step(layer.name, layer.kind, (layer.inputs,) if layer.kind == "fc" else shape, output, layer.relu))
+        shape = output
+        if layer.pool:
+            shape = (output[0], output[1] // POOL, output[2] // POOL)
+            rows.append(Step(f"pool{layer.name[-1]}", "pool", output, shape, relu=False))
+    return rows
 
 
 def model_name_argument(argv: list[str], stage: str) -> str:

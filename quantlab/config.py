@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from quantlab.errors import UserError
+from quantlab.quantize import calibration
+from quantlab.quantize.symmetric import BITS
 
 PARAMS_FILE = "params.yaml"
 
@@ -70,19 +72,13 @@ class ProfileParams:
         _check(self.bins >= 256, "profile.bins", f"must be at least 256, got {self.bins}")
 
 
-BITS = range(2, 9)
-EMA = "ema"  # `calib` value that takes the ranges learned by quantization-aware training
-QAT_RANGES = ("mse", "max")  # the keys of quantlab.qat.RANGES (which needs torch; this module does not)
-
-
 def _check_bits(key: str, bits: int) -> None:
     _check(bits in BITS, key, f"must be between {BITS.start} and {BITS.stop - 1} bits, got {bits}")
 
 
-def _check_method(key: str, name: str, extra: tuple[str, ...] = ()) -> None:
-    from quantlab.calibration import METHODS  # late import: calibration does not import this module
-
-    valid = (*METHODS, *extra)
+def _check_method(key: str, name: str, family: str = "METHODS") -> None:
+    """`name` must be in the registry of calibration methods, or in its subset `family`."""
+    valid = getattr(calibration, family)
     _check(name in valid, key, f"is {name!r}; valid: {', '.join(valid)}")
 
 
@@ -111,7 +107,7 @@ class CompareParams:
     def __post_init__(self):
         _check(bool(self.methods), "compare.methods", "is empty: list at least one calibration method")
         for method in self.methods:
-            _check_method("compare.methods", method)
+            _check_method("compare.methods", method, "POST_TRAINING")
         _check(bool(self.widths), "compare.widths", "is empty: list [weight bits, activation bits] pairs")
         for width in self.widths:
             _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
@@ -126,14 +122,14 @@ class QATParams:
     lr: float  # peak learning rate of the fine-tune's one-cycle schedule
     decay: float  # EMA decay of the activation ranges
     start: int  # the training step from which activations are fake-quantized
-    ranges: str  # the batch statistic the EMA tracks: "mse" or "max" (see quantlab.qat)
+    ranges: str  # the calibration method whose batch threshold the EMA tracks (see quantlab.quantize.qat)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
         _check(self.lr > 0, "qat.lr", f"must be positive, got {self.lr}")
         _check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
         _check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
-        _check(self.ranges in QAT_RANGES, "qat.ranges", f"is {self.ranges!r}; valid: {', '.join(QAT_RANGES)}")
+        _check_method("qat.ranges", self.ranges, "BATCH_STATISTICS")
 
 
 @dataclass(frozen=True)
@@ -151,7 +147,7 @@ class ReportParams:
 @dataclass(frozen=True)
 class Params:
     seed: int  # seeds training and the choice of the calibration subset
-    calib: str  # activation calibration method, a name in quantlab.calibration.METHODS
+    calib: str  # activation calibration method, a name in quantlab.quantize.calibration.METHODS
     data: DataParams
     train: TrainParams
     profile: ProfileParams
@@ -162,7 +158,7 @@ class Params:
     report: ReportParams
 
     def __post_init__(self):
-        _check_method("calib", self.calib, (EMA,))
+        _check_method("calib", self.calib)
 
 
 def _matches(value, kind) -> bool:

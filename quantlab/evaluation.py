@@ -13,6 +13,8 @@ from quantlab.data import normalize
 from quantlab.io import load_npz, save_csv
 
 CHANNELS_LAST = torch.channels_last
+# The variants that quantization does not touch, by the model they evaluate (their own stage evaluates them).
+FLOAT_VARIANTS = {"float": "float", "bias_float": "bias"}
 
 
 @dataclass(frozen=True)

@@ -59,15 +59,26 @@ def save_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+def save_bytes(path: str | Path, payload: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(payload)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An uncompressed .npz that np.load reads, with the same bytes for the same arrays."""
-    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             info.external_attr = 0o644 << 16
-            zf.writestr(info, buffer.getvalue())
+            zf.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    save_bytes(path, npz_bytes(arrays))
 
 
 def save_csv(path: str | Path, frame) -> None:

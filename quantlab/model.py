@@ -9,9 +9,10 @@
     fc2    fully connected  256       64        ReLU
     fc3    fully connected  64        10        -
 
-No layer has a bias, except fc3 in the "bias" model of the lab's last section. The float forward, the
-profiling taps, the integer-only forward and quantization-aware training all walk `LAYERS` through
-`walk()`, so they cannot disagree about the order of ReLU, pooling and flattening.
+The sizes come from `quantlab.architecture.LAYERS`. No layer has a bias, except fc3 in the "bias" model of
+the lab's last section. The float forward, the profiling taps, the float-rescale forward and
+quantization-aware training all walk `LAYERS` through `walk()`, so they cannot disagree about the order of
+ReLU, pooling and flattening.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantlab.architecture import LAYERS, MODELS, Layer
+from quantlab.architecture import LAYERS, MODELS, POOL, Layer
 
 
 def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
@@ -42,43 +43,22 @@ def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
         if tap:
             x = tap(layer.name, x)
         if layer.pool and pool:
-            x = F.max_pool2d(x, 2)
+            x = F.max_pool2d(x, POOL)
     return x
 
 
 class Net(nn.Module):
+    """The layers of `LAYERS`, as torch modules of the same names; no bias except fc3's with `fc3_bias`."""
+
     def __init__(self, fc3_bias: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 12, 5, bias=False)
-        self.conv2 = nn.Conv2d(12, 32, 3, bias=False)
-        self.fc1 = nn.Linear(32 * 6 * 6, 256, bias=False)
-        self.fc2 = nn.Linear(256, 64, bias=False)
-        self.fc3 = nn.Linear(64, 10, bias=fc3_bias)
+        for layer in LAYERS:
+            bias = fc3_bias and layer.name == "fc3"
+            setattr(self, layer.name, nn.Conv2d(layer.inputs, layer.outputs, layer.kernel, bias=bias)
+                    if layer.kind == "conv" else nn.Linear(layer.inputs, layer.outputs, bias=bias))
 
     def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
         return walk(x, lambda layer, h: getattr(self, layer.name)(h), tap)
-
-
-def architecture_table(model: Net, input_shape=(3, 32, 32)) -> list[dict]:
-    """The seed's Table I, read off the model by running it: layer, type, input, output, activation."""
-    rows = []
-
-    def shape(t):
-        return "x".join(str(d) for d in t.shape[1:])
-
-    def apply(layer, h):
-        out = getattr(model, layer.name)(h)
-        rows.append({"layer": layer.name, "type": {"conv": "Convolutional", "fc": "Fully-connected"}[layer.kind],
-                     "input": shape(h), "output": shape(out), "activation": "ReLU" if layer.relu else "None"})
-        if layer.pool:
-            pooled = F.max_pool2d(out, 2)
-            rows.append({"layer": f"pool{layer.name[-1]}", "type": "Max pool", "input": shape(out),
-                         "output": shape(pooled), "activation": "None"})
-        return out
-
-    with torch.no_grad():
-        walk(torch.zeros(1, *input_shape), apply)
-    return rows
 
 
 def state_to_arrays(model: Net) -> dict[str, np.ndarray]:

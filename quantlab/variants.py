@@ -1,15 +1,16 @@
-"""The evaluated variants of the lab, each built from the pipeline's stored artifacts.
+"""The evaluated variants of the lab, each a forward function built from the pipeline's stored artifacts.
 
     float                       the float model
     quant_weights               the float model with every weight replaced by S_W * q_W
-    quant_weights_activations   the integer-only forward of the float model (IntegerNet)
+    quant_weights_activations   the float model's quantized network, float-rescale forward
     bias_float                  the float model with a bias in fc3
-    bias_quant_raw_bias         its integer-only forward, fc3's bias added as trained (see IntegerNet)
-    bias_quant                  its integer-only forward, fc3's bias as int32 on the accumulator's scale
-    integer_engine              the exported float model on the bit-exact integer engine (fixed-point
-                                rescale); it reads uint8 pixels, the others normalized images
+    bias_quant_raw_bias         its quantized network, fc3's bias added to the accumulator as trained
+    bias_quant                  its quantized network, fc3's bias as int32 on the accumulator's scale
+    integer_engine              the float model's export on the bit-exact fixed-point engine; it reads uint8
+                                pixels, the others normalized images
 
-With calib=ema the quantized variants are built from the quantization-aware fine-tunes instead.
+The quantized variants read only the quantized networks (quant/<model>/) and the export, so they are what
+the quantize stage decided: with calib=ema, for example, the quantization-aware fine-tunes.
 """
 
 from __future__ import annotations
@@ -18,53 +19,37 @@ from collections.abc import Callable
 
 import torch
 
-from quantlab import paths, runner
-from quantlab.config import load_params
-from quantlab.engine import IntegerEngine
-from quantlab.integer import IntegerNet
-from quantlab.io import load_json, load_npz, load_state
+from quantlab import paths
+from quantlab.evaluation import FLOAT_VARIANTS
+from quantlab.inference import export_format
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.float_rescale import FloatRescaleNet
+from quantlab.io import load_state
 from quantlab.model import load_model
-from quantlab.quant import dequantized_state, split_weights
+from quantlab.quantize.network import QuantizedNetwork
 
 VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
             "bias_quant", "integer_engine")
 PIXEL_VARIANTS = {"integer_engine"}
-FLOAT_VARIANTS = ("float", "bias_float")  # untouched by quantization: evaluated by their own stage
 # The float-rescale variant the engine is compared with (the same network, rescaled with a float M).
 ENGINE_REFERENCE = "quant_weights_activations"
 
 
-def integer_net(model_name: str, bias_mode: str = "none") -> IntegerNet:
-    arrays = load_npz(paths.quant_weights(model_name, load_params()))
-    activations = load_json(paths.quant_activations(model_name))
-    q_weights, weight_scales = split_weights(arrays)
-    bias = None
-    if bias_mode == "raw":  # the bias of the weights that were quantized (the QAT fine-tune's with calib=ema)
-        bias = load_state(paths.quantized_state(model_name, load_params()))["fc3.bias"]
-    elif bias_mode == "int32":
-        bias = load_npz(paths.QUANT_BIAS)["fc3.bias"]
-    return IntegerNet.build(q_weights, weight_scales, activations, bias, bias_mode)
-
-
-def integer_engine(model_name: str) -> IntegerEngine:
-    return IntegerEngine(*runner.load(paths.export(model_name)))
+def fixed_point_engine(model_name: str) -> FixedPointEngine:
+    return FixedPointEngine(*export_format.read(paths.export(model_name)))
 
 
 def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward function from normalized images to logits (float or integer) for `variant`."""
-    if variant == "float":
-        return load_model(load_state(paths.model("float")), "float")
-    if variant == "quant_weights":  # every weight replaced, so the float model's state serves as the frame
-        state = load_state(paths.model("float"))
-        return load_model(dequantized_state(state, load_npz(paths.quant_weights("float", load_params()))), "float")
+    """A forward function from images to logits (float or integer) for `variant`."""
+    if variant in FLOAT_VARIANTS:
+        return load_model(load_state(paths.model(FLOAT_VARIANTS[variant])), FLOAT_VARIANTS[variant])
+    if variant == "quant_weights":
+        return load_model(QuantizedNetwork.load(paths.quantized("float")).dequantized_state(), "float")
     if variant == "quant_weights_activations":
-        return integer_net("float")
-    if variant == "bias_float":
-        return load_model(load_state(paths.model("bias")), "bias")
-    if variant == "bias_quant_raw_bias":
-        return integer_net("bias", "raw")
-    if variant == "bias_quant":
-        return integer_net("bias", "int32")
+        return FloatRescaleNet(QuantizedNetwork.load(paths.quantized("float")))
+    if variant in ("bias_quant_raw_bias", "bias_quant"):
+        return FloatRescaleNet(QuantizedNetwork.load(paths.quantized("bias")),
+                               bias="raw" if variant == "bias_quant_raw_bias" else "int32")
     if variant == "integer_engine":
-        return integer_engine("float")
+        return fixed_point_engine("float")
     raise KeyError(variant)

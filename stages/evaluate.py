@@ -6,9 +6,9 @@ import torch
 
 from quantlab import paths
 from quantlab.errors import run_main
-from quantlab.evaluation import accuracy, outputs, save_class_plots, test_split
+from quantlab.evaluation import FLOAT_VARIANTS, accuracy, outputs, save_class_plots, test_split
 from quantlab.io import load_json, save_json
-from quantlab.variants import ENGINE_REFERENCE, FLOAT_VARIANTS, PIXEL_VARIANTS, VARIANTS, build
+from quantlab.variants import ENGINE_REFERENCE, PIXEL_VARIANTS, VARIANTS, build
 
 
 def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -4,14 +4,15 @@ quantization changes them: switching `calib` or the bit widths never reruns this
 
 from quantlab import paths
 from quantlab.errors import run_main
-from quantlab.evaluation import accuracy, predict, save_class_plots, test_split
-from quantlab.io import save_json
-from quantlab.variants import FLOAT_VARIANTS, build
+from quantlab.evaluation import FLOAT_VARIANTS, accuracy, predict, save_class_plots, test_split
+from quantlab.io import load_state, save_json
+from quantlab.model import load_model
 
 
 def main() -> None:
     test, classes = test_split(with_classes=True)
-    predictions = {variant: predict(build(variant), test) for variant in FLOAT_VARIANTS}
+    predictions = {variant: predict(load_model(load_state(paths.model(model)), model), test)
+                   for variant, model in FLOAT_VARIANTS.items()}
     save_json(paths.FLOAT_ACCURACY, {variant: accuracy(p, test.y) for variant, p in predictions.items()})
     save_class_plots("float", predictions["float"], test.y, classes)
 

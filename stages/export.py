@@ -1,91 +1,103 @@
-"""Stage export@<model>: the integer network as a self-describing artifact in export/<model>/:
-model.npz (int8 weights, int32 biases, fixed-point multipliers M0 and shifts, the input lookup table),
-manifest.json (layer order, shapes, bit widths, scales, integer ranges, the arrays' SHA-256) and runner.py,
-the standalone NumPy runner that executes it."""
+"""Stage export@<model>: the quantized network as an integer-only artifact in export/<model>/ (the format of
+quantlab.inference.export_format): model.npz (int8 weights, int32 biases, fixed-point multipliers M0 and
+shifts, the input lookup table), manifest.json (layer order, shapes, bit widths, scales, integer ranges, the
+arrays' SHA-256) and runner.py, the standalone NumPy runner that executes it."""
 
-import hashlib
+import ast
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from quantlab import paths, runner
-from quantlab.architecture import LAYERS, MODELS, model_name_argument
+from quantlab import paths
+from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL, model_name_argument, steps
 from quantlab.config import load_params
 from quantlab.data import normalize
 from quantlab.errors import run_main
-from quantlab.io import load_json, load_npz, save_json, save_npz, save_text
-from quantlab.quant import activation_range, multiplier, quantize, split_weights
+from quantlab.inference import export_format, fixed_point, runner
+from quantlab.inference.export_format import INPUT_LUT, array_name, layer_record
+from quantlab.io import load_npz, npz_bytes, save_bytes, save_json, save_text
+from quantlab.quantize.network import QuantizedNetwork
+from quantlab.quantize.symmetric import quantize
 
 
-def input_lut(activations: dict) -> np.ndarray:
+def input_lut(network: QuantizedNetwork) -> np.ndarray:
     """The quantized input of each of the 256 pixel values, exactly as the float-rescale forward computes it."""
     pixels = normalize(np.arange(256, dtype=np.uint8)).astype(np.float64)
-    return quantize(pixels, activations["scales"]["input"], activations["bits"]["input"],
-                    activations["signed"]["input"]).astype(np.int16)
+    first = network.activations["input"]
+    return quantize(pixels, first.scale, first.bits, first.signed).astype(np.int16)
 
 
-def export(model_name: str, weights: dict[str, np.ndarray], activations: dict, bias: np.ndarray | None,
-           classes: list[str], architecture: list[dict], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """The manifest (without its checksum) and the arrays of the integer network; with `headroom`, each
-    layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see runner)."""
-    q_weights, weight_scales = split_weights(weights)
-    shapes = {row["layer"]: row for row in architecture}
-    arrays = {"input.lut": input_lut(activations)}
+    layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see fixed_point)."""
+    shapes = {step.name: step for step in steps()}
+    arrays = {INPUT_LUT: input_lut(network)}
     layers = []
-    input_range = network_input = activation_range(activations, "input")
+    input_range = network.activations["input"].range
     for layer in LAYERS:
-        channels = len(q_weights[layer.name])
-        rescale = np.broadcast_to(multiplier(activations, weight_scales[layer.name], layer.name), (channels,))
-        m0, shift = zip(*(runner.quantize_multiplier(float(m)) for m in rescale), strict=True)
-        names = {key: f"{layer.name}.{key}" for key in ("weight", "m0", "shift")}
-        arrays[names["weight"]] = q_weights[layer.name].astype(np.int8)
+        quantized = network.layers[layer.name]
+        rescale = np.broadcast_to(network.multiplier(layer.name), (layer.outputs,))
+        m0, shift = zip(*(fixed_point.quantize_multiplier(float(m)) for m in rescale), strict=True)
+        names = {key: array_name(layer.name, key) for key in ("weight", "bias", "m0", "shift")}
+        arrays[names["weight"]] = quantized.weight
         arrays[names["m0"]] = np.array(m0, np.int32)
         arrays[names["shift"]] = np.array(shift, np.int32)
-        has_bias = bias is not None and layer.name == "fc3"
-        if has_bias:
-            arrays["fc3.bias"] = bias.astype(np.int32)
-        qmin, qmax = activation_range(activations, layer.name)
-        bound = runner.accumulator_bound(q_weights[layer.name], input_range, bias if has_bias else None)
+        if quantized.q_bias is not None:
+            arrays[names["bias"]] = quantized.q_bias
+        qmin, qmax = network.activations[layer.name].range
+        bound = fixed_point.accumulator_bound(quantized.weight, input_range, quantized.q_bias)
         clamp = [max(qmin, 0) if layer.relu else qmin, qmax]
-        layers.append({
-            "name": layer.name, "kind": layer.kind,
-            "input_shape": [int(d) for d in shapes[layer.name]["input"].split("x")],
-            "output_shape": [int(d) for d in shapes[layer.name]["output"].split("x")],
-            "weight": names["weight"], "weight_bits": int(weights["bits"]),
-            "weight_scale": np.asarray(weight_scales[layer.name]).tolist(),
-            "bias": "fc3.bias" if has_bias else None,
-            "multiplier": names["m0"], "shift": names["shift"], "real_multiplier": rescale.tolist(),
-            "accumulator_bound": bound,
-            "pre_shift": runner.headroom_shift(bound, arrays[names["shift"]]) if headroom else 0,
-            "output_scale": activations["scales"][layer.name], "output_range": [qmin, qmax],
-            "clamp": clamp, "relu": layer.relu, "pool": 2 if layer.pool else 0,
-        })
+        layers.append(layer_record(
+            name=layer.name, kind=layer.kind, input_shape=list(shapes[layer.name].input),
+            output_shape=list(shapes[layer.name].output), weight=names["weight"], weight_bits=network.weight_bits,
+            weight_scale=quantized.scale.tolist(), bias=names["bias"] if quantized.q_bias is not None else None,
+            multiplier=names["m0"], shift=names["shift"], real_multiplier=rescale.tolist(), accumulator_bound=bound,
+            pre_shift=fixed_point.headroom_shift(bound, arrays[names["shift"]]) if headroom else 0,
+            output_scale=network.activations[layer.name].scale, output_range=[qmin, qmax], clamp=clamp,
+            relu=layer.relu, pool=POOL if layer.pool else 0))
         input_range = tuple(clamp)
+    first = network.activations["input"]
     manifest = {
-        "format": runner.FORMAT, "version": 1, "model": model_name, "calib": activations["calib"],
-        "activation_bits": activations["bits"],
-        "input": {"shape": [3, 32, 32], "lut": "input.lut", "normalization": "x = pixel / 127.5 - 1 (float32)",
-                  "scale": activations["scales"]["input"], "range": list(network_input)},
-        "layers": layers, "classes": classes, "arrays": "model.npz",
+        "format": export_format.FORMAT, "version": export_format.VERSION, "model": network.provenance.model,
+        "provenance": vars(network.provenance), "activation_bits": {n: a.bits for n, a in network.activations.items()},
+        "input": {"shape": list(INPUT_SHAPE), "lut": INPUT_LUT, "normalization": "x = pixel / 127.5 - 1 (float32)",
+                  "scale": first.scale, "range": list(first.range)},
+        "layers": layers, "classes": classes,
     }
     return manifest, arrays
+
+
+def standalone_runner() -> str:
+    """runner.py of an export: the runner with the fixed-point arithmetic and the export format it imports,
+    in one file that needs NumPy only, under the runner's docstring (their own docstrings and the imports
+    of __future__ and quantlab left out)."""
+    bodies = []
+    for module in (fixed_point, export_format, runner):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        dropped = {line for node in tree.body
+                   if node is tree.body[0] or isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in
+                   ("__future__", "quantlab") for line in range(node.lineno - 1, node.end_lineno)}
+        kept = "".join(line for i, line in enumerate(source.splitlines(keepends=True)) if i not in dropped)
+        bodies.append(f"# --- {module.__name__} ".ljust(110, "-") + "\n" + kept.strip("\n") + "\n")
+    docstring = ast.get_source_segment(source, tree.body[0])  # the runner's, the last module
+    return f"{docstring}\n\nfrom __future__ import annotations\n\n" + "\n\n".join(bodies)
+
+
+def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    payload = npz_bytes(arrays)
+    save_bytes(directory / export_format.ARRAYS, payload)
+    save_json(directory / export_format.MANIFEST, {**manifest, "sha256": export_format.checksum(payload)})
+    save_text(directory / "runner.py", standalone_runner())
 
 
 def main() -> None:
     model_name = model_name_argument(sys.argv, "export")
     params = load_params()
-    activations = load_json(paths.quant_activations(model_name))
-    bias = load_npz(paths.QUANT_BIAS)["fc3.bias"] if MODELS[model_name] else None
+    network = QuantizedNetwork.load(paths.quantized(model_name))
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
-    architecture = load_json(paths.profile(model_name) / "stats.json")["architecture"]
-    weights = load_npz(paths.quant_weights(model_name, params))
-    manifest, arrays = export(model_name, weights, activations, bias, classes, architecture, params.export.headroom)
-    directory = paths.export(model_name)
-    save_npz(directory / manifest["arrays"], arrays)
-    manifest["sha256"] = hashlib.sha256((directory / manifest["arrays"]).read_bytes()).hexdigest()
-    save_json(directory / "manifest.json", manifest)
-    save_text(directory / "runner.py", Path(runner.__file__).read_text(encoding="utf-8"))
+    write(paths.export(model_name), *export(network, classes, params.export.headroom))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ only those."""
 
 import pandas as pd
 
-from quantlab import figures, paths
+from quantlab import paths
 from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json
 from quantlab.profiling import load_profiles
+from quantlab.quantize.symmetric import width_label, width_name
+from quantlab.report import figures
 
 
 def main() -> None:
@@ -21,8 +23,8 @@ def main() -> None:
                  directory, "weights")
     figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.FLOAT_ACCURACY)["float"]),
                  directory, "calibration")
-    widths = [paths.width_name(*width) for width in params.compare.widths]
-    figures.save(figures.fine_tuning({width[1:].replace("A", "/"): pd.read_csv(paths.qat_history("float", width))
+    widths = [width_name(*width) for width in params.compare.widths]
+    figures.save(figures.fine_tuning({width_label(width): pd.read_csv(paths.qat_history("float", width))
                                       for width in widths}), directory, "qat")
 
 

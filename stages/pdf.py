@@ -12,8 +12,8 @@ from pathlib import Path
 
 from quantlab import paths
 from quantlab.errors import UserError, run_main
-from quantlab.io import atomic_write, require
-from quantlab.report import source_date
+from quantlab.io import require, save_bytes
+from quantlab.report.render import source_date
 
 INSTALL = ("install TeX Live: on Debian/Ubuntu `apt-get install texlive-latex-recommended texlive-publishers "
            "texlive-fonts-recommended latexmk`, elsewhere TeX Live or MiKTeX with latexmk and IEEEtran")
@@ -43,9 +43,7 @@ def build_pdf(tex: Path) -> bytes:
 
 def main() -> None:
     tex = require(paths.REPORT / "report.tex")
-    pdf = build_pdf(tex)
-    with atomic_write(paths.REPORT / "report.pdf") as f:
-        f.write(pdf)
+    save_bytes(paths.REPORT / "report.pdf", build_pdf(tex))
 
 
 if __name__ == "__main__":

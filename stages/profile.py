@@ -1,6 +1,5 @@
-"""Stage profile@<model>: the model's layer table, and ranges, moments and histograms of every layer's
-weights and of the activations (network input and every layer's output) on a calibration subset of the
-training set."""
+"""Stage profile@<model>: ranges, moments and histograms of every layer's weights and of the activations
+(network input and every layer's output) on a calibration subset of the training set."""
 
 import sys
 
@@ -13,7 +12,7 @@ from quantlab.config import ProfileParams, load_params
 from quantlab.data import normalize
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_npz, load_state
-from quantlab.model import Net, architecture_table, load_model
+from quantlab.model import Net, load_model
 from quantlab.profiling import TensorProfile, profile_activations, profile_tensor, save_profiles
 
 BATCH = 1000
@@ -61,8 +60,7 @@ def main() -> None:
     index = calibration_indices(dataset["train_y"], p.calib_images, p.calib_selection, params.seed)
     profiles = profile_model(model, torch.from_numpy(dataset["train_x"][index]), p.bins)
     save_profiles(paths.profile(model_name), profiles,
-                  {"architecture": architecture_table(model),
-                   "calibration": {"images": p.calib_images, "selection": p.calib_selection, "bins": p.bins}})
+                  {"calibration": {"images": p.calib_images, "selection": p.calib_selection, "bins": p.bins}})
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ learned ranges and its training curve."""
 import pandas as pd
 
 from quantlab import paths
-from quantlab.config import EMA, Params, load_params
+from quantlab.config import Params, load_params
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, load_state, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
-from quantlab.qat import QATNet
-from quantlab.quant import activation_quantization, activation_signs, activation_widths
+from quantlab.quantize.qat import QATNet
+from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
@@ -27,7 +27,7 @@ def runs(params: Params) -> list[tuple[str, int, int]]:
 
 def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Split, test: Split,
               params: Params) -> tuple[dict, dict, list[dict]]:
-    """The fine-tuned state, its learned activation quantization and its training history."""
+    """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
     on = device()
     model = load_model(load_state(paths.model(model_name)), model_name).to(on)
@@ -37,10 +37,11 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
                      qat.decay, qat.start, qat.ranges, params.seed).to(on)
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
-                  desc=f"qat@{model_name} {paths.width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
-    activations = activation_quantization(EMA, network.learned_thresholds(), widths,
-                                          activation_signs(quant.unsigned_activations))
-    return state_to_arrays(model.cpu()), activations, history
+                  desc=f"qat@{model_name} {width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
+    learned = {"thresholds": network.learned_thresholds(), "bits": widths,
+               "signed": activation_signs(quant.unsigned_activations), "weight_bits": weight_bits,
+               "fake_quant_test_accuracy": history[-1]["test_accuracy"]}
+    return state_to_arrays(model.cpu()), learned, history
 
 
 def main() -> None:
@@ -50,11 +51,10 @@ def main() -> None:
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)
     for model_name, weight_bits, activation_bits in runs(params):
-        width = paths.width_name(weight_bits, activation_bits)
-        state, activations, history = fine_tune(model_name, weight_bits, activation_bits, train, test, params)
+        width = width_name(weight_bits, activation_bits)
+        state, learned, history = fine_tune(model_name, weight_bits, activation_bits, train, test, params)
         save_npz(paths.qat(model_name, width).with_suffix(".npz"), state)
-        save_json(paths.qat(model_name, width).with_suffix(".json"),
-                  {**activations, "weight_bits": weight_bits, "fake_quant_test_accuracy": history[-1]["test_accuracy"]})
+        save_json(paths.qat(model_name, width).with_suffix(".json"), learned)
         save_csv(paths.qat_history(model_name, width), pd.DataFrame(history))
 
 

@@ -1,13 +1,17 @@
-"""A small network with minmax activation scales measured on random inputs, for the integer-path tests."""
+"""Small quantized networks for the integer-path tests: a random model's weights, with minmax activation
+thresholds measured on random inputs."""
 
+import numpy as np
 import torch
 
-from quantlab.quant import activation_quantization, activation_signs, activation_widths
+from quantlab.architecture import MODELS
+from quantlab.model import Net, state_to_arrays
+from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
+from quantlab.quantize.symmetric import activation_signs, activation_widths
 
 
-def minmax_activations(net, x: torch.Tensor, bits: int = 8, unsigned: bool = False,
-                       logit_bits: int | None = None) -> dict:
-    """What quantize_activations stores, with thresholds from the actual ranges of `net` on `x`."""
+def minmax_thresholds(net, x: torch.Tensor) -> dict[str, float]:
+    """The actual range max|x| of every activation of `net` on `x`."""
     absmax = {}
 
     def record(name, h):
@@ -16,4 +20,17 @@ def minmax_activations(net, x: torch.Tensor, bits: int = 8, unsigned: bool = Fal
 
     with torch.no_grad():
         net(x, record)
-    return activation_quantization("minmax", absmax, activation_widths(bits, logit_bits), activation_signs(unsigned))
+    return absmax
+
+
+def random_network(bits: int = 8, per_channel: bool = False, unsigned: bool = False, logit_bits: int | None = None,
+                   model: str = "bias", seed: int = 0) -> tuple[Net, QuantizedNetwork]:
+    """A randomly initialized model and its quantized network, minmax-calibrated on 64 random images."""
+    torch.manual_seed(seed)
+    net = Net(fc3_bias=MODELS[model])
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    activations = activations_of(minmax_thresholds(net, x), activation_widths(bits, logit_bits),
+                                 activation_signs(unsigned))
+    state = {name: np.asarray(value) for name, value in state_to_arrays(net).items()}
+    provenance = Provenance(model, "minmax", "trained", "random")
+    return net, quantize_network(state, activations, bits, per_channel, provenance)

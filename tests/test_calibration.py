@@ -4,10 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.calibration import KL, METHODS, calibrator, kl_divergences, merge_and_expand
 from quantlab.errors import UserError
 from quantlab.profiling import profile_tensor
-from quantlab.quant import quantize, scale_for
+from quantlab.quantize.calibration import (
+    BATCH_STATISTICS,
+    EMA,
+    KL,
+    METHODS,
+    MSE,
+    POST_TRAINING,
+    MinMax,
+    calibrator,
+    kl_divergences,
+    merge_and_expand,
+)
+from quantlab.quantize.symmetric import activation_signs, activation_widths, quantize, scale_for
 
 
 def test_seed_worked_example_merges_and_expands():
@@ -82,7 +93,7 @@ def profile_of(values, bins=2048):
 
 def thresholds(values, bits=8, signed=True, bins=2048):
     profile = profile_of(values, bins)
-    return {name: calibrator(name).threshold(profile, bits, signed) for name in METHODS}
+    return {name: calibrator(name).threshold(profile, bits, signed) for name in POST_TRAINING}
 
 
 def test_uniform_tensor():
@@ -118,8 +129,8 @@ def test_one_sided_post_relu_tensor():
     values = np.maximum(np.random.default_rng(3).normal(0, 1, 200_000), 0)
     profile = profile_of(values)
     assert profile.min == 0.0
-    signed = {name: calibrator(name).threshold(profile, 8, True) for name in METHODS}
-    unsigned = {name: calibrator(name).threshold(profile, 8, False) for name in METHODS}
+    signed = {name: calibrator(name).threshold(profile, 8, True) for name in POST_TRAINING}
+    unsigned = {name: calibrator(name).threshold(profile, 8, False) for name in POST_TRAINING}
     width = profile.absmax / profile.bins
     assert signed["kl"] >= 128 * width and unsigned["kl"] >= 256 * width  # the first candidate of each
     assert all(0 < value <= profile.absmax * 1.0001 for name, value in signed.items() if name != "sigma3")
@@ -153,3 +164,34 @@ def test_kl_picks_the_threshold_not_a_clipped_index():
 def test_unknown_method_lists_valid_names():
     with pytest.raises(UserError, match="set calib to one of minmax, sigma3, percentile, kl, mse"):
         calibrator("entropy")
+
+
+def test_one_registry_of_methods_and_their_roles():
+    assert list(METHODS) == ["minmax", "sigma3", "percentile", "kl", "mse", "ema"]
+    assert POST_TRAINING == ("minmax", "sigma3", "percentile", "kl", "mse")  # the trained weights, from profiles
+    assert BATCH_STATISTICS == ("minmax", "mse")  # what quantization-aware training can track
+    assert METHODS["ema"].weights == "qat" and all(METHODS[name].weights == "trained" for name in POST_TRAINING)
+
+
+def test_ema_thresholds_are_the_learned_ones():
+    learned = {"input": 1.0, "conv1": 2.5, "conv2": 3.0, "fc1": 4.0, "fc2": 5.0, "fc3": 9.0}
+    profiles = {name: profile_of(np.array([-7.0, 7.0])) for name in learned}  # not read by ema
+    widths, signs = activation_widths(8), activation_signs(False)
+    assert calibrator("ema", learned=learned).thresholds(profiles, widths, signs) == learned
+    assert calibrator("minmax").thresholds(profiles, widths, signs) == dict.fromkeys(learned, 7.0)
+    with pytest.raises(UserError, match="calib=ema needs the thresholds learned by the qat stage"):
+        calibrator("ema").thresholds(profiles, widths, signs)
+    assert EMA.average(2.0, 4.0, 0.75) == 2.5  # 0.75 * 2 + 0.25 * 4
+
+
+def test_batch_statistics_of_quantization_aware_training():
+    x = torch.linspace(-1, 1, 10_001)
+    generator = torch.Generator().manual_seed(0)
+
+    def sample(values, size):
+        return values[torch.randint(len(values), (size,), generator=generator)]
+
+    assert MinMax.batch_threshold(x, 8, True, sample).item() == 1.0
+    assert 0.95 <= MSE.batch_threshold(x, 8, True, sample).item() <= 1.0  # nothing to gain by clipping uniform
+    spiky = torch.cat([torch.randn(100_000, generator=generator), torch.tensor([100.0])])
+    assert MSE.batch_threshold(spiky, 4, True, sample).item() < 10  # 4 bits: clip the outlier

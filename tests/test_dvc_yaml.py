@@ -7,8 +7,16 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Modules that locate files, read params or report errors: they decide nothing a stage computes.
-INFRASTRUCTURE = {"quantlab/errors.py", "quantlab/config.py", "quantlab/paths.py", "quantlab/__init__.py"}
+# Modules that hold paths, read params or report errors, and package docstrings: they decide nothing a stage
+# computes (config validates params against the calibration registry, which is no routing).
+INFRASTRUCTURE = {"quantlab/errors.py", "quantlab/config.py", "quantlab/paths.py", "quantlab/__init__.py",
+                  "quantlab/quantize/__init__.py", "quantlab/inference/__init__.py", "quantlab/report/__init__.py"}
+
+
+def module_file(dotted: str) -> str | None:
+    """The file of a quantlab module or package, relative to the repository, or None if there is none."""
+    path = dotted.replace(".", "/")
+    return next((f for f in (f"{path}.py", f"{path}/__init__.py") if (ROOT / f).exists()), None)
 
 
 def quantlab_imports(path: Path) -> set[str]:
@@ -16,13 +24,11 @@ def quantlab_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "quantlab":
-            if node.module == "quantlab":
-                found |= {f"quantlab/{alias.name}.py" for alias in node.names}
-            else:
-                found.add(node.module.replace(".", "/") + ".py")
+            # `from quantlab.pkg import module` names modules; `from quantlab.module import name` a module
+            found |= {module_file(f"{node.module}.{alias.name}") or module_file(node.module) for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.replace(".", "/") + ".py" for a in node.names if a.name.startswith("quantlab.")}
-    return {f for f in found if (ROOT / f).exists()}
+            found |= {module_file(a.name) for a in node.names if a.name.startswith("quantlab.")}
+    return found - {None}
 
 
 def closure(path: str) -> set[str]:
@@ -30,7 +36,7 @@ def closure(path: str) -> set[str]:
     while todo:
         for module in quantlab_imports(ROOT / todo.pop()) - seen:
             seen.add(module)
-            if module not in INFRASTRUCTURE:  # config imports calibration only to validate `calib`
+            if module not in INFRASTRUCTURE:
                 todo.append(module)
     return seen
 

@@ -1,7 +1,6 @@
 """The fixed-point helpers against exact rational arithmetic, and the integer engine against the runner."""
 
 import ast
-import hashlib
 import json
 import subprocess
 import sys
@@ -12,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab import runner
-from quantlab.architecture import MODELS
-from quantlab.engine import IntegerEngine
 from quantlab.evaluation import Split, outputs
-from quantlab.integer import IntegerNet
-from quantlab.io import save_json, save_npz
-from quantlab.model import Net, architecture_table, state_to_arrays
-from quantlab.quant import int_range, quantize_bias, quantize_weights, split_weights
-from quantlab.runner import (
+from quantlab.inference import export_format, runner
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.fixed_point import (
     INT32_MAX,
     INT32_MIN,
     multiply_by_quantized_multiplier,
@@ -28,9 +22,11 @@ from quantlab.runner import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from stages.export import export
+from quantlab.inference.float_rescale import FloatRescaleNet
+from quantlab.quantize.symmetric import int_range
+from stages.export import export, standalone_runner, write
 
-from quant_fixture import minmax_activations
+from quant_fixture import random_network
 
 RNG = np.random.default_rng(0)
 EDGES = [INT32_MIN, INT32_MIN + 1, -(2 ** 30), -3, -1, 0, 1, 3, 2 ** 30, INT32_MAX - 1, INT32_MAX]
@@ -122,21 +118,10 @@ def test_left_shift_overflow_fails_loudly():
 
 def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0,
                   logit_bits=None):
-    torch.manual_seed(seed)
-    net = Net(fc3_bias=MODELS[model])
-    weights = quantize_weights(state_to_arrays(net), bits, per_channel)
-    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    activations = minmax_activations(net, x, bits, unsigned, logit_bits)
-    bias = quantize_bias(net.fc3.bias.detach().numpy(), split_weights(weights)[1]["fc3"],
-                         activations["scales"]["fc2"]) if MODELS[model] else None
-    manifest, arrays = export(model, weights, activations, bias, [str(c) for c in range(10)],
-                              architecture_table(net), headroom)
+    _, network = random_network(bits, per_channel, unsigned, logit_bits, model, seed)
     directory = tmp_path / "export"
-    save_npz(directory / "model.npz", arrays)
-    manifest["sha256"] = hashlib.sha256((directory / "model.npz").read_bytes()).hexdigest()
-    save_json(directory / "manifest.json", manifest)
-    reference = IntegerNet.build(*split_weights(weights), activations, bias, "int32" if bias is not None else "none")
-    return directory, reference
+    write(directory, *export(network, [str(c) for c in range(10)], headroom))
+    return directory, FloatRescaleNet(network)
 
 
 IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
@@ -148,8 +133,8 @@ IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 
     (8, False, False, False, None)])
 def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsigned, headroom, logit_bits):
     directory, reference = random_export(tmp_path, bits, per_channel, unsigned, headroom, logit_bits=logit_bits)
-    manifest, arrays = runner.load(directory)
-    engine_logits = IntegerEngine(manifest, arrays)(IMAGES)
+    manifest, arrays = export_format.read(directory)
+    engine_logits = FixedPointEngine(manifest, arrays)(IMAGES)
     assert engine_logits.dtype == torch.int32
     np.testing.assert_array_equal(runner.run(manifest, arrays, IMAGES.numpy()), engine_logits.numpy())
     split = Split(IMAGES, torch.zeros(len(IMAGES), dtype=torch.int64))
@@ -165,26 +150,27 @@ def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsi
 
 def test_accumulator_overflow_fails_loudly(tmp_path):
     directory, _ = random_export(tmp_path)
-    manifest, arrays = runner.load(directory)
+    manifest, arrays = export_format.read(directory)
     arrays["fc3.bias"] = np.full(10, INT32_MAX - 5, np.int32)
     with pytest.raises(OverflowError, match="fc3: the int32 accumulator can overflow"):
-        IntegerEngine(manifest, arrays)
+        FixedPointEngine(manifest, arrays)
     with pytest.raises(OverflowError, match="fc3"):
         runner.run(manifest, arrays, IMAGES.numpy())
 
 
 def test_runner_is_standalone_and_checks_the_checksum(tmp_path):
-    source = runner.__file__
-    imports = {alias.name.split(".")[0] for node in ast.walk(ast.parse(open(source).read()))
+    directory, _ = random_export(tmp_path)
+    source = (directory / "runner.py").read_text()
+    assert source == standalone_runner()
+    imports = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
                if isinstance(node, (ast.Import, ast.ImportFrom))
                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
     assert imports <= {"__future__", "argparse", "hashlib", "json", "math", "sys", "pathlib", "numpy"}
-    directory, _ = random_export(tmp_path)
-    manifest, arrays = runner.load(directory)
-    expected = IntegerEngine(manifest, arrays)(IMAGES).argmax(1).tolist()
+    manifest, arrays = export_format.read(directory)
+    expected = FixedPointEngine(manifest, arrays)(IMAGES).argmax(1).tolist()
     (tmp_path / "alone").mkdir()
     script = tmp_path / "alone" / "runner.py"  # outside the repository: nothing of quantlab to import
-    script.write_text(open(source).read())
+    script.write_text(source)
     np.save(tmp_path / "images.npy", IMAGES.numpy())
     result = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "images.npy"),
                              "--out", str(tmp_path / "logits.npy")], capture_output=True, text=True, cwd=tmp_path)
@@ -197,4 +183,16 @@ def test_runner_is_standalone_and_checks_the_checksum(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "images.npy")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "does not match the checksum" in result.stderr
-    assert json.loads((directory / "manifest.json").read_text())["format"] == runner.FORMAT
+    assert json.loads((directory / "manifest.json").read_text())["format"] == export_format.FORMAT
+
+
+def test_manifest_records_follow_the_schema(tmp_path):
+    directory, _ = random_export(tmp_path)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert [layer["input_shape"] for layer in manifest["layers"]] == [[3, 32, 32], [12, 14, 14], [1152], [256], [64]]
+    manifest["layers"][0].pop("clamp")
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="without the keys"):
+        export_format.read(directory)
+    with pytest.raises(ValueError, match="a layer record has the keys"):
+        export_format.layer_record(name="conv1")

@@ -48,12 +48,12 @@ def test_missing_archive(repo, tmp_path):
 
 def test_unknown_calib(repo):
     set_params(repo, calib="kll")
-    fails_cleanly(repo, "stages.quantize_activations", "float", message="calib is 'kll'; valid: minmax")
+    fails_cleanly(repo, "stages.quantize", "float", message="calib is 'kll'; valid: minmax")
     assert not (repo / "quant").exists()
 
 
 def test_missing_upstream_output(repo):
-    fails_cleanly(repo, "stages.bias", message="missing upstream output models/bias.npz")
+    fails_cleanly(repo, "stages.quantize", "bias", message="missing upstream output models/bias.npz")
     assert not (repo / "quant").exists()
 
 
@@ -84,7 +84,7 @@ def test_offline_without_a_local_archive(repo):
 @pytest.mark.parametrize("bits", [0, 1, 17])
 def test_bits_out_of_range(repo, bits):
     set_params(repo, quant__weight_bits=bits)
-    fails_cleanly(repo, "stages.quantize_weights", "float",
+    fails_cleanly(repo, "stages.quantize", "float",
                   message=f"quant.weight_bits must be between 2 and 8 bits, got {bits}")
 
 
@@ -98,5 +98,5 @@ def test_checkpoint_with_nan_weights(repo):
     state = state_to_arrays(Net())
     state["fc1.weight"][0, 0] = np.nan
     save_npz(repo / "models" / "float.npz", state)
-    fails_cleanly(repo, "stages.quantize_weights", "float", message="models/float.npz: fc1.weight holds NaN")
+    fails_cleanly(repo, "stages.quantize", "float", message="models/float.npz: fc1.weight holds NaN")
     assert not (repo / "quant").exists()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab import runner
 from quantlab.data import md5_of
-from quantlab.engine import IntegerEngine
+from quantlab.inference import export_format
+from quantlab.inference.engine import FixedPointEngine
 from quantlab.sandbox import environment, make_repo, run
 
 from cifar_fixture import make_archive
@@ -55,7 +55,7 @@ def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
     np.save(tmp_path / "images.npy", test_x)
     result = subprocess.run([sys.executable, str(repo / "export/float/runner.py"), str(repo / "export/float"),
                              str(tmp_path / "images.npy")], capture_output=True, text=True, check=True)
-    engine = IntegerEngine(*runner.load(repo / "export/float"))
+    engine = FixedPointEngine(*export_format.read(repo / "export/float"))
     assert [int(c) for c in result.stdout.split()] == engine(torch.from_numpy(test_x)).argmax(1).tolist()
     agreement = json.loads((repo / "metrics/engine.json").read_text())
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
@@ -211,10 +211,10 @@ def stages_run(output: str) -> list[str]:
 def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
-    assert sorted(stages_run(result.stdout)) == ["bias", "evaluate", "export@bias", "export@float", "pdf",
-                                                 "quantize_activations@bias", "quantize_activations@float", "report"]
+    assert sorted(stages_run(result.stdout)) == ["evaluate", "export@bias", "export@float", "pdf", "quantize@bias",
+                                                 "quantize@float", "report"]
     after = json.loads((repo / "metrics/accuracy.json").read_text())
-    assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "kl"
+    assert json.loads((repo / "quant/float/network.json").read_text())["provenance"]["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]
     table = json.loads((repo / "metrics/calibration.json").read_text())
     assert after["quant_weights_activations"] == table["W8A8"]["kl"]
@@ -225,5 +225,6 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
     run(repo, "dvc", "exp", "run", "-S", "calib=ema")
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
     table = json.loads((repo / "metrics/calibration.json").read_text())
-    assert json.loads((repo / "quant/float/activations.json").read_text())["calib"] == "ema"
+    provenance = json.loads((repo / "quant/float/network.json").read_text())["provenance"]
+    assert provenance == {"model": "float", "calib": "ema", "weights": "qat", "source": "qat/float/W8A8.npz"}
     assert accuracy["quant_weights_activations"] == table["W8A8"]["qat"] == accuracy["integer_engine"]

@@ -4,45 +4,34 @@ import pytest
 import torch
 
 from quantlab.architecture import LAYERS
-from quantlab.config import QAT_RANGES
 from quantlab.model import Net
-from quantlab.qat import RANGES, QATNet, batch_max, batch_mse, fake_quantize
-from quantlab.quant import activation_widths
+from quantlab.quantize.qat import QATNet, fake_quantize
+from quantlab.quantize.symmetric import activation_widths
 
 
 def test_forward_rounds_half_to_even_and_clamps():
     x = torch.tensor([0.25, 0.75, 1.25, -0.25, -0.75, 0.3, 3.5, 3.75, 10.0, -4.0, -4.25, -10.0])
     # scale 0.5, range [-8, 7] (4 bits): representable [-4.0, 3.5]
     expected = [0.0, 1.0, 1.0, -0.0, -1.0, 0.5, 3.5, 3.5, 3.5, -4.0, -4.0, -4.0]
-    assert fake_quantize(x, torch.tensor(0.5), -8, 7).tolist() == expected
+    assert fake_quantize(x, torch.tensor(0.5), 4).tolist() == expected
 
 
 def test_gradient_passes_inside_and_at_the_range_and_stops_beyond():
     x = torch.tensor([0.1, 3.5, 3.50001, 10.0, -4.0, -4.00001, -10.0, 0.0], requires_grad=True)
-    fake_quantize(x, torch.tensor(0.5), -8, 7).sum().backward()
+    fake_quantize(x, torch.tensor(0.5), 4).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
 
 
 def test_gradient_is_straight_through_at_rounding_ties():
     x = torch.tensor([0.25, 0.75], requires_grad=True)  # ties: forward rounds, backward ignores the rounding
-    (fake_quantize(x, torch.tensor(0.5), -8, 7) * torch.tensor([2.0, 3.0])).sum().backward()
+    (fake_quantize(x, torch.tensor(0.5), 4) * torch.tensor([2.0, 3.0])).sum().backward()
     assert x.grad.tolist() == [2.0, 3.0]
-
-
-def test_range_statistics():
-    x = torch.linspace(-1, 1, 10_001)
-    generator = torch.Generator().manual_seed(0)
-    assert batch_max(x, -128, 127, generator).item() == 1.0
-    assert 0.95 <= batch_mse(x, -128, 127, generator).item() <= 1.0  # nothing to gain by clipping uniform
-    spiky = torch.cat([torch.randn(100_000, generator=generator), torch.tensor([100.0])])
-    assert batch_mse(spiky, -8, 7, generator).item() < 10  # 4 bits: clip the outlier
-    assert set(RANGES) == set(QAT_RANGES)
 
 
 def test_ema_ranges_and_delayed_activation_quantization():
     torch.manual_seed(0)
     network = QATNet(Net(), 8, activation_widths(8), per_channel=False, unsigned_activations=False, decay=0.5, start=2,
-                     ranges="max")
+                     ranges="minmax")
     network.train()
     batches = [torch.rand(4, 3, 32, 32) * 2 - 1 for _ in range(3)]
     for x in batches:
@@ -63,7 +52,7 @@ def test_logits_take_their_own_width():
     for logit_bits in (None, 8):
         torch.manual_seed(0)
         network = QATNet(Net(), 8, activation_widths(2, logit_bits), per_channel=False, unsigned_activations=False,
-                         decay=0.5, start=0, ranges="max")
+                         decay=0.5, start=0, ranges="minmax")
         network(x)  # learns the ranges
         network.eval()
         levels[logit_bits] = len(torch.unique(network(x)))  # the fake-quantized logits

@@ -1,28 +1,32 @@
-"""Quantization math against hand-computed values, and the integer forward against an int64 reference."""
+"""Quantization math against hand-computed values, and the float-rescale forward against an int64 reference."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
-from quantlab.integer import FLOAT32_EXACT_LIMIT, IntegerNet, accumulation_dtype, integer_layer
+from quantlab.inference.float_rescale import FLOAT32_EXACT_LIMIT, FloatRescaleNet, accumulation_dtype, integer_layer
 from quantlab.model import Net, state_to_arrays
-from quantlab.quant import (
+from quantlab.quantize.network import Activation, Provenance, activations_of, quantize_network
+from quantlab.quantize.symmetric import (
     activation_signs,
     activation_widths,
     bias_scale,
-    dequantized_state,
     int_range,
     quantize,
     quantize_bias,
-    quantize_weights,
+    quantize_weight,
     requantize,
     scale_for,
-    split_weights,
+    squared_errors,
     weight_scale,
+    width_label,
+    width_name,
 )
 
-from quant_fixture import minmax_activations
+from quant_fixture import random_network
 
 
 def test_activation_widths_give_the_logits_their_own_bits():
@@ -58,17 +62,42 @@ def test_weight_scale_per_tensor_and_per_channel():
     np.testing.assert_allclose(weight_scale(w, 8, per_channel=True), [0.5 / 127, 0.2 / 127])
 
 
+def test_weight_scale_in_float64_rounds_to_the_float32_quotient():
+    weights = np.random.default_rng(0).normal(0, 0.1, (2000, 8)).astype(np.float32)
+    for bits in (8, 4, 2):
+        scales = weight_scale(weights, bits, per_channel=True).astype(np.float32)
+        quotient = (torch.from_numpy(np.abs(weights).max(axis=1)) / int_range(bits)[1]).numpy()
+        np.testing.assert_array_equal(scales, quotient)  # what quantization-aware training computes
+
+
+def test_squared_errors_agree_for_numpy_and_torch():
+    values = np.random.default_rng(1).laplace(0, 1, 500)
+    thresholds = np.array([0.5, 1.0, 2.0, 4.0])
+    counts = np.ones(len(values))
+    numpy_errors = squared_errors(values, counts, thresholds, 4)
+    torch_errors = squared_errors(torch.from_numpy(values), None, torch.from_numpy(thresholds), 4)
+    np.testing.assert_allclose(numpy_errors, torch_errors.numpy(), rtol=1e-12)
+    scale = 2.0 / 7  # by hand for T = 2 at 4 bits: x - S clamp(round(x / S), -8, 7)
+    expected = np.sum((values - scale * np.clip(np.round(values / scale), -8, 7)) ** 2)
+    assert numpy_errors[2] == pytest.approx(expected, rel=1e-12)
+
+
+def test_width_names_and_labels():
+    assert width_name(8, 4) == "W8A4" and width_label(width_name(8, 4)) == "8/4"
+
+
 def test_quantize_weights_matches_hand_values():
     state = state_to_arrays(Net())
     state["conv1.weight"][:] = 0
     # max|W| = 127/64 -> S = 1/64, exact in binary, so the ties below are real ties
     state["conv1.weight"][0, 0, 0, :4] = [127 / 64, -0.3, 0.5 / 64, 1.5 / 64]
-    arrays = quantize_weights(state)
-    assert arrays["conv1.scale"] == 1 / 64
-    assert arrays["conv1"].dtype == np.int8
+    q, scale = quantize_weight(state["conv1.weight"], 8)
+    assert scale == 1 / 64 and q.dtype == np.int8
     # -0.3 * 64 = -19.2 -> -19; 0.5 rounds to 0 and 1.5 to 2 (half to even)
-    assert arrays["conv1"][0, 0, 0, :4].tolist() == [127, -19, 0, 2]
-    restored = dequantized_state(state, arrays)["conv1.weight"][0, 0, 0, :4]
+    assert q[0, 0, 0, :4].tolist() == [127, -19, 0, 2]
+    activations = activations_of(dict.fromkeys(ACTIVATIONS, 1.0), activation_widths(8), activation_signs(False))
+    network = quantize_network(state, activations, 8, False, Provenance("float", "minmax", "trained", "-"))
+    restored = network.dequantized_state()["conv1.weight"][0, 0, 0, :4]
     assert restored.tolist() == [127 / 64, -19 / 64, 0.0, 2 / 64]
 
 
@@ -100,11 +129,15 @@ def test_requantize_rounds_half_to_even_and_clamps():
 
 
 def test_multiplier_is_input_scale_times_weight_scale_over_output_scale():
+    _, network = random_network(model="float")
     scales = {"input": 0.01, "conv1": 0.5, "conv2": 0.25, "fc1": 1.0, "fc2": 2.0, "fc3": 4.0}
-    net = IntegerNet.build({layer.name: np.ones((1, 1)) for layer in LAYERS},
-                           {layer.name: np.float64(0.02) for layer in LAYERS}, activations(scales))
-    assert net.multiplier(LAYERS[0]).item() == pytest.approx(0.01 * 0.02 / 0.5)
-    assert net.multiplier(LAYERS[4]).item() == pytest.approx(2.0 * 0.02 / 4.0)
+    network = dataclasses.replace(
+        network, activations={name: Activation(8, True, 127 * scale) for name, scale in scales.items()},
+        layers={name: dataclasses.replace(layer, scale=np.float64(0.02)) for name, layer in network.layers.items()})
+    assert network.multiplier("conv1") == pytest.approx(0.01 * 0.02 / 0.5)
+    assert network.multiplier("fc3") == pytest.approx(2.0 * 0.02 / 4.0)
+    assert network.bias_scale("fc3") == pytest.approx(2.0 * 0.02)
+    assert Activation(8, False, 25.5).scale == pytest.approx(0.1) and Activation(8, True, 0.0).scale == 1.0
 
 
 def test_bias_scale_and_int32_bias():
@@ -117,31 +150,29 @@ def test_bias_scale_and_int32_bias():
         quantize_bias(np.array([1e6]), 1e-4, 1e-4)
 
 
-# --- the whole integer forward against an independent int64 NumPy implementation -----------------------
-
-def activations(scales, bits=8, unsigned=False):
-    return {"bits": activation_widths(bits), "signed": activation_signs(unsigned), "scales": scales}
-
+# --- the whole float-rescale forward against an independent int64 NumPy implementation -----------------------
 
 def _conv_int64(x, w):
     windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))  # N, C, H', W', kh, kw
     return np.einsum("nchwij,ocij->nohw", windows, w)
 
 
-def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8, unsigned=False):
+def _reference(x, network, bits=8, unsigned=False):
+    a_scales = {name: a.scale for name, a in network.activations.items()}
     qmin, qmax = int_range(bits)
     q = np.clip(np.round(x / a_scales["input"]), qmin, qmax).astype(np.int64)
     previous = "input"
     for layer in LAYERS:
-        w = q_weights[layer.name].astype(np.int64)
+        quantized = network.layers[layer.name]
+        w = quantized.weight.astype(np.int64)
         if layer.kind == "fc":
             q = q.reshape(len(q), -1)
             acc = q @ w.T
         else:
             acc = _conv_int64(q, w)
-        if bias is not None and layer.name == "fc3":
-            acc = acc + bias.astype(np.int64)
-        m = a_scales[previous] * w_scales[layer.name] / a_scales[layer.name]
+        if quantized.q_bias is not None:
+            acc = acc + quantized.q_bias.astype(np.int64)
+        m = a_scales[previous] * quantized.scale / a_scales[layer.name]
         m = m.reshape((-1,) + (1,) * (acc.ndim - 2)) if np.ndim(m) else m
         qmin, qmax = int_range(bits, signed=not (unsigned and layer.relu))
         q = np.clip(np.round(acc * m), qmin, qmax).astype(np.int64)
@@ -156,33 +187,24 @@ def _reference(x, q_weights, w_scales, a_scales, bias=None, bits=8, unsigned=Fal
 
 @pytest.mark.parametrize("per_channel, bits, unsigned", [(False, 8, False), (True, 8, False), (True, 4, True),
                                                          (False, 6, True)])
-def test_integer_forward_equals_int64_reference(per_channel, bits, unsigned):
-    torch.manual_seed(0)
-    model = Net(fc3_bias=True)
-    arrays = quantize_weights(state_to_arrays(model), bits, per_channel=per_channel)
-    q_weights, w_scales = split_weights(arrays)
+def test_float_rescale_forward_equals_int64_reference(per_channel, bits, unsigned):
+    _, network = random_network(bits, per_channel, unsigned)
+    assert network.layers["fc3"].q_bias is not None
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    calibrated = minmax_activations(model, x, bits, unsigned)
-    a_scales = calibrated["scales"]
-    bias = quantize_bias(model.fc3.bias.detach().numpy(), w_scales["fc3"], a_scales["fc2"])
-    net = IntegerNet.build(q_weights, w_scales, calibrated, bias=bias, bias_mode="int32")
-    expected = _reference(x.double().numpy(), q_weights, w_scales, a_scales, bias, bits, unsigned)
-    got = net(x)
+    expected = _reference(x.double().numpy(), network, bits, unsigned)
+    got = FloatRescaleNet(network)(x)
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), expected)
     assert np.abs(expected).max() > 0  # the test data exercises non-trivial logits
 
 
 def test_raw_bias_is_added_to_the_accumulator_unscaled():
-    torch.manual_seed(0)
-    model = Net(fc3_bias=True)
-    q_weights, w_scales = split_weights(quantize_weights(state_to_arrays(model)))
-    a_scales = {"input": 1 / 127, "conv1": 0.02, "conv2": 0.03, "fc1": 0.05, "fc2": 0.05, "fc3": 0.001}
+    _, network = random_network()
+    fc3 = dataclasses.replace(network.layers["fc3"], bias=np.full(10, 1000.0))  # in accumulator units
+    network = dataclasses.replace(network, layers={**network.layers, "fc3": fc3})
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    raw = np.array([1000.0] * 10)  # in accumulator units: M * 1000 output LSBs
-    no_bias = IntegerNet.build(q_weights, w_scales, activations(a_scales))(x)
-    with_raw = IntegerNet.build(q_weights, w_scales, activations(a_scales), bias=raw, bias_mode="raw")(x)
-    m = a_scales["fc2"] * w_scales["fc3"] / a_scales["fc3"]
+    no_bias = FloatRescaleNet(network, bias="none")(x)
+    with_raw = FloatRescaleNet(network, bias="raw")(x)
     shift = (with_raw - no_bias)[(no_bias > -100) & (no_bias < 100)]
     assert shift.numel() > 0
-    assert torch.all((shift - 1000 * m).abs() <= 1)
+    assert torch.all((shift - 1000 * network.multiplier("fc3")).abs() <= 1)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from markupsafe import Markup
 
-from quantlab import figures
 from quantlab.profiling import profile_tensor
-from quantlab.report import code_version, environment, latex_escape, latex_table, markdown_escape, markdown_table
+from quantlab.report import figures
+from quantlab.report.render import code_version, environment, latex_escape, latex_table, markdown_escape, markdown_table
 
 SPECIAL = r"A_b & C% $x$ #1 {y} ~z ^w \v <u>"
 

@@ -4,27 +4,39 @@ import numpy as np
 import pytest
 import torch
 
+from quantlab.architecture import steps
 from quantlab.config import TrainParams
 from quantlab.errors import UserError
 from quantlab.evaluation import Split
-from quantlab.model import Net, architecture_table
+from quantlab.model import Net
+from quantlab.report.tables import architecture
 from quantlab.training import training_subset
 from stages.train import train
 
 from cifar_fixture import batches
 
 
-def test_architecture_is_the_labs_table():
-    table = [(r["layer"], r["type"], r["input"], r["output"], r["activation"]) for r in architecture_table(Net())]
-    assert table == [
-        ("conv1", "Convolutional", "3x32x32", "12x28x28", "ReLU"),
-        ("pool1", "Max pool", "12x28x28", "12x14x14", "None"),
-        ("conv2", "Convolutional", "12x14x14", "32x12x12", "ReLU"),
-        ("pool2", "Max pool", "32x12x12", "32x6x6", "None"),
-        ("fc1", "Fully-connected", "1152", "256", "ReLU"),
-        ("fc2", "Fully-connected", "256", "64", "ReLU"),
-        ("fc3", "Fully-connected", "64", "10", "None"),
+def test_architecture_is_the_labs_table_and_the_models_shapes():
+    assert architecture().values.tolist() == [
+        ["conv1", "Convolutional", "3x32x32", "12x28x28", "ReLU"],
+        ["pool1", "Max pool", "12x28x28", "12x14x14", "None"],
+        ["conv2", "Convolutional", "12x14x14", "32x12x12", "ReLU"],
+        ["pool2", "Max pool", "32x12x12", "32x6x6", "None"],
+        ["fc1", "Fully-connected", "1152", "256", "ReLU"],
+        ["fc2", "Fully-connected", "256", "64", "ReLU"],
+        ["fc3", "Fully-connected", "64", "10", "None"],
     ]
+    shapes = []  # what the torch model computes, layer by layer
+
+    def apply(module, inputs, output):
+        shapes.append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
+
+    model = Net()
+    for module in model.children():
+        module.register_forward_hook(apply)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert shapes == [(step.input, step.output) for step in steps() if step.kind != "pool"]
     assert Net().fc3.bias is None and Net(fc3_bias=True).fc3.bias is not None
     assert all(getattr(Net(), name).bias is None for name in ("conv1", "conv2", "fc1", "fc2"))
 

@@ -1,6 +1,4 @@
-"""Symmetric quantization math, on NumPy arrays (and, where noted, torch tensors alike).
-
-Conventions (zero point 0 everywhere, as in the lab):
+"""Symmetric quantization math, on NumPy arrays and torch tensors alike (zero point 0 everywhere, as in the lab):
 
     integer range   signed b bits: [-2^(b-1), 2^(b-1) - 1]      unsigned b bits: [0, 2^b - 1]
     scale           S = T / qmax, where T is the clipping threshold (max|W| for weights)
@@ -9,16 +7,17 @@ Conventions (zero point 0 everywhere, as in the lab):
     rescale         q_out = clamp(round(M * acc), qmin, qmax),   M = S_in * S_W / S_out
     int32 bias      q_b = round(b / S_bias),                     S_bias = S_W * S_in
 
-The integer-only forward pass that applies them is `quantlab.integer.IntegerNet`.
+Every function uses only operations that NumPy and torch define alike, so post-training quantization (NumPy,
+float64) and quantization-aware training (torch, the weights' own float32) share them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from quantlab.architecture import ACTIVATIONS, LAYERS, input_of
+from quantlab.architecture import ACTIVATIONS, LAYERS
 
-LOGITS = LAYERS[-1].name  # the last layer's output
+BITS = range(2, 9)  # the bit widths the integer networks support: stored in int8/uint8, summed in int32
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
@@ -26,12 +25,10 @@ def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
-def scale_for(threshold: float | np.ndarray, bits: int, signed: bool = True) -> float | np.ndarray:
+def scale_for(threshold, bits: int, signed: bool = True):
     """S = T / qmax, so that T maps to the largest positive integer. A zero threshold (an all-zero tensor)
     gets scale 1: any scale represents zeros exactly, and dividing by zero would not."""
-    qmax = int_range(bits, signed)[1]
-    threshold = np.asarray(threshold, dtype=np.float64)
-    return np.where(threshold > 0, threshold / qmax, 1.0)[()]
+    return threshold / int_range(bits, signed)[1] + (threshold == 0)  # + 1 exactly where T = 0, + 0 elsewhere
 
 
 def quantize(x, scale, bits: int, signed: bool = True):
@@ -42,9 +39,11 @@ def quantize(x, scale, bits: int, signed: bool = True):
 
 
 def weight_scale(weight: np.ndarray, bits: int, per_channel: bool = False) -> np.ndarray:
-    """max|W| / qmax over the whole tensor, or over each output channel (axis 0) when per_channel."""
+    """S_W = max|W| / qmax over the whole tensor, or over each output channel (axis 0) when per_channel, in
+    float64 (for a float32 weight, rounding that to float32 gives the float32 quotient exactly: float64 has more
+    than twice float32's precision)."""
     absmax = np.abs(weight.astype(np.float64)).reshape(len(weight), -1).max(axis=1)
-    return scale_for(absmax if per_channel else absmax.max(), bits)
+    return np.asarray(scale_for(absmax if per_channel else absmax.max(), bits))
 
 
 def channel_shaped(scale, ndim: int, axis: int):
@@ -53,10 +52,26 @@ def channel_shaped(scale, ndim: int, axis: int):
     return scale if scale.ndim == 0 else scale.reshape((-1,) + (1,) * (ndim - axis - 1))
 
 
+def quantize_weight(weight: np.ndarray, bits: int, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The integer weight (int8 storage) and its scale S_W (a scalar, or one per output channel)."""
+    scale = weight_scale(weight, bits, per_channel)
+    q = quantize(weight.astype(np.float64), channel_shaped(scale, weight.ndim, 0), bits)
+    return q.astype(np.int8), scale
+
+
 def requantize(acc, multiplier, qmin: int, qmax: int):
     """q_out = clamp(round(M * acc), qmin, qmax) of a float64 accumulator (NumPy or torch): acc is exact
     there, and M * acc is rounded once, correctly, before the integer rounding."""
     return (acc * multiplier).round().clip(qmin, qmax)
+
+
+def squared_errors(values, counts, thresholds, bits: int, signed: bool = True):
+    """Total squared quantization error sum_x counts[x] * (x - S quantize(x, S))^2 of the values x for every
+    threshold T (S = T / qmax): the error that the MSE calibration and the QAT range statistic minimize.
+    `counts` None counts every value once."""
+    scales = (thresholds / int_range(bits, signed)[1])[:, None]
+    error = values[None, :] - scales * quantize(values[None, :], scales, bits, signed)
+    return (error * error).sum(-1) if counts is None else (error * error) @ counts
 
 
 def activation_signs(unsigned_activations: bool) -> dict[str, bool]:
@@ -70,27 +85,9 @@ def activation_widths(activation_bits: int, logit_bits: int | None = None) -> di
     """The bits of every activation: `activation_bits`, except the logits (the last layer's output) at
     `logit_bits` where given. Few bits there tie the largest logits (at 4 bits, 16 levels), and the tie
     decides the prediction; 8-bit logits, as deployed int8 networks have, avoid that."""
-    return {name: logit_bits if logit_bits is not None and name == LOGITS else activation_bits
+    logits = LAYERS[-1].name
+    return {name: logit_bits if logit_bits is not None and name == logits else activation_bits
             for name in ACTIVATIONS}
-
-
-def activation_quantization(method: str, thresholds: dict[str, float], bits: dict[str, int],
-                            signs: dict[str, bool]) -> dict:
-    """What quantize_activations stores and IntegerNet reads: every activation's bits, sign, threshold
-    and scale."""
-    return {"calib": method, "bits": dict(bits), "signed": dict(signs), "thresholds": dict(thresholds),
-            "scales": {name: float(scale_for(t, bits[name], signs[name])) for name, t in thresholds.items()}}
-
-
-def activation_range(activations: dict, name: str) -> tuple[int, int]:
-    """The integer range of activation `name` under an `activation_quantization` record."""
-    return int_range(activations["bits"][name], activations["signed"][name])
-
-
-def multiplier(activations: dict, weight_scale, layer_name: str):
-    """M = S_in * S_W / S_out of a layer: S_in the scale of the activation entering it, S_out its own."""
-    scales = activations["scales"]
-    return scales[input_of(layer_name)] * weight_scale / scales[layer_name]
 
 
 def bias_scale(weight_scale, input_scale: float):
@@ -107,30 +104,11 @@ def quantize_bias(bias: np.ndarray, weight_scale, input_scale: float) -> np.ndar
     return q.astype(np.int32)
 
 
-def quantize_weights(state: dict[str, np.ndarray], bits: int = 8,
-                     per_channel: bool = False) -> dict[str, np.ndarray]:
-    """Every layer's weight as integers (int8 storage) and its scale: {"conv1": q, "conv1.scale": S, ...},
-    and the bit width ("bits")."""
-    out = {"bits": np.int64(bits)}
-    for layer in LAYERS:
-        weight = state[f"{layer.name}.weight"]
-        scale = weight_scale(weight, bits, per_channel)
-        q = quantize(weight.astype(np.float64), channel_shaped(scale, weight.ndim, 0), bits)
-        out[layer.name] = q.astype(np.int8)
-        out[f"{layer.name}.scale"] = np.asarray(scale, np.float64)
-    return out
+def width_name(weight_bits: int, activation_bits: int) -> str:
+    """The name of a [weight bits, activation bits] pair in file names and metrics: "W8A4"."""
+    return f"W{weight_bits}A{activation_bits}"
 
 
-def split_weights(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The integer weights and the scales of a `quantize_weights` result, each keyed by layer name."""
-    return ({layer.name: arrays[layer.name] for layer in LAYERS},
-            {layer.name: arrays[f"{layer.name}.scale"] for layer in LAYERS})
-
-
-def dequantized_state(state: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The float state dict with every weight replaced by S * q: the "quantized weights" model."""
-    q_weights, scales = split_weights(arrays)
-    out = dict(state)
-    for name, q in q_weights.items():
-        out[f"{name}.weight"] = (q * channel_shaped(scales[name], q.ndim, 0)).astype(np.float32)
-    return out
+def width_label(name: str) -> str:
+    """How tables and figures print a width name: "W8A4" -> "8/4"."""
+    return name[1:].replace("A", "/")

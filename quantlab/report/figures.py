@@ -16,8 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from quantlab.io import atomic_write  # noqa: E402
+from quantlab.io import save_bytes  # noqa: E402
 from quantlab.profiling import TensorProfile  # noqa: E402
+from quantlab.quantize.symmetric import width_label  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.16  # inches
 STYLE = {
@@ -33,8 +34,7 @@ def save(figure, directory: Path, name: str) -> None:
                              ("png", {"Software": None})):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=suffix, metadata=metadata)
-        with atomic_write(directory / f"{name}.{suffix}") as f:
-            f.write(buffer.getvalue())
+        save_bytes(directory / f"{name}.{suffix}", buffer.getvalue())
     plt.close(figure)
 
 
@@ -129,7 +129,7 @@ def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
             ax.plot(x, [results[w][method] for w in widths], marker=markers[i % len(markers)], ms=3, lw=1,
                     label=method)
         ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
-        ax.set_xticks(x, [w[1:].replace("A", "/") for w in widths])  # "W8A4" -> "8/4"
+        ax.set_xticks(x, [width_label(w) for w in widths])
         ax.set(xlabel="weight / activation bits", ylabel="test accuracy (%)")
         ax.legend(frameon=False, ncol=3, loc="lower left")
         return figure

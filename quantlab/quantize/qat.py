@@ -4,16 +4,17 @@ During fine-tuning, weights and activations pass through fake quantization: the 
 S * clamp(round(x / S), qmin, qmax), the backward pass lets the gradient through unchanged inside the
 representable range [qmin S, qmax S] and stops it outside (the straight-through estimator).
 
-    weights      S_W = max|W| / qmax of the current weights (per tensor or per output channel)
-    activations  T <- decay * T + (1 - decay) * t over the training batches (T = t at the first), S = T / qmax;
-                 activations are fake-quantized from step `start` on (before it, only T is learned, as the
-                 paper delays activation quantization). The batch statistic t is
-                 - "max": max|x| of the batch, the paper's choice;
+    weights      S_W = max|W| / qmax of the current weights (per tensor or per output channel), as at export
+    activations  the `ema` calibration method: T <- decay * T + (1 - decay) * t over the training batches
+                 (T = t at the first), S = T / qmax; t is the batch threshold of the method `ranges`:
+                 - "minmax": max|x| of the batch, the paper's choice;
                  - "mse": the threshold with the least squared quantization error of the batch, over 64
                    candidates k/64 max|x|, on a seeded sample of 8192 of its values. At 4 bits, max-tracked
                    ranges leave most of the 16 levels to rare large values (as minmax calibration does).
+                 Activations are fake-quantized from step `start` on (before it, only T is learned, as the
+                 paper delays activation quantization).
 
-The learned thresholds T are what `calib=ema` hands to the integer-only forward.
+The learned thresholds T are the state of `calib=ema`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, walk
-from quantlab.quant import activation_signs, channel_shaped, int_range
+from quantlab.quantize.calibration import EMA, METHODS
+from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, scale_for, weight_scale
 
 
 class FakeQuantize(torch.autograd.Function):
@@ -42,26 +44,8 @@ class FakeQuantize(torch.autograd.Function):
         return grad * inside, None, None, None
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    return FakeQuantize.apply(x, scale, qmin, qmax)
-
-
-def batch_max(x: torch.Tensor, qmin: int, qmax: int, generator: torch.Generator) -> torch.Tensor:
-    return x.detach().abs().max().to(torch.float64)
-
-
-def batch_mse(x: torch.Tensor, qmin: int, qmax: int, generator: torch.Generator, sample: int = 8192,
-              candidates: int = 64) -> torch.Tensor:
-    """The threshold among k/candidates max|x| with the least squared quantization error of a sample."""
-    flat = x.detach().flatten()
-    values = flat[torch.randint(len(flat), (sample,), generator=generator)].to(torch.float64)
-    thresholds = values.abs().max().clamp(min=1e-12) * torch.arange(1, candidates + 1, dtype=torch.float64) / candidates
-    scales = (thresholds / qmax)[:, None]
-    errors = (values[None] - torch.clamp(torch.round(values[None] / scales), qmin, qmax) * scales).square().mean(1)
-    return thresholds[errors.argmin()]
-
-
-RANGES = {"max": batch_max, "mse": batch_mse}
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
+    return FakeQuantize.apply(x, scale, *int_range(bits, signed))
 
 
 class QATNet(nn.Module):
@@ -69,40 +53,41 @@ class QATNet(nn.Module):
 
     def __init__(self, model: Net, weight_bits: int, widths: dict[str, int], per_channel: bool,
                  unsigned_activations: bool, decay: float, start: int, ranges: str = "mse", seed: int = 0):
-        """`widths`: the bits of every activation (quantlab.quant.activation_widths)."""
+        """`widths`: the bits of every activation (quantlab.quantize.symmetric.activation_widths); `ranges`:
+        a method of quantlab.quantize.calibration.BATCH_STATISTICS."""
         super().__init__()
         self.model = model
         self.weight_bits, self.widths, self.per_channel = weight_bits, widths, per_channel
         self.signs = activation_signs(unsigned_activations)
-        self.decay, self.start, self.statistic = decay, start, RANGES[ranges]
+        self.decay, self.start, self.statistic = decay, start, METHODS[ranges].batch_threshold
         self.generator = torch.Generator().manual_seed(seed)
         self.register_buffer("thresholds", torch.zeros(len(ACTIVATIONS), dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
 
     def weight(self, layer: Layer) -> torch.Tensor:
         weight = getattr(self.model, layer.name).weight
-        absmax = weight.detach().abs().flatten(1).amax(1) if self.per_channel else weight.detach().abs().max()
-        qmin, qmax = int_range(self.weight_bits)
-        scale = channel_shaped(torch.clamp(absmax, min=1e-12) / qmax, weight.ndim, 0)
-        return fake_quantize(weight, scale, qmin, qmax)
+        scale = weight_scale(weight.detach().cpu().numpy(), self.weight_bits, self.per_channel)
+        scale = torch.as_tensor(scale, dtype=weight.dtype, device=weight.device)
+        return fake_quantize(weight, channel_shaped(scale, weight.ndim, 0), self.weight_bits)
 
     def _layer(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         module = getattr(self.model, layer.name)
         op = F.conv2d if layer.kind == "conv" else F.linear
         return op(x, self.weight(layer), module.bias)
 
+    def _sample(self, values: torch.Tensor, size: int) -> torch.Tensor:
+        return values[torch.randint(len(values), (size,), generator=self.generator)]
+
     def _activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         index = ACTIVATIONS.index(name)
-        qmin, qmax = int_range(self.widths[name], self.signs[name])
+        bits, signed = self.widths[name], self.signs[name]
         if self.training:
-            observed = self.statistic(x, qmin, qmax, self.generator)
-            first = self.steps == 0
-            self.thresholds[index] = torch.where(first, observed,
-                                                 self.decay * self.thresholds[index] + (1 - self.decay) * observed)
+            observed = self.statistic(x, bits, signed, self._sample)
+            self.thresholds[index] = torch.where(self.steps == 0, observed,
+                                                 EMA.average(self.thresholds[index], observed, self.decay))
         if self.training and self.steps < self.start:
             return x
-        threshold = self.thresholds[index].to(x.dtype)
-        return fake_quantize(x, torch.clamp(threshold, min=1e-12) / qmax, qmin, qmax)
+        return fake_quantize(x, scale_for(self.thresholds[index].to(x.dtype), bits, signed), bits, signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = walk(x, self._layer, self._activation)

@@ -1,9 +1,10 @@
-"""Calibration methods: how the clipping threshold T of an activation is chosen from its profile.
+"""Calibration methods: how the clipping threshold T of each activation is chosen; the scale follows, S = T / qmax.
 
-Every method reads only the tensor's persisted profile (`TensorProfile`: exact range, moments and the
+Post-training methods read only a tensor's persisted profile (`TensorProfile`: exact range, moments and the
 fixed-edge histogram of |x|, `bins` bins of width w = max|x| / bins), so switching `calib` never reruns the
-network. The scale follows from the threshold: S = T / qmax. Adding a method is one subclass of
-`Calibrator` decorated with `@register("name")`; every method is vectorized over its candidate thresholds.
+network. `ema` reads the thresholds that quantization-aware training learned, and belongs to the weights of
+that fine-tune. Adding a method is one subclass of `Calibrator` decorated with `@register`, which files it
+under its class name in lower case; every method is vectorized over its candidate thresholds.
 
 Exact zeros take no part in choosing T: a symmetric quantizer (zero point 0) represents them exactly at any
 threshold, and the post-ReLU outputs are 50-80 % zeros, a spike that would otherwise decide every statistic
@@ -16,40 +17,51 @@ import numpy as np
 
 from quantlab.errors import UserError
 from quantlab.profiling import TensorProfile
-from quantlab.quant import activation_quantization, int_range
+from quantlab.quantize.symmetric import int_range, squared_errors
 
 METHODS: dict[str, type[Calibrator]] = {}
+TRAINED, FINE_TUNED = "trained", "qat"  # the float weights a method's thresholds belong to
 
 
-def register(name: str):
-    def add(cls):
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return add
+def register(cls: type[Calibrator]) -> type[Calibrator]:
+    cls.name = cls.__name__.lower()
+    METHODS[cls.name] = cls
+    return cls
 
 
 class Calibrator:
-    """Base class: `threshold(profile, bits, signed)` returns T >= 0; values beyond +-T are clipped."""
+    """Base class: `thresholds(profiles, widths, signs)` gives every activation's T >= 0 (values beyond +-T are
+    clipped), by default each from its profile by `threshold(profile, bits, signed)`."""
 
     name = ""
+    weights = TRAINED
 
-    def __init__(self, percentile: float = 99.99):
-        self.percentile = percentile
+    def __init__(self, percentile: float = 99.99, learned: dict[str, float] | None = None):
+        self.percentile = percentile  # of calib=percentile
+        self.learned = learned  # the thresholds a fine-tune learned, for calib=ema
+
+    def thresholds(self, profiles: dict[str, TensorProfile], widths: dict[str, int],
+                   signs: dict[str, bool]) -> dict[str, float]:
+        return {name: float(self.threshold(p, widths[name], signs[name])) for name, p in profiles.items()}
 
     def threshold(self, profile: TensorProfile, bits: int, signed: bool = True) -> float:
         raise NotImplementedError
 
 
-@register("minmax")
+@register
 class MinMax(Calibrator):
     """The actual range: T = max(|min x|, |max x|). Nothing is clipped; one outlier stretches the scale."""
 
     def threshold(self, profile, bits, signed=True):
         return profile.absmax
 
+    @staticmethod
+    def batch_threshold(x, bits, signed, sample):
+        """max|x| of a torch batch, for the ranges of quantization-aware training."""
+        return x.detach().abs().max().double()
 
-@register("sigma3")
+
+@register
 class Sigma3(Calibrator):
     """The 3-sigma range of the non-zero values: T = max(|mu - 3 sigma|, |mu + 3 sigma|). Clips the tails of
     a peaked tensor, but exceeds the actual range (and wastes levels) on a flat one such as the input."""
@@ -59,7 +71,7 @@ class Sigma3(Calibrator):
         return max(abs(low), abs(high))
 
 
-@register("percentile")
+@register
 class Percentile(Calibrator):
     """T = the p-th percentile of the non-zero |x| (param `quant.percentile`), interpolated linearly inside
     the histogram bin where the cumulative count reaches p % of those values."""
@@ -88,7 +100,7 @@ def merge_and_expand(p: np.ndarray, reference: np.ndarray, levels: int) -> np.nd
     return np.where(p != 0, merged[chunk] / np.maximum(nonzero[chunk], 1), 0.0)
 
 
-@register("kl")
+@register
 class KL(Calibrator):
     """TensorRT's entropy calibration (Migacz, 2017) on the 2048-bin histogram h of |x|, bin width w.
 
@@ -154,7 +166,7 @@ def kl_divergences(h: np.ndarray, levels: int, first: int) -> np.ndarray:
     return p_log_p - cross.sum(axis=1)
 
 
-@register("mse")
+@register
 class MSE(Calibrator):
     """T minimizing the mean squared quantization error E[(x - S clamp(round(x / S), qmin, qmax))^2] of the
     tensor, S = T / qmax, evaluated on the histogram of |x| with every non-zero value at its bin centre
@@ -170,20 +182,43 @@ class MSE(Calibrator):
             return 0.0
         width = profile.absmax / profile.bins
         centres, counts = (np.arange(profile.bins)[keep] + 0.5) * width, counts[keep]
-        qmin, qmax = int_range(bits, signed)
         coarse = np.arange(self.COARSE, profile.bins + 1, self.COARSE)
-        best = coarse[np.argmin(squared_errors(centres, counts, coarse * width, qmin, qmax))]
+        best = coarse[np.argmin(squared_errors(centres, counts, coarse * width, bits, signed))]
         fine = np.arange(max(best - self.COARSE, 1), min(best + self.COARSE, profile.bins) + 1)
-        return fine[np.argmin(squared_errors(centres, counts, fine * width, qmin, qmax))] * width
+        return fine[np.argmin(squared_errors(centres, counts, fine * width, bits, signed))] * width
+
+    BATCH_CANDIDATES = 64  # thresholds k / 64 max|x| of a training batch
+    BATCH_SAMPLE = 8192  # values of the batch they are evaluated on
+
+    @classmethod
+    def batch_threshold(cls, x, bits, signed, sample):
+        """For the ranges of quantization-aware training: the candidate with the least squared error of a
+        torch batch, evaluated on `sample(values, BATCH_SAMPLE)`, a seeded sample of its values."""
+        values = sample(x.detach().flatten(), cls.BATCH_SAMPLE).double()
+        fractions = values.new_tensor(np.arange(1, cls.BATCH_CANDIDATES + 1) / cls.BATCH_CANDIDATES)
+        thresholds = values.abs().max().clamp(min=1e-12) * fractions
+        return thresholds[squared_errors(values, None, thresholds, bits, signed).argmin()]
 
 
-def squared_errors(values: np.ndarray, counts: np.ndarray, thresholds: np.ndarray, qmin: int,
-                   qmax: int) -> np.ndarray:
-    """Total squared quantization error sum counts * (x - S clamp(round(x / S), qmin, qmax))^2 of the
-    values x, for every threshold T (S = T / qmax)."""
-    scales = (np.asarray(thresholds, np.float64) / qmax)[:, None]
-    error = values[None, :] - scales * np.clip(np.round(values[None, :] / scales), qmin, qmax)
-    return np.square(error) @ counts
+
+
+@register
+class EMA(Calibrator):
+    """The ranges learned while fine-tuning with fake quantization (stage qat; Jacob et al. 2017, section 3):
+    at every training batch a statistic t of the tensor, the batch threshold of the method `qat.ranges`
+    (minmax: the paper's max|x|; mse), and T <- decay * T + (1 - decay) * t, with T = t at the first batch.
+    Its state is the qat stage's record of the learned T, and its thresholds belong to the fine-tuned weights."""
+
+    weights = FINE_TUNED
+
+    def thresholds(self, profiles, widths, signs):
+        if self.learned is None:
+            raise UserError("calib=ema needs the thresholds learned by the qat stage: run `dvc repro qat`")
+        return dict(self.learned)
+
+    @staticmethod
+    def average(threshold, observed, decay: float):
+        return decay * threshold + (1 - decay) * observed
 
 
 def diagnose(profile: TensorProfile, threshold: float, bits: int, signed: bool = True) -> dict:
@@ -194,22 +229,20 @@ def diagnose(profile: TensorProfile, threshold: float, bits: int, signed: bool =
     centres = (edges[:-1] + edges[1:]) / 2
     clipped = counts[np.abs(centres) > threshold].sum() / max(counts.sum(), 1)
     signal = float(np.square(centres) @ counts)
-    noise = float(squared_errors(centres, counts, [threshold or 1.0], *int_range(bits, signed))[0])
+    noise = float(squared_errors(centres, counts, np.array([threshold or 1.0]), bits, signed)[0])
     # SQNR is undefined (None) for an all-zero tensor, and infinite (None too: JSON has no inf) without noise
     sqnr = float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else None
     return {"threshold": float(threshold), "clipped": float(clipped), "sqnr_db": sqnr}
 
 
-def calibrate(profiles: dict[str, TensorProfile], method: str, bits: dict[str, int], signs: dict[str, bool],
-              percentile: float = 99.99) -> dict:
-    """Threshold and scale of every activation under calibration `method`, each at its own bits."""
-    calib = calibrator(method, percentile)
-    thresholds = {name: float(calib.threshold(p, bits[name], signs[name])) for name, p in profiles.items()}
-    return activation_quantization(method, thresholds, bits, signs)
-
-
-def calibrator(name: str, percentile: float = 99.99) -> Calibrator:
+def calibrator(name: str, percentile: float = 99.99, learned: dict[str, float] | None = None) -> Calibrator:
     """The registered method `name`; an unknown name is an error that lists the valid ones."""
     if name not in METHODS:
         raise UserError(f"unknown calibration method {name!r}: set calib to one of {', '.join(METHODS)}")
-    return METHODS[name](percentile)
+    return METHODS[name](percentile, learned)
+
+
+# The methods that calibrate the trained weights from profiles (the comparison's rows), and those that can
+# give the per-batch statistic of quantization-aware training (`qat.ranges`).
+POST_TRAINING = tuple(name for name, method in METHODS.items() if method.weights == TRAINED)
+BATCH_STATISTICS = tuple(name for name, method in METHODS.items() if hasattr(method, "batch_threshold"))

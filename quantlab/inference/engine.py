@@ -1,8 +1,9 @@
-"""The bit-exact integer inference engine: the exported network (see `quantlab.runner`), run fast.
+"""The fixed-point engine: an exported integer network (`quantlab.inference.export_format`), run fast and bit-exact.
 
 Only integer tensors from the pixels to the logits: an input lookup table, int8 x int8 matrix products with
 int32 accumulation (`torch._int_mm`, oneDNN's int8 GEMM), int32 biases, the fixed-point rescale of
-`quantlab.runner` (M0, shift per layer or per channel), ReLU as a clamp, max pooling on integers.
+`quantlab.inference.fixed_point` (M0, shift per layer or per channel), ReLU as a clamp, max pooling on
+integers. Its logits are the standalone runner's, bit for bit.
 
 The int32 accumulators cannot be checked after an int8 GEMM (it wraps), so they are checked before: for
 every output channel, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| must fit in int32, or building the engine
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantlab.runner import INT32_MAX, accumulator_bound, requantize
+from quantlab.inference.export_format import INPUT_LUT
+from quantlab.inference.fixed_point import INT32_MAX, accumulator_bound, requantize
 
 # Inputs with values above 127 (unsigned 8-bit) are shifted by -128 into int8 for the GEMM; the shift is
 # added back exactly as 128 * sum_j q_W[o, j].
@@ -42,7 +44,7 @@ class EngineLayer:
         columns = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1) if self.kernel else flat
         self.weight_t = torch.from_numpy(columns.T.astype(np.int8)).contiguous()
         self.bias = torch.from_numpy(bias + self.offset * flat.sum(axis=1))  # int64, added to int32 sums
-        self.arrays = {spec[key]: torch.from_numpy(arrays[spec[key]]) for key in ("multiplier", "shift")}
+        self.m0, self.shift = (torch.from_numpy(arrays[spec[key]].astype(np.int64)) for key in ("multiplier", "shift"))
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """int32 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
@@ -58,7 +60,8 @@ class EngineLayer:
         else:
             acc = torch._int_mm(q, self.weight_t)
         # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
-        return requantize(self.spec, self.arrays, acc.long() + self.bias, channel_axis=-1).int()
+        return requantize(acc.long() + self.bias, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
+                          self.spec["name"]).int()
 
 
 def windows(q: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,11 +74,11 @@ def windows(q: torch.Tensor, k: int) -> torch.Tensor:
     return view.reshape(-1, k * k * c)
 
 
-class IntegerEngine:
+class FixedPointEngine:
     """Integer logits (int32) of uint8 images (N, 3, 32, 32), from an export's manifest and arrays."""
 
     def __init__(self, manifest: dict, arrays: dict[str, np.ndarray]):
-        self.lut = torch.from_numpy(arrays[manifest["input"]["lut"]].astype(np.int32))
+        self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int32))
         ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in manifest["layers"]]
         self.layers = [EngineLayer(spec, arrays, ranges[i]) for i, spec in enumerate(manifest["layers"])]
 

@@ -1,0 +1,63 @@
+"""The export format of an integer network, defined once for its writer (stage export) and its readers (the
+integer engine, the standalone runner). Standard library and NumPy only: the export stage copies this module
+into the runner.
+
+    manifest.json   format, version, model, provenance, activation_bits, input, layers, classes, sha256
+    model.npz       the arrays the manifest names: per layer <name>.weight (int8), <name>.bias (int32,
+                    where the layer has one), <name>.m0 and <name>.shift (int32, one per output channel); and
+                    input.lut (int16), the quantized input of each of the 256 pixel values
+
+`input` holds the image shape, the lookup table's name, the normalization, the input's scale and integer
+range. `layers` holds one record per conv/fc layer, in order, with the keys LAYER_KEYS: integer shapes, the
+names of its arrays, its scales, its fixed-point rescale (pre-shift, real multiplier), its accumulator bound,
+its output's integer range and clamp (the ReLU included), and its max pooling window (0: none). `sha256` is
+the checksum of model.npz.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "quantlab-integer-network"
+VERSION = 2
+MANIFEST, ARRAYS = "manifest.json", "model.npz"
+INPUT_LUT = "input.lut"
+LAYER_KEYS = ("name", "kind", "input_shape", "output_shape", "weight", "weight_bits", "weight_scale", "bias",
+              "multiplier", "shift", "real_multiplier", "accumulator_bound", "pre_shift", "output_scale",
+              "output_range", "clamp", "relu", "pool")
+
+
+def array_name(layer: str, key: str) -> str:
+    """The name in model.npz of a layer's "weight", "bias", "m0" or "shift"."""
+    return f"{layer}.{key}"
+
+
+def layer_record(**fields) -> dict:
+    """One entry of the manifest's `layers`, with exactly the keys LAYER_KEYS, in that order."""
+    if set(fields) != set(LAYER_KEYS):
+        raise ValueError(f"a layer record has the keys {', '.join(LAYER_KEYS)}, not {', '.join(fields)}")
+    return {key: fields[key] for key in LAYER_KEYS}
+
+
+def checksum(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def read(directory: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and the arrays of an export, after checking its format, its version, every layer record's
+    keys and the arrays' checksum."""
+    directory = Path(directory)
+    manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{directory / MANIFEST} is not a {FORMAT} manifest of version {VERSION}")
+    if any(tuple(layer) != LAYER_KEYS for layer in manifest["layers"]):
+        raise ValueError(f"{directory / MANIFEST} has a layer record without the keys {', '.join(LAYER_KEYS)}")
+    payload = (directory / ARRAYS).read_bytes()
+    if checksum(payload) != manifest["sha256"]:
+        raise ValueError(f"{directory / ARRAYS} does not match the checksum in its manifest")
+    with np.load(directory / ARRAYS, allow_pickle=False) as archive:
+        return manifest, {name: archive[name] for name in archive.files}

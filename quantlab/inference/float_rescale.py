@@ -1,0 +1,80 @@
+"""The float-rescale simulation: the lab's integer-only forward pass (its `NetQuantized`), integer weights and
+activations and exact integer sums, rescaled with the float multiplier M = S_in * S_W / S_out of every layer.
+
+Exact integer sums: float32 represents every integer up to 2^24 and no further, and a convolution in
+float32 is exact only while every partial sum stays below that. fc1 sums 1152 products of up to
+128 * 127 = 16256, so it can reach 1.9e7 > 2^24. `accumulation_dtype` bounds each layer's largest possible
+partial sum from its actual integer weights and uses float32 only where that bound is below 2^24, float64
+(exact to 2^53) elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantlab.architecture import LAYERS, POOL, Layer, input_of
+from quantlab.model import walk
+from quantlab.quantize.network import QuantizedNetwork
+from quantlab.quantize.symmetric import channel_shaped, quantize, requantize
+
+FLOAT32_EXACT_LIMIT = 2 ** 24
+
+
+def accumulation_dtype(q_weight: torch.Tensor, max_abs_input: int) -> torch.dtype:
+    """float32 when no partial sum of this layer can reach 2^24, else float64 (see the module docstring)."""
+    worst = q_weight.abs().flatten(1).sum(1).max().item() * max_abs_input
+    return torch.float32 if worst < FLOAT32_EXACT_LIMIT else torch.float64
+
+
+def integer_layer(layer: Layer, q_x: torch.Tensor, q_weight: torch.Tensor) -> torch.Tensor:
+    """The exact integer accumulator sum_j q_W[o, j] * q_x[j] of a conv or fc layer."""
+    op = F.conv2d if layer.kind == "conv" else F.linear
+    return op(q_x.to(q_weight.dtype), q_weight)
+
+
+class FloatRescaleNet:
+    """A quantized network run as the lab runs it: integer weights, integer activations, float rescale M.
+
+    Biases are added to the layer's integer accumulator before the rescale, as `bias` says:
+    - "int32": the int32 bias round(b / (S_W * S_in)), on the accumulator's scale;
+    - "raw": the float bias as trained. The accumulator's unit is S_W * S_in (below 1e-3), so b is, in
+      effect, multiplied by S_W * S_in: a bias of 0.5 becomes 0.5 * S_W * S_in in real units, i.e. it almost
+      vanishes. This is the lab's "weights quantized but bias not" variant;
+    - "none": no bias.
+
+    Max pooling is applied to the accumulator, before the rescale: the rescale and ReLU are monotonic
+    non-decreasing (M > 0), so they commute with max and the result is identical, at a quarter of the cost.
+    """
+
+    def __init__(self, network: QuantizedNetwork, bias: str = "int32"):
+        self.activations = network.activations
+        self.q_weights, self.multipliers, self.biases = {}, {}, {}
+        for layer in LAYERS:
+            quantized = network.layers[layer.name]
+            q = torch.from_numpy(quantized.weight.astype(np.float64))
+            max_abs_input = max(abs(v) for v in network.activations[input_of(layer.name)].range)
+            q = q.to(accumulation_dtype(q, max_abs_input))
+            self.q_weights[layer.name] = q.contiguous(memory_format=torch.channels_last) if q.ndim == 4 else q
+            ndim = 4 if layer.kind == "conv" else 2  # of the accumulator: (N, C, H, W) or (N, features)
+            multiplier = torch.as_tensor(network.multiplier(layer.name), dtype=torch.float64)
+            self.multipliers[layer.name] = channel_shaped(multiplier, ndim, 1)
+            value = {"int32": quantized.q_bias, "raw": quantized.bias, "none": None}[bias]
+            if value is not None:
+                self.biases[layer.name] = channel_shaped(torch.as_tensor(value.astype(np.float64)), ndim, 1)
+
+    def _apply(self, layer: Layer, q_x: torch.Tensor) -> torch.Tensor:
+        acc = integer_layer(layer, q_x, self.q_weights[layer.name])
+        if layer.pool:
+            acc = F.max_pool2d(acc, POOL)
+        acc = acc.to(torch.float64)  # exact, and M * acc rounded once in float64
+        if layer.name in self.biases:
+            acc = acc + self.biases[layer.name]
+        return requantize(acc, self.multipliers[layer.name], *self.activations[layer.name].range)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer logits (as float64 holding integers) of float inputs x in [-1, 1]."""
+        first = self.activations["input"]
+        q_x = quantize(x.to(torch.float64), first.scale, first.bits, first.signed)
+        return walk(q_x.contiguous(memory_format=torch.channels_last), self._apply, pool=False)

@@ -1,0 +1,137 @@
+"""The report's tables, as pure functions from the pipeline's artifacts to frames of formatted strings (the
+renderer escapes and lays them out for LaTeX or Markdown)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from quantlab.architecture import ACTIVATIONS, steps
+from quantlab.profiling import TensorProfile
+from quantlab.quantize.network import QuantizedNetwork
+from quantlab.quantize.symmetric import width_label
+
+# How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
+VARIANT_NAMES = {
+    "float": "float model",
+    "quant_weights": "weights quantized",
+    "quant_weights_activations": "weights and activations quantized",
+    "bias_float": "float model, bias in fc3",
+    "bias_quant_raw_bias": "quantized, bias added unscaled",
+    "bias_quant": "quantized, int32 bias",
+    "integer_engine": "integer engine, fixed-point rescale",
+}
+KINDS = {"conv": "Convolutional", "fc": "Fully-connected", "pool": "Max pool"}
+
+
+def variants(accuracy: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame({"variant": [VARIANT_NAMES.get(k, k) for k in accuracy], "metric key": list(accuracy),
+                         "accuracy (%)": [f"{v:.2f}" for v in accuracy.values()]})
+
+
+def architecture() -> pd.DataFrame:
+    """The lab's Table I: every layer and pool with its input and output shape."""
+    def shape(dims: tuple[int, ...]) -> str:
+        return "x".join(map(str, dims))
+
+    return pd.DataFrame([{"layer": s.name, "type": KINDS[s.kind], "input": shape(s.input), "output": shape(s.output),
+                          "activation": "ReLU" if s.relu else "None"} for s in steps()])
+
+
+def interval(low: float, high: float) -> str:
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def ranges(profiles: dict[str, TensorProfile], first: str) -> pd.DataFrame:
+    """The lab's range table: actual and 3-sigma range of every tensor."""
+    return pd.DataFrame({first: list(profiles), "actual range": [interval(p.min, p.max) for p in profiles.values()],
+                         "3-sigma range": [interval(*p.sigma3) for p in profiles.values()]})
+
+
+def sigma3_verdicts(profiles: dict[str, TensorProfile]) -> dict[str, list[str]]:
+    """Which tensors' 3-sigma range would clip (narrower than the actual range) and which would waste levels."""
+    clips = [name for name, p in profiles.items() if p.sigma3[0] > p.min or p.sigma3[1] < p.max]
+    return {"clips": clips, "wastes": [name for name in profiles if name not in clips]}
+
+
+def scale_text(value: np.ndarray) -> str:
+    """A scale or multiplier; per-channel ones as their range."""
+    return f"{value:.4g}" if np.ndim(value) == 0 else f"{value.min():.3g} to {value.max():.3g}"
+
+
+def weight_scales(profiles: dict[str, TensorProfile], network: QuantizedNetwork) -> pd.DataFrame:
+    return pd.DataFrame({"layer": list(profiles), "max |W|": [f"{p.absmax:.4f}" for p in profiles.values()],
+                         "S_W": [scale_text(network.layers[name].scale) for name in profiles]})
+
+
+def activation_scales(network: QuantizedNetwork) -> pd.DataFrame:
+    rows = []
+    for name, activation in network.activations.items():
+        qmin, qmax = activation.range
+        rows.append({"tensor": name, "threshold T": f"{activation.threshold:.4f}",
+                     "scale S": f"{activation.scale:.4g}", "range": f"[{qmin}, {qmax}]",
+                     "M": "" if name == "input" else scale_text(network.multiplier(name))})
+    return pd.DataFrame(rows)
+
+
+def calibration(results: dict[str, dict[str, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(results).T
+    frame = frame.map(lambda v: f"{v:.2f}")
+    frame.insert(0, "W/A bits", [width_label(w) for w in frame.index])
+    return frame
+
+
+def diagnostics(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
+    """SQNR (dB) and clipped share (%) of every tensor under every method, at the headline activation bits."""
+    rows = layers[layers["activation_bits"] == bits]
+    table = rows.pivot(index="tensor", columns="method", values="sqnr_db").loc[list(ACTIVATIONS)]
+    clipped = rows.pivot(index="tensor", columns="method", values="clipped").loc[list(ACTIVATIONS)]
+    frame = pd.DataFrame({"tensor": table.index})
+    for method in dict.fromkeys(rows["method"]):
+        frame[method] = [f"{s:.1f} / {100 * c:.2f}" if pd.notna(s) else f"- / {100 * c:.2f}"
+                         for s, c in zip(table[method], clipped[method], strict=True)]
+    return frame
+
+
+def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Every layer's rescale M, its fixed-point form M0 * 2^(shift - 31), pre-shift and accumulator bound."""
+    def span(values: np.ndarray) -> str:
+        return str(values.min()) if values.min() == values.max() else f"{values.min()} to {values.max()}"
+
+    return pd.DataFrame([{"layer": layer["name"],
+                          "M": scale_text(np.unique(layer["real_multiplier"]).squeeze()),
+                          "M0": span(arrays[layer["multiplier"]]), "shift": span(arrays[layer["shift"]]),
+                          "pre-shift": str(layer["pre_shift"]), "max |acc|": str(layer["accumulator_bound"])}
+                         for layer in manifest["layers"]])
+
+
+def best_post_training(row: dict[str, float]) -> str:
+    """The calibration method with the highest accuracy in a row of metrics/calibration.json (not QAT)."""
+    return max((method for method in row if method != "qat"), key=row.get)
+
+
+def qat(calibration: dict[str, dict[str, float]], float_accuracy: float) -> pd.DataFrame:
+    """Per width: the best post-training method, the quantization-aware fine-tune, and the gap to float."""
+    rows = []
+    for width, row in calibration.items():
+        best = best_post_training(row)
+        rows.append({"W/A bits": width_label(width), "best post-training": f"{best} {row[best]:.2f}",
+                     "QAT": f"{row['qat']:.2f}", "QAT - float": f"{row['qat'] - float_accuracy:+.2f}"})
+    return pd.DataFrame(rows)
+
+
+def run_parameters(params: dict, prefix: str = "") -> pd.DataFrame:
+    """Every param of the run, dotted key and value as params.yaml writes it."""
+    return pd.DataFrame(_flat(params, prefix), columns=["param", "value"])
+
+
+def _flat(mapping: dict, prefix: str) -> list[tuple[str, str]]:
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+            items.append((f"{prefix}{key}", text.removesuffix("\n...")))
+    return items

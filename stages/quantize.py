@@ -1,0 +1,49 @@
+"""Stage quantize@<model>: the model's quantized network, decided here once and saved as the artifact every
+later stage reads (quantlab.quantize.network). The lab's three steps:
+
+- weights (section III): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1) at
+  `quant.weight_bits`, per tensor or, with `quant.per_channel`, per output channel;
+- activations (section V): S = T / qmax for the input and every layer's output, the clipping threshold T from
+  the calibration method `calib`: from the stored histograms, or with `calib=ema` the thresholds learned by
+  the quantization-aware fine-tune at the configured bits, whose weights are then the ones quantized;
+- bias (section VI): every bias as int32 on its integer accumulator's scale S_bias = S_W * S_in,
+  q_b = round(b / S_bias).
+"""
+
+import sys
+
+from quantlab import paths
+from quantlab.architecture import model_name_argument
+from quantlab.config import QuantParams, load_params
+from quantlab.errors import run_main
+from quantlab.io import load_json, load_state
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, Calibrator, calibrator
+from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
+from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
+
+
+def quantize(state: dict, profiles: dict[str, TensorProfile], method: Calibrator, quant: QuantParams,
+             provenance: Provenance) -> QuantizedNetwork:
+    widths = activation_widths(quant.activation_bits, quant.logit_bits)
+    signs = activation_signs(quant.unsigned_activations)
+    activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
+    return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance)
+
+
+def main() -> None:
+    model_name = model_name_argument(sys.argv, "quantize")
+    params = load_params()
+    quant = params.quant
+    fine_tune = paths.qat(model_name, width_name(quant.weight_bits, quant.activation_bits))
+    weights = METHODS[params.calib].weights  # the float weights the method's thresholds belong to
+    source = {TRAINED: paths.model(model_name), FINE_TUNED: fine_tune.with_suffix(".npz")}[weights]
+    state = load_state(source)
+    method = calibrator(params.calib, quant.percentile, load_json(fine_tune.with_suffix(".json"))["thresholds"])
+    network = quantize(state, load_profiles(paths.profile(model_name), "activations"), method, quant,
+                       Provenance(model_name, params.calib, weights, source.as_posix()))
+    network.save(paths.quantized(model_name))
+
+
+if __name__ == "__main__":
+    run_main(main)
