@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.sandbox import ROOT, make_repo, run, set_params
 from quantlab.errors import run_main
-from quantlab.sandbox import ROOT, make_repo, run, set_params
 
 GIB = 2 ** 30
 GOALS = {"ratio": 1.25, "noop": 3.0, "exp": 20.0, "memory": 2 * GIB}

@@ -4,20 +4,17 @@ headline metrics, and the quantization-aware fine-tune at each width with its le
 plus, per method and activation width, every activation's threshold, clipped fraction and SQNR."""
 
 import pandas as pd
-import torch
 
 from quantlab import paths
 from quantlab.config import CompareParams, QuantParams, load_params
 from quantlab.errors import run_main
-from quantlab.evaluation import Split, accuracy, predict
+from quantlab.evaluation import Split, accuracy, predict, test_split
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.io import load_json, load_npz, load_state, save_csv, save_json
+from quantlab.io import load_json, load_state, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import EMA, FINE_TUNED, TRAINED, calibrator, diagnose
 from quantlab.quantize.network import Provenance, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
-
-QAT = "qat"  # the comparison's row of the quantization-aware fine-tunes
 
 
 def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[str, tuple[dict, dict]], test: Split,
@@ -42,7 +39,7 @@ def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[st
                           for method in settings.methods}
         fine_tuned, learned = fine_tunes[width]
         method = EMA(learned=learned)
-        results[width][QAT] = tested(fine_tuned, method.thresholds(profiles, widths[activation_bits], signs),
+        results[width][FINE_TUNED] = tested(fine_tuned, method.thresholds(profiles, widths[activation_bits], signs),
                                      weight_bits, activation_bits,
                                      Provenance("float", method.name, FINE_TUNED, paths.qat("float", width).as_posix()))
     rows = [{"method": method, "activation_bits": bits, "tensor": name,
@@ -53,17 +50,13 @@ def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[st
 
 def main() -> None:
     params = load_params()
-    dataset = load_npz(paths.DATASET, ["test_x", "test_y"])
-    test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
-    fine_tunes = {}
-    for width in (width_name(*pair) for pair in params.compare.widths):
-        fine_tune = paths.qat("float", width)
-        fine_tunes[width] = (load_state(fine_tune.with_suffix(".npz")),
-                             load_json(fine_tune.with_suffix(".json"))["thresholds"])
+    fine_tunes = {width: (load_state(paths.qat("float", width).with_suffix(".npz")),
+                          load_json(paths.qat("float", width).with_suffix(".json"))["thresholds"])
+                  for width in (width_name(*pair) for pair in params.compare.widths)}
     results, layers = compare(load_state(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
-                              fine_tunes, test, params.quant, params.compare)
+                              fine_tunes, test_split()[0], params.quant, params.compare)
     save_json(paths.CALIBRATION, results)
-    for method in [*params.compare.methods, QAT]:
+    for method in [*params.compare.methods, FINE_TUNED]:
         save_csv(paths.PLOTS / "calibration" / f"{method}.csv",
                  pd.DataFrame({"width": list(results), "accuracy": [row[method] for row in results.values()]}))
     save_csv(paths.CALIBRATION_LAYERS, layers)

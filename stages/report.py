@@ -5,7 +5,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
 from quantlab import paths
 from quantlab.config import Params, load_params
@@ -13,6 +12,7 @@ from quantlab.errors import run_main
 from quantlab.inference import export_format
 from quantlab.io import load_json, load_npz, save_text
 from quantlab.profiling import load_profiles
+from quantlab.quantize.calibration import FINE_TUNED, METHODS, calibrator
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import int_range, width_label
 from quantlab.report import figures, tables
@@ -30,6 +30,9 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
     (qmin_w, qmax_w), (qmin_a, qmax_a) = int_range(params.quant.weight_bits), int_range(params.quant.activation_bits)
     return {
         "report": params.report, "params": params, "acc": accuracy, "variants": tables.variants(accuracy),
+        "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
+        "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
+        "qat_statistic": METHODS[params.qat.ranges].batch_summary,
         "architecture": tables.architecture(),
         "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
         "weight_ranges": tables.ranges(weights, "layer"), "weight_verdicts": tables.sigma3_verdicts(weights),
@@ -45,7 +48,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
         "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, accuracy["float"]),
         "run": tables.run_parameters(dataclasses.asdict(params)),
-        "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"), "figures": Markup("figures"),
+        "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
     }
 
 
@@ -57,8 +60,8 @@ def main() -> None:
                                     threshold_label=f"threshold ({network.provenance.calib})"),
                  paths.REPORT / "figures", "activations")
     values = context(params, network, bias_network)
-    save_text(paths.REPORT / "report.tex", render("report.tex.j2", values))
-    save_text(paths.REPORT / "report.md", render("report.md.j2", values))
+    for fmt, suffix in (("latex", "tex"), ("markdown", "md")):
+        save_text(paths.REPORT / f"report.{suffix}", render("report.j2", values, fmt))
 
 
 if __name__ == "__main__":

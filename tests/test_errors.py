@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from bench.sandbox import make_repo, run, set_params
 from quantlab.data import md5_of
 from quantlab.io import save_npz
 from quantlab.model import Net, state_to_arrays
-from quantlab.sandbox import make_repo, run, set_params
 
 from cifar_fixture import batches, make_archive, write_archive
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.sandbox import environment, make_repo, run
 from quantlab.data import md5_of
 from quantlab.inference import export_format
 from quantlab.inference.engine import FixedPointEngine
-from quantlab.sandbox import environment, make_repo, run
 
 from cifar_fixture import make_archive
 
@@ -101,7 +101,7 @@ def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
     assert AUTHOR in text
     markdown = (repo / "reports/build/report.md").read_text()
     assert all(f"{value:.2f}" in markdown for value in accuracy.values())
-    assert "![Distributions of the activations](figures/activations.png)" in markdown
+    assert "![Distributions of the activations (log scale)" in markdown and "](figures/activations.png)" in markdown
 
 
 OUTPUTS = ["data", "models", "profile", "qat", "quant", "export", "evaluation", "metrics", "plots", "compare",
@@ -129,11 +129,12 @@ def test_second_repro_runs_nothing_and_status_is_clean(repo):
 
 
 def test_changing_a_report_template_reruns_only_the_report_stages(repo):
-    template = repo / "reports/report.tex.j2"
+    template = repo / "reports/report.j2"
     original = template.read_text()
-    template.write_text(original.replace(r"\section{Results}", r"\section{Results of this run}"))
+    template.write_text(original.replace('f.section("Results")', 'f.section("Results of this run")'))
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
     assert r"\section{Results of this run}" in (repo / "reports/build/report.tex").read_text()
+    assert "## VII. Results of this run" in (repo / "reports/build/report.md").read_text()
     template.write_text(original)
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
     assert stages_run(run(repo, "dvc", "repro").stdout) == []

@@ -10,7 +10,16 @@ from markupsafe import Markup
 
 from quantlab.profiling import profile_tensor
 from quantlab.report import figures
-from quantlab.report.render import code_version, environment, latex_escape, latex_table, markdown_escape, markdown_table
+from quantlab.report.render import (
+    TEMPLATES,
+    code_version,
+    environment,
+    latex_escape,
+    latex_table,
+    markdown_escape,
+    markdown_table,
+    render,
+)
 
 SPECIAL = r"A_b & C% $x$ #1 {y} ~z ^w \v <u>"
 
@@ -25,10 +34,41 @@ def test_markdown_escape():
 
 
 def test_templates_escape_values_but_not_markup():
-    tex = environment(latex=True).from_string(r"\title{<< name >>} << fragment >>")
+    tex = environment("latex").from_string(r"\title{<< name >>} << fragment >>")
     assert tex.render(name="50%_x", fragment=Markup(r"\alpha")) == r"\title{50\%\_x} \alpha"
-    md = environment(latex=False).from_string("# {{ name }}")
+    md = environment("markdown").from_string("# << name >>")
     assert md.render(name="a_b") == r"# a\_b"
+
+
+ONE_SOURCE = """<% import macros as f with context %>
+<< f.section("Setup") >>
+<< f.ref("tab:b") >> follows << f.ref("tab:a") >> and << f.ref("fig:c") >>; << f.bold(f.pct(71.234)) >><<f.cite("k")>>.
+<< f.table(frame, "First_table", "tab:a") >>
+<< f.table(frame, "Second", "tab:b") >>
+<< f.figure("plot", "A plot", "fig:c") >>
+With
+<% call f.display() %>
+a = b,
+c = d.
+<% endcall %>
+<< f.references({"k": "A. Author, 2017."}) >>
+"""
+
+
+def test_one_template_renders_both_formats_with_numbers_known_before_they_appear(tmp_path):
+    (tmp_path / "t.j2").write_text(ONE_SOURCE)
+    for macros in ("latex.j2", "markdown.j2"):
+        shutil.copy(TEMPLATES / macros, tmp_path)
+    tex, md = (render("t.j2", {"frame": pd.DataFrame({"x": ["1"]})}, fmt, tmp_path) for fmt in ("latex", "markdown"))
+    assert md.startswith("## I. Setup\nTable II follows Table I and Fig. 1; **71.23 %** [1].\n")
+    assert "*Table I. First\\_table*" in md and "*Table II. Second*" in md
+    assert "![A plot](figures/plot.png)\n\n*Fig. 1. A plot*" in md
+    assert "With\n\n$$a = b, \\qquad c = d.$$\n\n" in md and "1. A. Author, 2017." in md
+    assert tex.startswith("\\section{Setup}\nTable~\\ref{tab:b} follows Table~\\ref{tab:a} and Fig.~\\ref{fig:c}; "
+                          "\\textbf{71.23\\,\\%}~\\cite{k}.\n")
+    assert "\\caption{First\\_table}\n\\label{tab:a}" in tex and "figures/plot.pdf" in tex
+    assert "With\n\\begin{gather}\na = b,\\\\\nc = d.\n\\end{gather}\n" in tex
+    assert "\\bibitem{k} A. Author, 2017." in tex
 
 
 def test_tables_escape_cells_and_headers_and_align_numbers_right():
@@ -68,7 +108,7 @@ def test_escaped_specials_compile_and_read_back(tmp_path):
     from stages.pdf import build_pdf
 
     tex = tmp_path / "t.tex"
-    body = environment(latex=True).from_string("<< value >>").render(value=SPECIAL)
+    body = environment("latex").from_string("<< value >>").render(value=SPECIAL)
     tex.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\pagestyle{empty}\\begin{document}\n" + body +
                    "\n\\end{document}\n")
     (tmp_path / "t.pdf").write_bytes(build_pdf(tex))

@@ -20,7 +20,8 @@ from quantlab.profiling import TensorProfile
 from quantlab.quantize.symmetric import int_range, squared_errors
 
 METHODS: dict[str, type[Calibrator]] = {}
-TRAINED, FINE_TUNED = "trained", "qat"  # the float weights a method's thresholds belong to
+# The float weights a method's thresholds belong to; "qat" also names the fine-tunes' row of the comparison.
+TRAINED, FINE_TUNED = "trained", "qat"
 
 
 def register(cls: type[Calibrator]) -> type[Calibrator]:
@@ -35,6 +36,7 @@ class Calibrator:
 
     name = ""
     weights = TRAINED
+    summary = ""  # what T is, in a few words, for the report
 
     def __init__(self, percentile: float = 99.99, learned: dict[str, float] | None = None):
         self.percentile = percentile  # of calib=percentile
@@ -52,6 +54,9 @@ class Calibrator:
 class MinMax(Calibrator):
     """The actual range: T = max(|min x|, |max x|). Nothing is clipped; one outlier stretches the scale."""
 
+    summary = "the actual range"
+    batch_summary = "the batch's largest magnitude"
+
     def threshold(self, profile, bits, signed=True):
         return profile.absmax
 
@@ -66,6 +71,8 @@ class Sigma3(Calibrator):
     """The 3-sigma range of the non-zero values: T = max(|mu - 3 sigma|, |mu + 3 sigma|). Clips the tails of
     a peaked tensor, but exceeds the actual range (and wastes levels) on a flat one such as the input."""
 
+    summary = "the 3-sigma range"
+
     def threshold(self, profile, bits, signed=True):
         low, high = profile.nonzero_sigma3
         return max(abs(low), abs(high))
@@ -75,6 +82,10 @@ class Sigma3(Calibrator):
 class Percentile(Calibrator):
     """T = the p-th percentile of the non-zero |x| (param `quant.percentile`), interpolated linearly inside
     the histogram bin where the cumulative count reaches p % of those values."""
+
+    @property
+    def summary(self) -> str:
+        return f"the {self.percentile:g}th percentile of the magnitudes"
 
     def threshold(self, profile, bits, signed=True):
         counts = profile.nonzero_abs_counts.astype(np.float64)
@@ -120,6 +131,7 @@ class KL(Calibrator):
     """
 
     FIRST = 128  # the first candidate, in bins
+    summary = "TensorRT's entropy calibration, the least KL divergence between the histogram and its quantized copy"
 
     def threshold(self, profile, bits, signed=True):
         h = profile.nonzero_abs_counts.astype(np.float64)
@@ -174,6 +186,8 @@ class MSE(Calibrator):
     edge first, then every edge around the best of those."""
 
     COARSE = 8  # bins between coarse candidates
+    summary = "the least squared quantization error"
+    batch_summary = "the threshold with the least squared quantization error of the batch"
 
     def threshold(self, profile, bits, signed=True):
         counts = profile.nonzero_abs_counts.astype(np.float64)
@@ -210,6 +224,7 @@ class EMA(Calibrator):
     Its state is the qat stage's record of the learned T, and its thresholds belong to the fine-tuned weights."""
 
     weights = FINE_TUNED
+    summary = "the ranges learned by quantization-aware training"
 
     def thresholds(self, profiles, widths, signs):
         if self.learned is None:

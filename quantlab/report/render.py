@@ -1,8 +1,9 @@
-"""The lab report: its content gathered from the pipeline's outputs, rendered by jinja2 to LaTeX and Markdown.
+"""The lab report's one template, rendered by jinja2 to LaTeX and to Markdown.
 
-Every value a template prints goes through the output format's escaping (LaTeX or Markdown) unless it is a
-fragment built here on purpose (`Markup`: tables, equations), so a `_`, `%` or `&` in a param or a path
-prints as itself and cannot break or change the document.
+The prose exists once, in reports/report.j2; the two formats differ only in their macros, reports/latex.j2 and
+reports/markdown.j2 (sections, emphasis, display math, tables, figures, references). Every value a template
+prints goes through the format's escaping unless it is markup built on purpose (`Markup`), so a `_`, `%` or
+`&` in a param or a path prints as itself and cannot break or change the document.
 """
 
 from __future__ import annotations
@@ -71,22 +72,63 @@ def markdown_table(frame: pd.DataFrame) -> Markup:
     return Markup(escaped.to_markdown(index=False, colalign=alignments(frame), disable_numparse=True))
 
 
-def environment(latex: bool) -> jinja2.Environment:
-    """LaTeX templates use <% %> and << >> so that TeX's braces need no escaping."""
-    escape, table = (latex_escape, latex_table) if latex else (markdown_escape, markdown_table)
-    delimiters = dict(block_start_string="<%", block_end_string="%>", variable_start_string="<<",
-                      variable_end_string=">>", comment_start_string="<#", comment_end_string="#>") if latex else {}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+def roman(number: int) -> str:
+    """1 -> I, 4 -> IV, 12 -> XII: how IEEEtran numbers sections and tables."""
+    out = ""
+    for value, letters in ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
+        count, number = divmod(number, value)
+        out += letters * count
+    return out
+
+
+class Numbering:
+    """Sections and tables (I, II, ...), figures (1, 2, ...) and references (1, 2, ...), numbered in order of
+    appearance as IEEEtran numbers them, for a format that has to write the numbers itself. A reference may
+    name a table that comes later: `render` renders twice, the second time knowing what the first found."""
+
+    def __init__(self, known: dict[str, int] | None = None):
+        self.known, self.found = known or {}, {}
+
+    def add(self, label: str) -> str:
+        """The number of a new section ("sec:..."), table ("tab:..."), figure ("fig:...") or reference."""
+        kind = label.split(":")[0]
+        self.found[label] = sum(other.split(":")[0] == kind for other in self.found) + 1
+        return self.text(label, self.found[label])
+
+    def __call__(self, label: str) -> str:
+        """The number of a label anywhere in the document; "?" in the first pass, before it is known."""
+        return self.text(label, self.known.get(label))
+
+    @staticmethod
+    def text(label: str, number: int | None) -> str:
+        return "?" if number is None else roman(number) if label.split(":")[0] in ("sec", "tab") else str(number)
+
+
+FORMATS = {"latex": (latex_escape, latex_table), "markdown": (markdown_escape, markdown_table)}
+
+
+def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TEMPLATES) -> jinja2.Environment:
+    """The report's templates in format `fmt`, with <% %> and << >> delimiters so that TeX's braces need no
+    escaping: every << value >> is escaped for the format unless it is markup built on purpose (a table, a
+    macro's output)."""
+    escape, table = FORMATS[fmt]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
+                             autoescape=True, finalize=lambda v: v if isinstance(v, Markup) else Markup(escape(v)),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                             finalize=lambda v: v if isinstance(v, Markup) else escape(v), **delimiters)
+                             block_start_string="<%", block_end_string="%>", variable_start_string="<<",
+                             variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
     env.filters["table"] = table
-    env.filters["breakable"] = (lambda v: Markup(latex_breakable(v))) if latex else markdown_escape
-    env.filters["pct"] = lambda v: f"{v:.2f}"
+    env.filters["breakable"] = lambda v: Markup(latex_breakable(v))
+    env.globals.update(macros=f"{fmt}.j2", numbers=numbers or Numbering())
     return env
 
 
-def render(template: str, context: dict) -> str:
-    return environment(template.endswith(".tex.j2")).get_template(template).render(**context)
+def render(template: str, context: dict, fmt: str, directory: Path = TEMPLATES) -> str:
+    """`template` in format `fmt` ("latex" or "markdown"; its macros: <fmt>.j2 beside it), rendered twice so
+    that the second pass knows every section's, table's, figure's and reference's number."""
+    first = Numbering()
+    environment(fmt, first, directory).get_template(template).render(**context)
+    return environment(fmt, Numbering(first.found), directory).get_template(template).render(**context)
 
 
 def code_version(root: Path = Path(".")) -> str:

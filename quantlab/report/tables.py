@@ -9,6 +9,7 @@ import yaml
 
 from quantlab.architecture import ACTIVATIONS, steps
 from quantlab.profiling import TensorProfile
+from quantlab.quantize.calibration import FINE_TUNED
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import width_label
 
@@ -108,30 +109,22 @@ def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def best_post_training(row: dict[str, float]) -> str:
     """The calibration method with the highest accuracy in a row of metrics/calibration.json (not QAT)."""
-    return max((method for method in row if method != "qat"), key=row.get)
+    return max((method for method in row if method != FINE_TUNED), key=row.get)
 
 
 def qat(calibration: dict[str, dict[str, float]], float_accuracy: float) -> pd.DataFrame:
     """Per width: the best post-training method, the quantization-aware fine-tune, and the gap to float."""
     rows = []
     for width, row in calibration.items():
-        best = best_post_training(row)
+        best, qat = best_post_training(row), row[FINE_TUNED]
         rows.append({"W/A bits": width_label(width), "best post-training": f"{best} {row[best]:.2f}",
-                     "QAT": f"{row['qat']:.2f}", "QAT - float": f"{row['qat'] - float_accuracy:+.2f}"})
+                     "QAT": f"{qat:.2f}", "QAT - float": f"{qat - float_accuracy:+.2f}"})
     return pd.DataFrame(rows)
 
 
-def run_parameters(params: dict, prefix: str = "") -> pd.DataFrame:
-    """Every param of the run, dotted key and value as params.yaml writes it."""
-    return pd.DataFrame(_flat(params, prefix), columns=["param", "value"])
-
-
-def _flat(mapping: dict, prefix: str) -> list[tuple[str, str]]:
-    items = []
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            items += _flat(value, f"{prefix}{key}.")
-        else:
-            text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-            items.append((f"{prefix}{key}", text.removesuffix("\n...")))
-    return items
+def run_parameters(params: dict) -> pd.DataFrame:
+    """Every param of the run: its dotted key, and its value as params.yaml writes it."""
+    flat = pd.json_normalize(params).to_dict("records")[0]  # nested keys joined with "."
+    return pd.DataFrame({"param": list(flat), "value": [
+        v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
+        for v in flat.values()]})
