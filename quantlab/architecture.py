@@ -8,6 +8,7 @@ a fraction of a second; `quantlab.model` builds the network from this table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from quantlab.errors import UserError
 
@@ -50,12 +51,11 @@ def input_of(layer_name: str) -> str:
     return ACTIVATIONS[ACTIVATIONS.index(layer_name) - 1]
 
 
-@dataclass(frozen=True)
-class Step:
-    """One row of the lab's Table I: a conv/fc layer or a max pool, with its input and output shapes."""
+class Step(NamedTuple):
+    """One row of the lab's Table I: a conv/fc layer or a max pool ("pool"), its input and output shapes."""
 
     name: str
-    kind: str  # "conv", "fc" or "pool"
+    kind: str
     input: tuple[int, ...]
     output: tuple[int, ...]
     relu: bool
@@ -65,11 +65,8 @@ def steps(input_shape: tuple[int, ...] = INPUT_SHAPE) -> list[Step]:
     """Every layer and max pool in order, with integer shapes: (C, H, W) for images, (features,) for fc."""
     rows, shape = [], input_shape
     for layer in LAYERS:
-        if layer.kind == "conv":
-            size = shape[1] - layer.kernel + 1
-            output = (layer.outputs, size, size)
-        else:
-            output = (layer.outputs,)
+        size = shape[-1] - layer.kernel + 1
+        output = (layer.outputs, size, size) if layer.kind == "conv" else (layer.outputs,)
         rows.append(Step(layer.name, layer.kind, (layer.inputs,) if layer.kind == "fc" else shape, output, layer.relu))
         shape = output
         if layer.pool:

@@ -55,8 +55,7 @@ def save_json(path: str | Path, obj) -> None:
 
 
 def save_text(path: str | Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    save_bytes(path, text.encode("utf-8"))
 
 
 def save_bytes(path: str | Path, payload: bytes) -> None:

@@ -1,16 +1,11 @@
 """Fixed-point arithmetic of integer inference (gemmlowp / TensorFlow Lite reference code; Jacob et al. 2017,
-arXiv:1712.05877, section 2.2), vectorized over int64 NumPy arrays or torch tensors holding int32 values.
+arXiv:1712.05877, section 2.2), on int64 NumPy arrays or torch tensors holding int32 values: M = M0 * 2^(shift
+- 31), q_out = clamp(MultiplyByQuantizedMultiplier(acc << p, M0, shift - p), qmin, qmax). The pre-shift p uses
+the int32 headroom the layer's worst case leaves (p = 0 is TFLite's arithmetic): the high multiply then keeps
+p more fractional bits, so it and the final rounding shift rarely round twice.
 
-    M = M0 * 2^(shift - 31), M0 in [2^30, 2^31)          quantize_multiplier
-    x * M = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, M0), right)
-    q_out = clamp(MultiplyByQuantizedMultiplier(acc << p, M0, shift - p), qmin, qmax)    requantize
-
-The pre-shift p uses the int32 headroom the layer's worst case leaves (p = 0 is TFLite's arithmetic): the
-doubling high multiply then keeps p more fractional bits, so its rounding and the final rounding shift
-rarely round twice. The product is the same M * acc, rounded closer to it.
-
-The integer engine (quantlab.inference.engine) and the standalone runner of an export both use these
-functions. Standard library and NumPy only: the export stage copies this module into the runner.
+The fixed-point engine and the standalone runner both use these functions. Standard library and NumPy only:
+the export stage copies this module into the runner.
 """
 
 from __future__ import annotations

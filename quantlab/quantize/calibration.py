@@ -214,8 +214,6 @@ class MSE(Calibrator):
         return thresholds[squared_errors(values, None, thresholds, bits, signed).argmin()]
 
 
-
-
 @register
 class EMA(Calibrator):
     """The ranges learned while fine-tuning with fake quantization (stage qat; Jacob et al. 2017, section 3):
