@@ -8,9 +8,13 @@ a fraction of a second; `quantlab.model` builds the network from this table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from quantlab.errors import UserError
+from quantlab.io import load_npz
 
 INPUT_SHAPE = (3, 32, 32)  # channels, height, width of a CIFAR-10 image
 
@@ -44,6 +48,30 @@ ACTIVATIONS = ("input", *LAYER_NAMES)
 # Which model has a bias in fc3: the lab trains both.
 MODELS = {"float": False, "bias": True}
 POOL = 2  # the max pools' window and stride
+
+
+def state_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of a model's float weights: every layer's, and fc3's bias in the `bias` model."""
+    shapes = {f"{layer.name}.weight": layer.weight_shape for layer in LAYERS}
+    return shapes | ({f"{LAYERS[-1].name}.bias": (LAYERS[-1].outputs,)} if MODELS[model_name] else {})
+
+
+def load_state(path: str | Path, model_name: str) -> dict[str, np.ndarray]:
+    """The float weights of model `model_name` (.npz), checked once, here, against the architecture: exactly
+    its layers' names and shapes, float32, and finite (a diverged or damaged checkpoint is refused)."""
+    state, expected = load_npz(path), state_shapes(model_name)
+    for name, array in state.items():
+        if name not in expected or array.shape != expected[name] or array.dtype != np.float32:
+            layout = ", ".join(f"{key} {shape}" for key, shape in expected.items())
+            raise UserError(f"{path}: {name} of shape {array.shape} ({array.dtype}) is not a weight of the "
+                            f"{model_name} model ({layout}, float32): retrain it")
+        if not np.isfinite(array).all():
+            raise UserError(f"{path}: {name} holds NaN or infinite values; retrain it with `dvc repro -f` "
+                            f"(and a lower learning rate if training diverged)")
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise UserError(f"{path}: {missing[0]} is missing from the {model_name} model's weights: retrain it")
+    return state
 
 
 def input_of(layer_name: str) -> str:

@@ -7,11 +7,14 @@ one line that names the key and lists what is valid, instead of silently running
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 import yaml
 
@@ -20,6 +23,7 @@ from quantlab.quantize import calibration
 from quantlab.quantize.symmetric import BITS
 
 PARAMS_FILE = "params.yaml"
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -34,6 +38,9 @@ class DataParams:
 
     def __post_init__(self):
         _check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
+        name = PurePosixPath(urlparse(self.url).path).name
+        _check(name not in ("", ".", ".."), "data.url",
+               f"must end in the archive's file name (cifar-10-python.tar.gz), got {self.url!r}")
         _check(bool(re.fullmatch(r"[0-9a-f]{32}", self.md5)), "data.md5",
                f"must be 32 lowercase hex digits, got {self.md5!r}")
 
@@ -50,12 +57,15 @@ class TrainParams:
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
         _check(0 < self.fraction <= 1, "train.fraction", f"must be in (0, 1], got {self.fraction}")
-        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size",
+               f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be non-negative, got {self.weight_decay}")
 
 
 CALIB_SELECTIONS = ("random", "stratified", "first")
+MAX_BINS = 2 ** 16  # 2 * 65536 int64 counts (1 MiB) per histogram
+MAX_BATCH = 8192  # a training batch of 8192 images needs about 1 GiB for conv1's activations and gradients
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,8 @@ class ProfileParams:
         _check(self.calib_images >= 1, "profile.calib_images", f"must be at least 1, got {self.calib_images}")
         _check(self.calib_selection in CALIB_SELECTIONS, "profile.calib_selection",
                f"is {self.calib_selection!r}; valid: {', '.join(CALIB_SELECTIONS)}")
-        # KL's candidates start at 2^bits levels: 256 for 8-bit unsigned activations
-        _check(self.bins >= 256, "profile.bins", f"must be at least 256, got {self.bins}")
+        # KL's candidates start at 2^bits levels: 256 for 8-bit unsigned activations; KL's cost grows with bins
+        _check(256 <= self.bins <= MAX_BINS, "profile.bins", f"must be between 256 and {MAX_BINS}, got {self.bins}")
 
 
 def _check_bits(key: str, bits: int) -> None:
@@ -143,10 +153,32 @@ class ReportParams:
     author: str
     affiliation: str  # institution, e-mail: printed under the author
 
+    def __post_init__(self):
+        for key in ("title", "author", "affiliation"):
+            _check_text(f"report.{key}", getattr(self, key))
+
+
+# What the report's fonts typeset (FreeSerif, and Noto Serif CJK where FreeSerif has no glyph): Latin, Greek,
+# Cyrillic, punctuation and symbols, and Chinese, Japanese and Korean; no control or invisible characters.
+TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x52F), (0x1E00, 0x1FFF), (0x2010, 0x205E),
+           (0x20A0, 0x20BF), (0x2100, 0x214F), (0x3000, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+           (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
+MAX_TEXT = 200  # characters of a title, name or affiliation
+
+
+def _check_text(key: str, text: str) -> None:
+    _check(0 < len(text.strip()) and len(text) <= MAX_TEXT, key,
+           f"must be 1 to {MAX_TEXT} characters, got {len(text)}{'' if text.strip() else ' of white space'}")
+    for char in text:
+        code = ord(char)
+        name = unicodedata.name(char, "a line break" if char in "\r\n" else "a control character")
+        _check(any(low <= code <= high for low, high in TYPESET) and unicodedata.category(char) not in ("Cf", "Zl"),
+               key, f"holds {name} (U+{code:04X}), which the report cannot typeset: remove it")
+
 
 @dataclass(frozen=True)
 class Params:
-    seed: int  # seeds training and the choice of the calibration subset
+    seed: int  # seeds training and the choice of the calibration subset: 0 to 2^63 - 1, as torch accepts
     calib: str  # activation calibration method, a name in quantlab.quantize.calibration.METHODS
     data: DataParams
     train: TrainParams
@@ -158,6 +190,7 @@ class Params:
     report: ReportParams
 
     def __post_init__(self):
+        _check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
         _check_method("calib", self.calib)
 
 
@@ -167,7 +200,7 @@ def _matches(value, kind) -> bool:
     if kind is type(None):
         return value is None
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
@@ -200,8 +233,23 @@ def _build(cls, raw, prefix: str):
 
 def _type_name(kind) -> str:
     if isinstance(kind, types.UnionType):
-        return " or ".join("null" if option is type(None) else option.__name__ for option in typing.get_args(kind))
-    return kind.__name__
+        return " or ".join(_type_name(option) for option in typing.get_args(kind))
+    return {type(None): "null", float: "a finite number"}.get(kind, kind.__name__)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """YAML as DVC writes it. PyYAML reads YAML 1.1, where `1e-05` is a string and `No` is false; DVC (ruamel)
+    writes YAML 1.2, where they are a float and a string. This loader resolves booleans and floats as YAML
+    1.2's core schema does: true/false only, and any decimal number with a point or an exponent."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_BOOL, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+Yaml12Loader.add_implicit_resolver(_FLOAT, re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -210,7 +258,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise UserError(f"{path} not found: run the stage from the repository root") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Yaml12Loader)
     except yaml.YAMLError as error:
         raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix its syntax") from None
     return _build(Params, raw, "")

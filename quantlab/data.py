@@ -29,6 +29,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGE_SHAPE = (3, 32, 32)
+MAX_MEMBER = 64 * 2 ** 20  # bytes of one batch member: each official batch is 30 MiB, checked before reading
 
 
 def is_remote(url: str) -> bool:
@@ -65,6 +66,9 @@ def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
                 os.replace(Path(scratch) / path.name, path)  # complete downloads only, never a partial one
     else:
         path = Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
+        if path.is_dir():
+            raise UserError(f"data.url {path} is a folder: set it to the archive inside it, "
+                            f"e.g. {path / 'cifar-10-python.tar.gz'}")
         if not path.is_file():
             raise UserError(f"archive {path} not found: set data.url to an existing cifar-10-python.tar.gz "
                             f"or to {OFFICIAL_URL}")
@@ -106,12 +110,13 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
 
 
 def _images(batch: dict, member: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(batch.get("data"))
-    labels = np.asarray(batch.get("labels"))
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) \
-            or labels.shape != (data.shape[0],) or labels.size == 0 or labels.min() < 0 or labels.max() > 9:
-        raise UserError(f"{member} does not hold uint8 N x 3072 images with labels 0-9: re-download the archive")
-    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.uint8)
+    data, labels = batch.get("data"), batch.get("labels")
+    integers = isinstance(labels, list) and all(type(label) is int and 0 <= label <= 9 for label in labels)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == np.prod(IMAGE_SHAPE) and integers and len(labels) == len(data) > 0):
+        raise UserError(f"{member} does not hold uint8 N x 3072 images with a list of N integer labels 0-9: "
+                        f"re-download the archive")
+    return data.reshape(-1, *IMAGE_SHAPE), np.array(labels, np.uint8)
 
 
 def read_archive(archive: Path) -> dict[str, np.ndarray]:
@@ -124,6 +129,10 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
                 _check_member(member, archive)
                 name = Path(member.name)
                 if member.isfile() and name.parent.as_posix() == FOLDER and name.name in wanted:
+                    if name.name in payloads or member.size > MAX_MEMBER:
+                        problem = "a second" if name.name in payloads else f"an oversized ({member.size} bytes)"
+                        raise UserError(f"archive {archive} has {problem} member {member.name}: it is not an "
+                                        f"official CIFAR-10 archive; download it again from {OFFICIAL_URL}")
                     payloads[name.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
         message = f"archive {archive} is truncated or corrupt ({error}): delete it and download it again"
@@ -135,8 +144,8 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
     train = [_images(_unpickle(payloads[name], name), name) for name in TRAIN_BATCHES]
     test_x, test_y = _images(_unpickle(payloads[TEST_BATCH], TEST_BATCH), TEST_BATCH)
     classes = _unpickle(payloads[META], META).get("label_names")
-    if not isinstance(classes, list) or len(classes) != 10:
-        raise UserError(f"{META} does not name 10 classes: re-download the archive")
+    if not (isinstance(classes, list) and len(classes) == 10 and all(isinstance(c, (str, bytes)) for c in classes)):
+        raise UserError(f"{META} does not name 10 classes with strings: re-download the archive")
     return {
         "train_x": np.concatenate([x for x, _ in train]),
         "train_y": np.concatenate([y for _, y in train]),

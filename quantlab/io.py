@@ -29,22 +29,27 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`. Temporary files
-    of `path` that a killed process left behind are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    of `path` that a killed process left behind are removed first. A failed write (a full disk, say) leaves
+    `path` as it was and is one clear error."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as error:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {path} ({error.strerror or error}): free disk space or fix the "
+                            f"folder's permissions, then rerun") from None
         raise
 
 
@@ -95,19 +100,14 @@ def require(path: str | Path) -> Path:
 
 
 def load_npz(path: str | Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz (only `names`, if given: the others are not read)."""
-    with np.load(require(path), allow_pickle=False) as archive:
-        return {name: archive[name] for name in (archive.files if names is None else names)}
-
-
-def load_state(path: str | Path) -> dict[str, np.ndarray]:
-    """A model's weights (.npz), refused if any value is NaN or infinite (a diverged or damaged checkpoint)."""
-    state = load_npz(path)
-    for name, array in state.items():
-        if not np.isfinite(array).all():
-            raise UserError(f"{path}: {name} holds NaN or infinite values; retrain it with `dvc repro -f` "
-                            f"(and a lower learning rate if training diverged)")
-    return state
+    """The arrays of an .npz (only `names`, if given: the others are not read); a damaged file, or one without
+    a named array, is one clear error."""
+    try:
+        with np.load(require(path), allow_pickle=False) as archive:
+            return {name: archive[name] for name in (archive.files if names is None else names)}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"{path} is damaged or incomplete ({error.__class__.__name__}: {error}): delete it and "
+                        f"rerun `dvc repro`") from None
 
 
 def load_json(path: str | Path):

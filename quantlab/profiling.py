@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantlab.errors import UserError
 from quantlab.io import load_json, load_npz, save_json, save_npz
 
 
@@ -128,6 +129,10 @@ def profile_activations(run: Callable[[Callable], None], names: Iterable[str], b
             observe(accumulators[name], x)
             return x
         run(tap)
+        overflow = next((name for name, a in accumulators.items() if not np.isfinite([a.min, a.max]).all()), None)
+        if overflow is not None:
+            raise UserError(f"the activations of {overflow} are not finite: the float forward overflows (are the "
+                            f"model's weights far too large?); retrain the model")
     return {name: accumulator.result() for name, accumulator in accumulators.items()}
 
 

@@ -20,11 +20,11 @@ from collections.abc import Callable
 import torch
 
 from quantlab import paths
+from quantlab.architecture import load_state
 from quantlab.evaluation import FLOAT_VARIANTS
 from quantlab.inference import export_format
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.io import load_state
 from quantlab.model import load_model
 from quantlab.quantize.network import QuantizedNetwork
 
@@ -42,7 +42,8 @@ def fixed_point_engine(model_name: str) -> FixedPointEngine:
 def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function from images to logits (float or integer) for `variant`."""
     if variant in FLOAT_VARIANTS:
-        return load_model(load_state(paths.model(FLOAT_VARIANTS[variant])), FLOAT_VARIANTS[variant])
+        model_name = FLOAT_VARIANTS[variant]
+        return load_model(load_state(paths.model(model_name), model_name), model_name)
     if variant == "quant_weights":
         return load_model(QuantizedNetwork.load(paths.quantized("float")).dequantized_state(), "float")
     if variant == "quant_weights_activations":

@@ -6,11 +6,12 @@ plus, per method and activation width, every activation's threshold, clipped fra
 import pandas as pd
 
 from quantlab import paths
+from quantlab.architecture import load_state
 from quantlab.config import CompareParams, QuantParams, load_params
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, accuracy, predict, test_split
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.io import load_json, load_state, save_csv, save_json
+from quantlab.io import load_json, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import EMA, FINE_TUNED, TRAINED, calibrator, diagnose
 from quantlab.quantize.network import Provenance, activations_of, quantize_network
@@ -50,11 +51,12 @@ def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[st
 
 def main() -> None:
     params = load_params()
-    fine_tunes = {width: (load_state(paths.qat("float", width).with_suffix(".npz")),
+    fine_tunes = {width: (load_state(paths.qat("float", width).with_suffix(".npz"), "float"),
                           load_json(paths.qat("float", width).with_suffix(".json"))["thresholds"])
                   for width in (width_name(*pair) for pair in params.compare.widths)}
-    results, layers = compare(load_state(paths.model("float")), load_profiles(paths.profile("float"), "activations"),
-                              fine_tunes, test_split()[0], params.quant, params.compare)
+    results, layers = compare(load_state(paths.model("float"), "float"),
+                              load_profiles(paths.profile("float"), "activations"), fine_tunes, test_split()[0],
+                              params.quant, params.compare)
     save_json(paths.CALIBRATION, results)
     for method in [*params.compare.methods, FINE_TUNED]:
         save_csv(paths.PLOTS / "calibration" / f"{method}.csv",

@@ -3,15 +3,16 @@ model's per-class accuracy and confusion matrix (DVC plots). Apart from evaluate
 quantization changes them: switching `calib` or the bit widths never reruns this stage."""
 
 from quantlab import paths
+from quantlab.architecture import load_state
 from quantlab.errors import run_main
 from quantlab.evaluation import FLOAT_VARIANTS, accuracy, predict, save_class_plots, test_split
-from quantlab.io import load_state, save_json
+from quantlab.io import save_json
 from quantlab.model import load_model
 
 
 def main() -> None:
     test, classes = test_split(with_classes=True)
-    predictions = {variant: predict(load_model(load_state(paths.model(model)), model), test)
+    predictions = {variant: predict(load_model(load_state(paths.model(model), model), model), test)
                    for variant, model in FLOAT_VARIANTS.items()}
     save_json(paths.FLOAT_ACCURACY, {variant: accuracy(p, test.y) for variant, p in predictions.items()})
     save_class_plots("float", predictions["float"], test.y, classes)

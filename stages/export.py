@@ -88,7 +88,7 @@ def standalone_runner() -> str:
 def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
     payload = npz_bytes(arrays)
     save_bytes(directory / export_format.ARRAYS, payload)
-    save_json(directory / export_format.MANIFEST, {**manifest, "sha256": export_format.checksum(payload)})
+    save_json(directory / export_format.MANIFEST, {**manifest, "sha256": export_format.checksum(manifest, payload)})
     save_text(directory / "runner.py", standalone_runner())
 
 

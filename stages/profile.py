@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 from quantlab import paths
-from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, model_name_argument
+from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, load_state, model_name_argument
 from quantlab.config import ProfileParams, load_params
 from quantlab.data import normalize
 from quantlab.errors import UserError, run_main
-from quantlab.io import load_npz, load_state
+from quantlab.io import load_npz
 from quantlab.model import Net, load_model
 from quantlab.profiling import TensorProfile, profile_activations, profile_tensor, save_profiles
 
@@ -56,7 +56,7 @@ def main() -> None:
     params = load_params()
     p: ProfileParams = params.profile
     dataset = load_npz(paths.DATASET)
-    model = load_model(load_state(paths.model(model_name)), model_name)
+    model = load_model(load_state(paths.model(model_name), model_name), model_name)
     index = calibration_indices(dataset["train_y"], p.calib_images, p.calib_selection, params.seed)
     profiles = profile_model(model, torch.from_numpy(dataset["train_x"][index]), p.bins)
     save_profiles(paths.profile(model_name), profiles,

@@ -6,10 +6,11 @@ learned ranges and its training curve."""
 import pandas as pd
 
 from quantlab import paths
+from quantlab.architecture import load_state
 from quantlab.config import Params, load_params
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
-from quantlab.io import load_npz, load_state, save_csv, save_json, save_npz
+from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.quantize.qat import QATNet
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
@@ -30,7 +31,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
     on = device()
-    model = load_model(load_state(paths.model(model_name)), model_name).to(on)
+    model = load_model(load_state(paths.model(model_name), model_name), model_name).to(on)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,

@@ -13,10 +13,10 @@ later stage reads (quantlab.quantize.network). The lab's three steps:
 import sys
 
 from quantlab import paths
-from quantlab.architecture import model_name_argument
+from quantlab.architecture import load_state, model_name_argument
 from quantlab.config import QuantParams, load_params
 from quantlab.errors import run_main
-from quantlab.io import load_json, load_state
+from quantlab.io import load_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, Calibrator, calibrator
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
@@ -38,7 +38,7 @@ def main() -> None:
     fine_tune = paths.qat(model_name, width_name(quant.weight_bits, quant.activation_bits))
     weights = METHODS[params.calib].weights  # the float weights the method's thresholds belong to
     source = {TRAINED: paths.model(model_name), FINE_TUNED: fine_tune.with_suffix(".npz")}[weights]
-    state = load_state(source)
+    state = load_state(source, model_name)
     method = calibrator(params.calib, quant.percentile, load_json(fine_tune.with_suffix(".json"))["thresholds"])
     network = quantize(state, load_profiles(paths.profile(model_name), "activations"), method, quant,
                        Provenance(model_name, params.calib, weights, source.as_posix()))

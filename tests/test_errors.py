@@ -1,10 +1,18 @@
 """Bad input through the real stage commands: one line on stderr, exit status 2, no output written."""
 
+import io
+import json
+import pickle
+import subprocess
+import sys
+import tarfile
+
 import numpy as np
 import pytest
+import yaml
 
 from bench.sandbox import make_repo, run, set_params
-from quantlab.data import md5_of
+from quantlab.data import MAX_MEMBER, md5_of, read_archive
 from quantlab.io import save_npz
 from quantlab.model import Net, state_to_arrays
 
@@ -100,3 +108,151 @@ def test_checkpoint_with_nan_weights(repo):
     save_npz(repo / "models" / "float.npz", state)
     fails_cleanly(repo, "stages.quantize", "float", message="models/float.npz: fc1.weight holds NaN")
     assert not (repo / "quant").exists()
+
+
+# --- what a hostile or careless user tried (issue 12): each fails on the code before the fix --------------
+
+def test_params_read_the_way_dvc_writes_them(repo):
+    """DVC writes YAML 1.2: `1e-05` is a float there and `No` a string (PyYAML's YAML 1.1 says str and false)."""
+    from dvc.utils.serialize import dumps_yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"], params["quant"]["percentile"], params["report"]["author"] = 1e-05, 1e-9, "No"
+    (repo / "params.yaml").write_text(dumps_yaml(params))
+    assert "lr: 1e-05" in (repo / "params.yaml").read_text()
+    result = run(repo, "python", "-c", "from quantlab.config import load_params; p = load_params(); "
+                 "print(p.train.lr, p.quant.percentile, p.report.author)")
+    assert result.stdout.split() == ["1e-05", "1e-09", "No"]
+
+
+def test_run_main_turns_a_full_disk_into_one_line(repo, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "def fsync(fd):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "os.fsync = fsync\n")
+    archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
+    set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
+    result = run(repo, "python", "-m", "stages.download", check=False, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: cannot write data/cifar10.npz (No space left on device): free disk space or fix the folder's "
+        "permissions, then rerun"]
+    assert not list((repo / "data").iterdir())  # neither the output nor a temporary file
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("fc2.weight"), "fc2.weight is missing from the float model's weights"),
+    (lambda s: s.update({"fc1.weight": s["fc1.weight"][:128]}), "fc1.weight of shape (128, 1152) (float32) is not"),
+    (lambda s: s.update({"fc3.weight": s["fc3.weight"].astype(np.float64)}), "fc3.weight of shape (10, 64) (float64)"),
+    (lambda s: s.update({"fc3.bias": np.zeros(10, np.float32)}), "fc3.bias of shape (10,) (float32) is not a weight"),
+])
+def test_a_model_that_does_not_fit_the_architecture(repo, edit, message):
+    state = state_to_arrays(Net())
+    edit(state)
+    save_npz(repo / "models" / "float.npz", state)
+    fails_cleanly(repo, "stages.quantize", "float", message=f"models/float.npz: {message}")
+    assert not (repo / "quant").exists()
+
+
+def test_a_damaged_model_file(repo):
+    save_npz(repo / "models" / "float.npz", state_to_arrays(Net()))
+    payload = (repo / "models" / "float.npz").read_bytes()
+    (repo / "models" / "float.npz").write_bytes(payload[: len(payload) // 2])
+    fails_cleanly(repo, "stages.quantize", "float", message="models/float.npz is damaged or incomplete")
+
+
+def test_weights_that_overflow_the_float_forward(repo, tmp_path):
+    archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
+    save_npz(repo / "data" / "cifar10.npz", read_archive(archive))
+    state = state_to_arrays(Net())
+    state["fc1.weight"][:] = 3e38
+    save_npz(repo / "models" / "float.npz", state)
+    set_params(repo, profile__calib_images=20)
+    fails_cleanly(repo, "stages.profile", "float", message="the activations of fc1 are not finite")
+    assert not (repo / "profile").exists()
+
+
+def batch_with(**changes) -> dict:
+    members = batches(train_per_batch=10, test=10)
+    batch = pickle.loads(members["data_batch_2"])
+    batch.update(changes)
+    return {**members, "data_batch_2": pickle.dumps(batch, protocol=2)}
+
+
+@pytest.mark.parametrize("labels", [7, "1234567890", None, [1.0] * 10, [True] * 10, [0] * 9 + [10], ["1"] * 10])
+def test_batches_whose_labels_are_not_integers_0_to_9(repo, tmp_path, labels):
+    archive = write_archive(tmp_path / "labels.tar.gz", batch_with(labels=labels))
+    set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
+    fails_cleanly(repo, "stages.download", message="data_batch_2 does not hold uint8 N x 3072 images with a list")
+
+
+@pytest.mark.parametrize("names", [list(range(10)), None, "airplane", [None] * 10])
+def test_meta_whose_class_names_are_not_strings(repo, tmp_path, names):
+    members = batches(train_per_batch=10, test=10)
+    meta = {**pickle.loads(members["batches.meta"]), "label_names": names}
+    archive = write_archive(tmp_path / "meta.tar.gz", {**members, "batches.meta": pickle.dumps(meta, protocol=2)})
+    set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
+    fails_cleanly(repo, "stages.download", message="batches.meta does not name 10 classes with strings")
+
+
+def test_duplicate_and_oversized_members(repo, tmp_path):
+    members = batches(train_per_batch=10, test=10)
+    twice = tmp_path / "twice.tar.gz"
+    with tarfile.open(twice, "w:gz") as tar:
+        for name in [*members, "data_batch_3"]:
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(members[name])
+            tar.addfile(info, io.BytesIO(members[name]))
+    set_params(repo, data__url=str(twice), data__md5=md5_of(twice))
+    fails_cleanly(repo, "stages.download", message="has a second member cifar-10-batches-py/data_batch_3")
+    huge = tmp_path / "huge.tar.gz"  # 64 MiB + 1 byte of zeros: 65 kB compressed, refused before reading
+    with tarfile.open(huge, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = MAX_MEMBER + 1
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    set_params(repo, data__url=str(huge), data__md5=md5_of(huge))
+    fails_cleanly(repo, "stages.download", message=f"has an oversized ({MAX_MEMBER + 1} bytes) member")
+
+
+def test_a_folder_given_as_the_archive(repo, tmp_path):
+    set_params(repo, data__url=str(tmp_path))
+    fails_cleanly(repo, "stages.download", message=f"data.url {tmp_path} is a folder: set it to the archive inside it")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": -1}, "seed must be between 0 and 2^63 - 1, got -1"),
+    ({"seed": 2 ** 63}, f"seed must be between 0 and 2^63 - 1, got {2 ** 63}"),
+    ({"data__url": "https://example.com"}, "data.url must end in the archive's file name"),
+    ({"data__url": "https://example.com/data/.."}, "data.url must end in the archive's file name"),
+    ({"profile__bins": 100_000_000}, "profile.bins must be between 256 and 65536, got 100000000"),
+    ({"train__batch_size": 10 ** 6}, "train.batch_size must be between 1 and 8192"),
+    ({"train__lr": float("inf")}, "train.lr must be a finite number, got inf"),
+    ({"report__author": "Ada 😀 Lovelace"}, "report.author holds GRINNING FACE (U+1F600), which the report cannot"),
+    ({"report__author": "Ada\u200bLovelace"}, "report.author holds ZERO WIDTH SPACE (U+200B)"),
+    ({"report__title": "Lab 1\n\nQuantization"}, "report.title holds a line break (U+000A)"),
+    ({"report__title": "x" * 24_000}, "report.title must be 1 to 200 characters, got 24000"),
+    ({"report__affiliation": "a\x00b"}, "report.affiliation holds a control character (U+0000)"),
+])
+def test_params_out_of_what_the_code_serves(repo, changes, message):
+    set_params(repo, **changes)
+    fails_cleanly(repo, "stages.check_params", message=f"params.yaml: {message}")
+
+
+def test_the_runner_on_bad_output_paths_and_empty_input(tmp_path):
+    from test_engine import IMAGES, random_export  # one small exported network
+
+    directory, _ = random_export(tmp_path)
+    np.save(tmp_path / "images.npy", IMAGES.numpy())
+    runner = [sys.executable, str(directory / "runner.py"), str(directory)]
+    result = subprocess.run([*runner, str(tmp_path / "images.npy"), "--out", str(tmp_path / "no" / "logits.npy")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    np.save(tmp_path / "none.npy", IMAGES.numpy()[:0])
+    result = subprocess.run([*runner, str(tmp_path / "none.npy")], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == ""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for layer in manifest["layers"]:
+        layer["clamp"] = [0, 1]  # an edited manifest changes predictions: refused by its checksum
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    result = subprocess.run([*runner, str(tmp_path / "images.npy")], capture_output=True, text=True)
+    assert result.returncode == 2 and "does not match the checksum in its manifest" in result.stderr

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from quantlab.architecture import load_state
 from quantlab.errors import UserError
-from quantlab.io import atomic_write, load_npz, load_state, require, save_json, save_npz
+from quantlab.io import atomic_write, load_npz, require, save_json, save_npz
+from quantlab.model import Net, state_to_arrays
 
 
 def test_npz_is_byte_stable_and_loads(tmp_path):
@@ -41,9 +43,11 @@ def test_missing_upstream_output_names_the_fix(tmp_path):
 
 
 def test_checkpoint_with_nan_weights_is_refused(tmp_path):
-    save_npz(tmp_path / "float.npz", {"conv1.weight": np.array([0.5, np.nan], np.float32)})
+    state = state_to_arrays(Net())
+    state["conv1.weight"][0, 0, 0, 0] = np.nan
+    save_npz(tmp_path / "float.npz", state)
     with pytest.raises(UserError, match="conv1.weight holds NaN or infinite values; retrain it"):
-        load_state(tmp_path / "float.npz")
+        load_state(tmp_path / "float.npz", "float")
 
 
 def test_a_killed_write_leaves_nothing_the_next_write_keeps(tmp_path):

@@ -23,7 +23,9 @@ from quantlab.inference.engine import FixedPointEngine
 
 from cifar_fixture import make_archive
 
-AUTHOR = r"Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\"
+# LaTeX's special characters, its ligatures (--- and quotes must come out as typed) and names in Greek,
+# Cyrillic, Chinese, Japanese and Korean
+AUTHOR = r"""Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\ --- "q" 'q' ``q'' Ελένη Ирина 李小龍 山田 김철수"""
 KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant",
         "integer_engine"]
 
@@ -229,3 +231,35 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
     provenance = json.loads((repo / "quant/float/network.json").read_text())["provenance"]
     assert provenance == {"model": "float", "calib": "ema", "weights": "qat", "source": "qat/float/W8A8.npz"}
     assert accuracy["quant_weights_activations"] == table["W8A8"]["qat"] == accuracy["integer_engine"]
+
+
+def test_valid_numbers_in_the_form_dvc_writes_them(repo):
+    run(repo, "dvc", "exp", "run", "-S", "calib=percentile", "-S", "quant.percentile=1e-9")
+    assert "percentile: 1e-09" in (repo / "params.yaml").read_text()  # YAML 1.2, as DVC writes it
+    network = json.loads((repo / "quant/float/network.json").read_text())
+    assert network["provenance"]["calib"] == "percentile"
+    assert 0 < network["activations"]["conv1"]["threshold"] < 0.01  # the 1e-9 percentile of |x|
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_a_misspelled_top_level_param_fails_repro(repo):
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params + "calibration: kl\n")
+    result = run(repo, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "error: params.yaml: unknown key calibration; valid keys in the top level: seed, calib" in result.stderr
+    (repo / "params.yaml").write_text(params)
+    assert stages_run(run(repo, "dvc", "repro").stdout) == ["check_params"]
+
+
+def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
+    template = repo / "reports/report.j2"
+    original, pdf = template.read_text(), (repo / "reports/build/report.pdf").read_bytes()
+    template.write_text(original.replace('<< f.section("Results") >>', '<< f.section("Results") >>\n\\undefinedmacro'))
+    result = run(repo, "dvc", "repro", check=False)
+    assert result.returncode != 0 and "error: latexmk failed on reports/build/report.tex: Undefined control sequence." in result.stderr
+    run(repo, "dvc", "checkout", "reports/build/report.pdf")  # the last PDF built, from DVC's cache
+    assert (repo / "reports/build/report.pdf").read_bytes() == pdf
+    template.write_text(original)
+    run(repo, "dvc", "repro")
+    assert (repo / "reports/build/report.pdf").read_bytes() == pdf and "up to date" in run(repo, "dvc", "status").stdout

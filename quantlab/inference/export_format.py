@@ -11,7 +11,7 @@ into the runner.
 range. `layers` holds one record per conv/fc layer, in order, with the keys LAYER_KEYS: integer shapes, the
 names of its arrays, its scales, its fixed-point rescale (pre-shift, real multiplier), its accumulator bound,
 its output's integer range and clamp (the ReLU included), and its max pooling window (0: none). `sha256` is
-the checksum of model.npz.
+the checksum of the manifest's content and model.npz together.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def layer_record(**fields) -> dict:
     return {key: fields[key] for key in LAYER_KEYS}
 
 
-def checksum(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
+def checksum(manifest: dict, payload: bytes) -> str:
+    """The SHA-256 of the manifest's content (all but its "sha256") and of model.npz: an edit to either shows."""
+    content = json.dumps({key: value for key, value in manifest.items() if key != "sha256"}, sort_keys=True)
+    return hashlib.sha256(content.encode() + b"\0" + payload).hexdigest()
 
 
 def read(directory: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -57,7 +59,8 @@ def read(directory: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if any(tuple(layer) != LAYER_KEYS for layer in manifest["layers"]):
         raise ValueError(f"{directory / MANIFEST} has a layer record without the keys {', '.join(LAYER_KEYS)}")
     payload = (directory / ARRAYS).read_bytes()
-    if checksum(payload) != manifest["sha256"]:
-        raise ValueError(f"{directory / ARRAYS} does not match the checksum in its manifest")
+    if checksum(manifest, payload) != manifest["sha256"]:
+        raise ValueError(f"{directory} does not match the checksum in its manifest: it was edited or damaged; "
+                         f"export it again")
     with np.load(directory / ARRAYS, allow_pickle=False) as archive:
         return manifest, {name: archive[name] for name in archive.files}

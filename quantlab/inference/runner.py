@@ -87,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest, arrays = read(args.export)
         logits = run(manifest, arrays, np.load(args.images, allow_pickle=False))
+        if args.out:
+            np.save(args.out, logits.astype(np.int32))
     except (OSError, ValueError, KeyError, OverflowError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.out:
-        np.save(args.out, logits.astype(np.int32))
-    print("\n".join(str(c) for c in logits.argmax(axis=1)))
+    for prediction in logits.argmax(axis=1):
+        print(prediction)
     return 0
 
 

@@ -1,0 +1,163 @@
+"""Malformed input, generated: seeded mutations of params.yaml, of the CIFAR-10 archive and of a model's weights,
+each run through the real stage command. Every one must end in exit status 2 with one line `error: …`, no
+traceback, and no existing output changed."""
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bench.sandbox import make_repo, run, set_params
+from quantlab.data import md5_of
+from quantlab.io import npz_bytes
+from quantlab.model import Net, state_to_arrays
+
+from cifar_fixture import batches, write_archive
+
+RNG = np.random.default_rng(12)
+# Values of the wrong type for a param of each type (None: quant.logit_bits, which may be null or an int)
+WRONG = {int: ["3", 2.5, [], {}, True], float: ["0.1", [], {}, True, float("nan")], bool: ["yes", 1, [], None],
+         str: [7, [], {}, None, True, "\x00", "😀"], list: ["x", 5, {}, None], type(None): ["8", 2.5, [], True]}
+
+
+def params_mutations(params: dict) -> list[str]:
+    """Malformed params.yaml texts: every key dropped, a value of the wrong type for every key, unknown keys,
+    values out of range, and broken YAML."""
+    def leaves(node, path=()):
+        for key, value in node.items():
+            yield from leaves(value, (*path, key)) if isinstance(value, dict) else [((*path, key), value)]
+
+    def changed(path, value=KeyError):
+        copy = yaml.safe_load(yaml.safe_dump(params))
+        node = copy
+        for key in path[:-1]:
+            node = node[key]
+        if value is KeyError:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+        return yaml.safe_dump(copy, allow_unicode=True)
+
+    texts = []
+    for path, value in leaves(params):
+        wrong = WRONG[type(value)]
+        texts += [changed(path), changed(path, wrong[RNG.integers(len(wrong))])]
+    texts += [changed(("calibration",), "kl"), changed(("train", "epoch"), 3), changed(("quant",), [8, 8]),
+              changed(("seed",), -1), changed(("profile", "bins"), 10 ** 8), changed(("train", "lr"), -0.1),
+              changed(("report", "title"), "x" * 24_000), changed(("data", "url"), "http://example.com"),
+              "train: [unclosed\n", "seed: 0\n\tcalib: kl\n", "- 1\n- 2\n", "just text\n", "", "{{{{\n",
+              "calib: !!python/object/apply:os.system ['true']\n"]
+    return texts
+
+
+def test_malformed_params_files(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    valid = yaml.safe_load((repo / "params.yaml").read_text())
+    texts = params_mutations(valid)
+    assert len(texts) >= 50
+    for text in texts:
+        (repo / "params.yaml").write_text(text, encoding="utf-8")
+        fails_in_one_line(repo, "stages.check_params", case=text)
+
+
+def archive_mutations(members: dict[str, bytes], tmp_path: Path) -> list[Path]:
+    """Malformed archives: truncated, bytes flipped, members missing, doubled, renamed, a link, or holding
+    pickles of the wrong things."""
+    good = write_archive(tmp_path / "good.tar.gz", members).read_bytes()
+    paths = []
+
+    def archive(name, payload=None, **replace):
+        path = tmp_path / f"{len(paths)}-{name}.tar.gz"
+        if payload is None:
+            write_archive(path, {k: v for k, v in {**members, **replace}.items() if v is not None})
+        else:
+            path.write_bytes(payload)
+        paths.append(path)
+
+    for cut in RNG.integers(10, len(good) - 10, 5):
+        archive("truncated", good[:cut])
+    for spot in RNG.integers(10, len(good) - 10, 4):
+        archive("flipped", good[:spot] + bytes([good[spot] ^ 0xFF]) + good[spot + 1:])
+    archive("empty", b"")
+    archive("not-gzip", b"\x00" * 1000)
+    archive("no-meta", **{"batches.meta": None})
+    archive("garbage-pickle", **{"data_batch_1": b"\x80\x02garbage"})
+    archive("list-pickle", **{"test_batch": pickle.dumps([1, 2, 3], protocol=2)})
+    batch = pickle.loads(members["data_batch_3"])
+    archive("float-images", **{"data_batch_3": pickle.dumps({**batch, "data": batch["data"].astype(float)})})
+    archive("wrong-width", **{"data_batch_3": pickle.dumps({**batch, "data": batch["data"][:, :100]})})
+    archive("no-labels", **{"data_batch_3": pickle.dumps({k: v for k, v in batch.items() if k != "labels"})})
+    archive("short-labels", **{"data_batch_3": pickle.dumps({**batch, "labels": batch["labels"][:-1]})})
+    archive("code-pickle", **{"data_batch_5": b"cos\nsystem\n(S'true'\ntR."})
+    meta = pickle.loads(members["batches.meta"])
+    archive("nine-classes", **{"batches.meta": pickle.dumps({**meta, "label_names": meta["label_names"][:9]})})
+    with tarfile.open(tmp_path / "link.tar.gz", "w:gz") as tar:
+        link = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    paths.append(tmp_path / "link.tar.gz")
+    return paths
+
+
+def test_malformed_archives_leave_the_dataset_as_it_was(tmp_path):
+    members = batches(train_per_batch=10, test=10)
+    repo = make_repo(tmp_path / "repo")
+    good = write_archive(tmp_path / "cifar-10-python.tar.gz", members)
+    set_params(repo, data__url=str(good), data__md5=md5_of(good))
+    run(repo, "python", "-m", "stages.download")
+    paths = archive_mutations(members, tmp_path)
+    assert len(paths) >= 20
+    for path in paths:
+        set_params(repo, data__url=str(path), data__md5=md5_of(path))
+        fails_in_one_line(repo, "stages.download", case=path.name)
+
+
+def model_mutations() -> list[bytes]:
+    """Malformed weight files: not an .npz, truncated, wrong names, shapes or dtypes, NaN, pickled objects."""
+    state = state_to_arrays(Net())
+    payload = npz_bytes(state)
+    files = [b"", b"not an npz", payload[: len(payload) // 3], payload[:-20]]
+    for name in state:
+        files.append(npz_bytes({k: v for k, v in state.items() if k != name}))
+        files.append(npz_bytes({**state, name: state[name][:1]}))
+        files.append(npz_bytes({**state, name: state[name].astype(np.float16)}))
+        files.append(npz_bytes({**state, name: np.where(RNG.random(state[name].shape) < 0.01, np.inf,
+                                                        state[name]).astype(np.float32)}))
+    files += [npz_bytes({**state, "extra": np.zeros(3)}), npz_bytes({**state, "fc3.bias": np.zeros(10, np.float32)})]
+    buffer = io.BytesIO()
+    np.savez(buffer, **{**state, "conv1.weight": np.array([object()], dtype=object)}, allow_pickle=True)
+    return [*files, buffer.getvalue()]
+
+
+def test_malformed_model_files(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    files = model_mutations()
+    assert len(files) >= 20
+    for i, payload in enumerate(files):
+        (repo / "models").mkdir(exist_ok=True)
+        (repo / "models" / "float.npz").write_bytes(payload)
+        fails_in_one_line(repo, "stages.quantize", "float", case=f"model file {i}")
+
+
+def fails_in_one_line(repo: Path, *command: str, case) -> None:
+    """Run a stage; it must fail with exit status 2, one line `error: …` and no traceback, and leave every
+    file of the repository but its inputs as it was."""
+    before = snapshot(repo)
+    result = run(repo, "python", "-m", *command, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout, case
+    assert snapshot(repo) == before, case
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.parts and ".dvc" not in p.parts}
