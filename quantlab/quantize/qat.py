@@ -66,8 +66,7 @@ class QATNet(nn.Module):
 
     def weight(self, layer: Layer) -> torch.Tensor:
         weight = getattr(self.model, layer.name).weight
-        scale = weight_scale(weight.detach().cpu().numpy(), self.weight_bits, self.per_channel)
-        scale = torch.as_tensor(scale, dtype=weight.dtype, device=weight.device)
+        scale = weight_scale(weight.detach(), self.weight_bits, self.per_channel).to(weight.dtype)
         return fake_quantize(weight, channel_shaped(scale, weight.ndim, 0), self.weight_bits)
 
     def _layer(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:

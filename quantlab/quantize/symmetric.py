@@ -38,12 +38,13 @@ def quantize(x, scale, bits: int, signed: bool = True):
     return (x / scale).round().clip(qmin, qmax)
 
 
-def weight_scale(weight: np.ndarray, bits: int, per_channel: bool = False) -> np.ndarray:
-    """S_W = max|W| / qmax over the whole tensor, or over each output channel (axis 0) when per_channel, in
-    float64 (for a float32 weight, rounding that to float32 gives the float32 quotient exactly: float64 has more
-    than twice float32's precision)."""
-    absmax = np.abs(weight.astype(np.float64)).reshape(len(weight), -1).max(axis=1)
-    return np.asarray(scale_for(absmax if per_channel else absmax.max(), bits))
+def weight_scale(weight, bits: int, per_channel: bool = False):
+    """S_W = max|W| / qmax over the whole tensor, or over each output channel (axis 0) when per_channel, divided
+    in float64, of a NumPy array or a torch tensor (on its device). Rounded to float32 it is exactly the float32
+    quotient: float64 has more than twice float32's precision, so the double rounding is exact."""
+    rows = abs(weight).reshape(len(weight), -1)
+    absmax = rows.max(axis=1).astype(np.float64) if isinstance(rows, np.ndarray) else rows.amax(dim=1).double()
+    return scale_for(absmax if per_channel else absmax.max(), bits)
 
 
 def channel_shaped(scale, ndim: int, axis: int):
