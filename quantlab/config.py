@@ -38,6 +38,7 @@ class DataParams:
 
     def __post_init__(self):
         _check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
+        _check(self.url.isprintable(), "data.url", f"holds a control character: {self.url!r}")
         name = PurePosixPath(urlparse(self.url).path).name
         _check(name not in ("", ".", ".."), "data.url",
                f"must end in the archive's file name (cifar-10-python.tar.gz), got {self.url!r}")
@@ -158,22 +159,27 @@ class ReportParams:
             _check_text(f"report.{key}", getattr(self, key))
 
 
-# What the report's fonts typeset (FreeSerif, and Noto Serif CJK where FreeSerif has no glyph): Latin, Greek,
-# Cyrillic, punctuation and symbols, and Chinese, Japanese and Korean; no control or invisible characters.
-TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x52F), (0x1E00, 0x1FFF), (0x2010, 0x205E),
-           (0x20A0, 0x20BF), (0x2100, 0x214F), (0x3000, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+# What the report's fonts have glyphs for (FreeSerif; Noto Serif CJK for Chinese, Japanese and Korean; checked
+# with fc-query): Latin, Greek, Cyrillic, punctuation, currency and letterlike symbols, CJK ideographs, kana,
+# Hangul and full-width forms; no control, invisible or unassigned characters.
+TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x37E), (0x384, 0x527), (0x1E00, 0x1FFF), (0x2010, 0x205E),
+           (0x20A0, 0x20B9), (0x2100, 0x213C), (0x3000, 0x30FF), (0x3400, 0x4DB5), (0x4E00, 0x9FEA),
            (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
+CJK = ((0x3000, 0x30FF), (0x3400, 0x4DB5), (0x4E00, 0x9FEA), (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
 MAX_TEXT = 200  # characters of a title, name or affiliation
+
+
+def within(char: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= ord(char) <= high for low, high in ranges)
 
 
 def _check_text(key: str, text: str) -> None:
     _check(0 < len(text.strip()) and len(text) <= MAX_TEXT, key,
            f"must be 1 to {MAX_TEXT} characters, got {len(text)}{'' if text.strip() else ' of white space'}")
     for char in text:
-        code = ord(char)
         name = unicodedata.name(char, "a line break" if char in "\r\n" else "a control character")
-        _check(any(low <= code <= high for low, high in TYPESET) and unicodedata.category(char) not in ("Cf", "Zl"),
-               key, f"holds {name} (U+{code:04X}), which the report cannot typeset: remove it")
+        _check(within(char, TYPESET) and unicodedata.category(char) not in ("Cc", "Cf", "Cn", "Zl"),
+               key, f"holds {name} (U+{ord(char):04X}), which the report cannot typeset: remove it")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,9 @@ def _unpickle(payload: bytes, member: str) -> dict:
         batch = _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
     except Exception as error:
         raise UserError(f"{member} is not a CIFAR-10 batch ({error}): re-download the archive") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{member} is not a CIFAR-10 batch (a {type(batch).__name__}, not a dict): re-download "
+                        f"the archive")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
 
 
@@ -134,6 +137,8 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
                         raise UserError(f"archive {archive} has {problem} member {member.name}: it is not an "
                                         f"official CIFAR-10 archive; download it again from {OFFICIAL_URL}")
                     payloads[name.name] = tar.extractfile(member).read()
+            while tar.fileobj.read(1 << 20):  # to the end of the gzip stream, which checks its CRC
+                pass
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
         message = f"archive {archive} is truncated or corrupt ({error}): delete it and download it again"
         raise UserError(message) from None

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 
 import numpy as np
 import pytest
@@ -87,9 +88,11 @@ def test_calibration_comparison_covers_every_method_and_width(repo):
 
 
 def pdf_text(repo) -> str:
+    """The PDF's text, spaces collapsed, in Unicode's composed form (NFC): Noto CJK maps some ideographs to
+    their compatibility code points, such as U+F9E1 for 李 (U+674E), in the text it gives a PDF reader."""
     text = subprocess.run(["pdftotext", "-layout", str(repo / "reports/build/report.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
-    return " ".join(text.split())
+    return unicodedata.normalize("NFC", " ".join(text.split()))
 
 
 def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
@@ -214,8 +217,8 @@ def stages_run(output: str) -> list[str]:
 def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
-    assert sorted(stages_run(result.stdout)) == ["evaluate", "export@bias", "export@float", "pdf", "quantize@bias",
-                                                 "quantize@float", "report"]
+    assert sorted(stages_run(result.stdout)) == ["check_params", "evaluate", "export@bias", "export@float", "pdf",
+                                                 "quantize@bias", "quantize@float", "report"]
     after = json.loads((repo / "metrics/accuracy.json").read_text())
     assert json.loads((repo / "quant/float/network.json").read_text())["provenance"]["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]
@@ -234,11 +237,9 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
 
 
 def test_valid_numbers_in_the_form_dvc_writes_them(repo):
-    run(repo, "dvc", "exp", "run", "-S", "calib=percentile", "-S", "quant.percentile=1e-9")
+    result = run(repo, "dvc", "exp", "run", "-S", "quant.percentile=1e-9")
     assert "percentile: 1e-09" in (repo / "params.yaml").read_text()  # YAML 1.2, as DVC writes it
-    network = json.loads((repo / "quant/float/network.json").read_text())
-    assert network["provenance"]["calib"] == "percentile"
-    assert 0 < network["activations"]["conv1"]["threshold"] < 0.01  # the 1e-9 percentile of |x|
+    assert {"check_params", "quantize@float", "quantize@bias"} <= set(stages_run(result.stdout))
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
@@ -248,8 +249,8 @@ def test_a_misspelled_top_level_param_fails_repro(repo):
     result = run(repo, "dvc", "repro", check=False)
     assert result.returncode != 0
     assert "error: params.yaml: unknown key calibration; valid keys in the top level: seed, calib" in result.stderr
-    (repo / "params.yaml").write_text(params)
-    assert stages_run(run(repo, "dvc", "repro").stdout) == ["check_params"]
+    (repo / "params.yaml").write_text(params)  # fixed: nothing to rerun
+    assert stages_run(run(repo, "dvc", "repro").stdout) == [] and "up to date" in run(repo, "dvc", "status").stdout
 
 
 def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
@@ -257,7 +258,8 @@ def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
     original, pdf = template.read_text(), (repo / "reports/build/report.pdf").read_bytes()
     template.write_text(original.replace('<< f.section("Results") >>', '<< f.section("Results") >>\n\\undefinedmacro'))
     result = run(repo, "dvc", "repro", check=False)
-    assert result.returncode != 0 and "error: latexmk failed on reports/build/report.tex: Undefined control sequence." in result.stderr
+    assert result.returncode != 0
+    assert "error: latexmk failed on reports/build/report.tex: Undefined control sequence." in result.stderr
     run(repo, "dvc", "checkout", "reports/build/report.pdf")  # the last PDF built, from DVC's cache
     assert (repo / "reports/build/report.pdf").read_bytes() == pdf
     template.write_text(original)

@@ -19,6 +19,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from quantlab.config import CJK, within
+
 TEMPLATES = Path("reports")
 # The code whose version the report states: everything that computes or renders a number.
 CODE = ("dvc.yaml", "quantlab", "stages", "reports")
@@ -118,6 +120,7 @@ def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TE
                              block_start_string="<%", block_end_string="%>", variable_start_string="<<",
                              variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
     env.filters["table"] = table
+    env.globals["has_cjk"] = lambda text: any(within(char, CJK) for char in text)
     env.filters["breakable"] = lambda v: Markup(latex_breakable(v))
     env.globals.update(macros=f"{fmt}.j2", numbers=numbers or Numbering())
     return env
