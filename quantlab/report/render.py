@@ -26,15 +26,17 @@ TEMPLATES = Path("reports")
 CODE = ("dvc.yaml", "quantlab", "stages", "reports")
 CODE_SUFFIXES = (".py", ".j2", ".yaml")
 
+# Quotes and runs of hyphens too: a value prints as typed, not as TeX's ligatures (curly quotes, dashes).
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-          ">": r"\textgreater{}"}
+          ">": r"\textgreater{}", "'": r"\textquotesingle{}", '"': r"\textquotedbl{}", "`": r"\textasciigrave{}"}
 _LATEX_PATTERN = re.compile("|".join(re.escape(c) for c in _LATEX))
 _MARKDOWN_PATTERN = re.compile(r"([\\`*_{}\[\]<>#|~$])")
 
 
 def latex_escape(value) -> str:
-    return _LATEX_PATTERN.sub(lambda m: _LATEX[m.group()], str(value))
+    escaped = _LATEX_PATTERN.sub(lambda m: _LATEX[m.group()], str(value))
+    return re.sub(r"-(?=-)", r"-\\kern0pt{}", escaped)  # a kern between hyphens: no -- or --- dash
 
 
 def latex_breakable(value) -> str:
