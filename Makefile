@@ -3,6 +3,7 @@
 #   make pipeline                                  dvc repro (downloads CIFAR-10 from the official URL)
 #   make pipeline DATA=path.tar.gz DATA_MD5=<md5>  the same on a local archive, as a DVC experiment
 #   make test                                      the test suite
+#   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
 VENV := .venv
 STAMP := $(VENV)/.installed
 TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex latexmk \
@@ -10,7 +11,10 @@ TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recom
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: pipeline test tex
+N := 5
+J := 2
+
+.PHONY: pipeline test tex seeds
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -39,3 +43,6 @@ endif
 
 test: $(STAMP) tex
 	python -m pytest
+
+seeds: $(STAMP) tex
+	python -m bench.seeds --seeds $(N) --jobs $(J)

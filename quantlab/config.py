@@ -23,6 +23,7 @@ from quantlab.quantize import calibration
 from quantlab.quantize.symmetric import BITS
 
 PARAMS_FILE = "params.yaml"
+MAX_VALIDATION = 25_000  # half of CIFAR-10's training images
 _BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 
 
@@ -35,10 +36,13 @@ def _check(condition: bool, key: str, message: str) -> None:
 class DataParams:
     url: str  # official URL, any http(s) URL, or a local path to cifar-10-python.tar.gz
     md5: str  # expected md5 of that archive
+    validation: int  # training images held out, seeded and stratified by class, for every choice (0: none)
 
     def __post_init__(self):
         _check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
         _check(self.url.isprintable(), "data.url", f"holds a control character: {self.url!r}")
+        _check(0 <= self.validation <= MAX_VALIDATION, "data.validation",
+               f"must be between 0 and {MAX_VALIDATION} images, got {self.validation}")
         name = PurePosixPath(urlparse(self.url).path).name
         _check(name not in ("", ".", ".."), "data.url",
                f"must end in the archive's file name (cifar-10-python.tar.gz), got {self.url!r}")

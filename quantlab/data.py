@@ -160,6 +160,27 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
     }
 
 
+def split(labels: np.ndarray, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices of the training images that train and calibrate, and of the `validation` images held out
+    for every choice: chosen seeded, and stratified by class (as many of each class; the remainder from the
+    first classes). The test images are never among either."""
+    if validation > len(labels) // 2:
+        raise UserError(f"data.validation is {validation}, more than half of the {len(labels)} training images: "
+                        f"lower it")
+    classes = np.unique(labels)
+    counts = [validation // len(classes) + (i < validation % len(classes)) for i in range(len(classes))]
+    generator = np.random.default_rng([seed, 1])  # a stream of its own: other uses of `seed` do not shift it
+    held = np.sort(np.concatenate([np.zeros(0, np.int64)] + [generator.permutation(np.flatnonzero(labels == c))[:k]
+                                                              for c, k in zip(classes, counts, strict=True)]))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def without_validation(dataset: dict[str, np.ndarray], validation: int, seed: int) -> dict[str, np.ndarray]:
+    """The dataset with its training images and labels reduced to those that train and calibrate."""
+    kept, _ = split(dataset["train_y"], validation, seed)
+    return {**dataset, "train_x": dataset["train_x"][kept], "train_y": dataset["train_y"][kept]}
+
+
 def normalize(images):
     """uint8 pixels 0..255 to float32 in [-1, 1], as the lab's transforms.Normalize((0.5,)*3, (0.5,)*3);
     a NumPy array or a torch tensor, with the same float32 operations (so the same bits) for both."""

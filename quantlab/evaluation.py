@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from quantlab import paths
-from quantlab.data import normalize
-from quantlab.io import load_npz, save_csv
+from quantlab.data import normalize, split
+from quantlab.io import load_npz, save_csv, save_npz
 
 CHANNELS_LAST = torch.channels_last
 # The variants that quantization does not touch, by the model they evaluate (their own stage evaluates them).
@@ -54,11 +56,21 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return round(100.0 * (predictions == labels).sum().item() / len(labels), 2)
 
 
-def test_split(with_classes: bool = False) -> tuple[Split, list | None]:
-    """The test images and labels (on the CPU), and the class names if asked for."""
-    dataset = load_npz(paths.DATASET, ["test_x", "test_y", *(["classes"] if with_classes else [])])
-    return (Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu")),
-            dataset["classes"] if with_classes else None)
+def evaluation_images(validation: int, seed: int) -> tuple[dict[str, Split], np.ndarray]:
+    """The images every variant is evaluated on, on the CPU: "validation", the training images held out for
+    every choice (none if `validation` is 0), and "test", only ever reported; and the class names."""
+    dataset = load_npz(paths.DATASET)
+    _, held = split(dataset["train_y"], validation, seed)
+    cpu = torch.device("cpu")
+    images = {"validation": Split.of(dataset["train_x"][held], dataset["train_y"][held], cpu)} if validation else {}
+    return {**images, "test": Split.of(dataset["test_x"], dataset["test_y"], cpu)}, dataset["classes"]
+
+
+def save_predictions(path: Path, predictions: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Every variant's predicted class of every image, as uint8 arrays "<variant>/<images>" of an .npz, so that
+    any statistic can be computed again without running a network."""
+    save_npz(path, {f"{variant}/{images}": classes.numpy().astype(np.uint8)
+                    for variant, by_images in predictions.items() for images, classes in by_images.items()})
 
 
 def save_class_plots(name: str, predictions: torch.Tensor, labels: torch.Tensor, classes) -> None:

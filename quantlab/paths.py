@@ -37,7 +37,14 @@ def qat_history(name: str, width: str) -> Path:
     return Path("plots/qat") / f"{name}-{width}.csv"
 
 
+def predictions(name: str) -> Path:
+    """Per-image predictions (evaluation.save_predictions) of the "float" and "quantized" variants and of the
+    "calibration" comparison's cells."""
+    return Path("evaluation") / f"{name}.npz"
+
+
 ACCURACY = Path("metrics/accuracy.json")
+DIFFERENCES = Path("metrics/differences.json")
 FLOAT_ACCURACY = Path("evaluation/float.json")  # evaluate_float's results, merged into ACCURACY by evaluate
 ENGINE = Path("metrics/engine.json")
 CALIBRATION = Path("metrics/calibration.json")

@@ -1,12 +1,21 @@
-"""Stage evaluate: test accuracy of every quantized variant on all test images, with the float models' from
-evaluate_float, in metrics/accuracy.json; the integer engine's agreement with the float-rescale forward
-(metrics/engine.json); per-class accuracy and confusion matrix of the fully quantized network (DVC plots)."""
+"""Stage evaluate: every quantized variant's predictions on the validation and test images
+(evaluation/quantized.npz); its test accuracy, with the float models' from evaluate_float, in
+metrics/accuracy.json; the integer engine's agreement with the float-rescale forward (metrics/engine.json);
+per-class accuracy and confusion matrix of the fully quantized network (DVC plots)."""
 
 import torch
 
 from quantlab import paths
+from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.evaluation import FLOAT_VARIANTS, accuracy, outputs, save_class_plots, test_split
+from quantlab.evaluation import (
+    FLOAT_VARIANTS,
+    accuracy,
+    evaluation_images,
+    outputs,
+    save_class_plots,
+    save_predictions,
+)
 from quantlab.io import load_json, save_json
 from quantlab.variants import ENGINE_REFERENCE, PIXEL_VARIANTS, VARIANTS, build
 
@@ -21,17 +30,22 @@ def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tenso
 
 
 def main() -> None:
-    test, classes = test_split(with_classes=True)
-    logits = {variant: outputs(build(variant), test, pixels=variant in PIXEL_VARIANTS)
-              for variant in VARIANTS if variant not in FLOAT_VARIANTS}
-    predictions = {variant: values.argmax(1) for variant, values in logits.items()}
+    params = load_params()
+    images, classes = evaluation_images(params.data.validation, params.seed)
+    test, logits, predictions = images["test"], {}, {}
+    for variant in (v for v in VARIANTS if v not in FLOAT_VARIANTS):
+        forward, pixels = build(variant), variant in PIXEL_VARIANTS
+        logits[variant] = outputs(forward, test, pixels=pixels)  # the engine's agreement compares logits
+        predictions[variant] = {name: outputs(forward, split, pixels=pixels).argmax(1) if name != "test"
+                                else logits[variant].argmax(1) for name, split in images.items()}
+    save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),
-                **{variant: accuracy(p, test.y) for variant, p in predictions.items()}}
+                **{variant: accuracy(p["test"], test.y) for variant, p in predictions.items()}}
     accuracies = {variant: measured[variant] for variant in VARIANTS}
     save_json(paths.ACCURACY, accuracies)
     save_json(paths.ENGINE, {"reference": ENGINE_REFERENCE,
                              **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y)})
-    save_class_plots("quant", predictions["quant_weights_activations"], test.y, classes)
+    save_class_plots("quant", predictions["quant_weights_activations"]["test"], test.y, classes)
     print("test accuracy (%):", ", ".join(f"{variant} {value:.2f}" for variant, value in accuracies.items()))
 
 

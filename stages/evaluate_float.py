@@ -1,21 +1,28 @@
-"""Stage evaluate_float: test accuracy of the two float models (evaluation/float.json), and the float
-model's per-class accuracy and confusion matrix (DVC plots). Apart from evaluate, because nothing about
-quantization changes them: switching `calib` or the bit widths never reruns this stage."""
+"""Stage evaluate_float: the two float models' predictions on the validation and test images
+(evaluation/float.npz), their test accuracy (evaluation/float.json), and the float model's per-class accuracy
+and confusion matrix (DVC plots). Apart from evaluate, because nothing about quantization changes them:
+switching `calib` or the bit widths never reruns this stage."""
 
 from quantlab import paths
 from quantlab.architecture import load_state
+from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.evaluation import FLOAT_VARIANTS, accuracy, predict, save_class_plots, test_split
+from quantlab.evaluation import FLOAT_VARIANTS, accuracy, evaluation_images, predict, save_class_plots, save_predictions
 from quantlab.io import save_json
 from quantlab.model import load_model
 
 
 def main() -> None:
-    test, classes = test_split(with_classes=True)
-    predictions = {variant: predict(load_model(load_state(paths.model(model), model), model), test)
-                   for variant, model in FLOAT_VARIANTS.items()}
-    save_json(paths.FLOAT_ACCURACY, {variant: accuracy(p, test.y) for variant, p in predictions.items()})
-    save_class_plots("float", predictions["float"], test.y, classes)
+    params = load_params()
+    images, classes = evaluation_images(params.data.validation, params.seed)
+    predictions = {}
+    for variant, model_name in FLOAT_VARIANTS.items():
+        model = load_model(load_state(paths.model(model_name), model_name), model_name)
+        predictions[variant] = {name: predict(model, split) for name, split in images.items()}
+    save_predictions(paths.predictions("float"), predictions)
+    test = images["test"]
+    save_json(paths.FLOAT_ACCURACY, {variant: accuracy(p["test"], test.y) for variant, p in predictions.items()})
+    save_class_plots("float", predictions["float"]["test"], test.y, classes)
 
 
 if __name__ == "__main__":

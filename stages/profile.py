@@ -9,7 +9,7 @@ import torch
 from quantlab import paths
 from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, load_state, model_name_argument
 from quantlab.config import ProfileParams, load_params
-from quantlab.data import normalize
+from quantlab.data import normalize, without_validation
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_npz
 from quantlab.model import Net, load_model
@@ -55,7 +55,7 @@ def main() -> None:
     model_name = model_name_argument(sys.argv, "profile")
     params = load_params()
     p: ProfileParams = params.profile
-    dataset = load_npz(paths.DATASET)
+    dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
     model = load_model(load_state(paths.model(model_name), model_name), model_name)
     index = calibration_indices(dataset["train_y"], p.calib_images, p.calib_selection, params.seed)
     profiles = profile_model(model, torch.from_numpy(dataset["train_x"][index]), p.bins)

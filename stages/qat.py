@@ -8,6 +8,7 @@ import pandas as pd
 from quantlab import paths
 from quantlab.architecture import load_state
 from quantlab.config import Params, load_params
+from quantlab.data import without_validation
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_json, save_npz
@@ -47,7 +48,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
 
 def main() -> None:
     params = load_params()
-    dataset = load_npz(paths.DATASET)
+    dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
     on = device()
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)

@@ -17,19 +17,24 @@ from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import int_range, width_label
 from quantlab.report import figures, tables
 from quantlab.report.render import code_version, render, source_date
+from quantlab.statistics import standard_error
 
 
 def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNetwork) -> dict:
     """Everything the templates print, from the run's artifacts: `network` and `bias_network` are the
     quantized float and bias models."""
-    accuracy = load_json(paths.ACCURACY)
+    accuracy, differences = load_json(paths.ACCURACY), load_json(paths.DIFFERENCES)
     weights = load_profiles(paths.profile("float"), "weights")
     activations = load_profiles(paths.profile("float"), "activations")
     calibration = load_json(paths.CALIBRATION)
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
     (qmin_w, qmax_w), (qmin_a, qmax_a) = int_range(params.quant.weight_bits), int_range(params.quant.activation_bits)
     return {
-        "report": params.report, "params": params, "acc": accuracy, "variants": tables.variants(accuracy),
+        "report": params.report, "params": params, "acc": accuracy, "diff": differences,
+        "variants": tables.variants(accuracy, differences), "delta": tables.difference, "verdict": tables.verdict,
+        "p_value": tables.p_value,
+        "standard_error": standard_error, "choices": tables.choices(differences),
+        "against_minmax": tables.against_baseline(differences),
         "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
         "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
         "qat_statistic": METHODS[params.qat.ranges].batch_summary,
@@ -42,11 +47,11 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "activation_scales": tables.activation_scales(network),
         "qmax_w": qmax_w, "qmin_w": qmin_w, "qmax_a": qmax_a, "qmin_a": qmin_a,
         "calibration": tables.calibration(calibration),
-        "best": [f"{tables.best_post_training(row)} at {width_label(width)}" for width, row in calibration.items()],
+        "chosen": [f"{row['best']} at {width_label(width)}" for width, row in differences["calibration"].items()],
         "diagnostics": tables.diagnostics(pd.read_csv(paths.CALIBRATION_LAYERS), params.quant.activation_bits),
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
-        "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, accuracy["float"]),
+        "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, differences),
         "run": tables.run_parameters(dataclasses.asdict(params)),
         "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
     }

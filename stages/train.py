@@ -7,6 +7,7 @@ import pandas as pd
 from quantlab import paths
 from quantlab.architecture import MODELS, model_name_argument
 from quantlab.config import TrainParams, load_params
+from quantlab.data import without_validation
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_npz
@@ -30,7 +31,8 @@ def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tup
 def main() -> None:
     model_name = model_name_argument(sys.argv, "train")
     params = load_params()
-    model, history = train(model_name, load_npz(paths.DATASET), params.train, params.seed)
+    dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
+    model, history = train(model_name, dataset, params.train, params.seed)
     save_npz(paths.model(model_name), state_to_arrays(model))
     save_csv(paths.train_history(model_name), pd.DataFrame(history))
 

@@ -167,7 +167,7 @@ def test_weights_that_overflow_the_float_forward(repo, tmp_path):
     state = state_to_arrays(Net())
     state["fc1.weight"][:] = 3e38
     save_npz(repo / "models" / "float.npz", state)
-    set_params(repo, profile__calib_images=20)
+    set_params(repo, profile__calib_images=20, data__validation=10)
     fails_cleanly(repo, "stages.profile", "float", message="the activations of fc1 are not finite")
     assert not (repo / "profile").exists()
 

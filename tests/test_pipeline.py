@@ -1,26 +1,22 @@
 """End to end: the real `dvc repro` on a small generated CIFAR-10 archive in a temporary repository."""
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
 import unicodedata
 
 import numpy as np
 import pytest
 import torch
 
-from bench.sandbox import environment, make_repo, run
+from bench.sandbox import make_repo, run
 from quantlab.data import md5_of
 from quantlab.inference import export_format
 from quantlab.inference.engine import FixedPointEngine
+from quantlab.report.tables import difference
 
 from cifar_fixture import make_archive
 
@@ -34,8 +30,8 @@ KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bi
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     archive = make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
-    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo",
-                     data__url=str(archive), data__md5=md5_of(archive),
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", extra=["bench"],
+                     data__url=str(archive), data__md5=md5_of(archive), data__validation=200,
                      train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
                      compare__widths=[[8, 8], [4, 4]], report__author=AUTHOR)
     run(path, "dvc", "repro")
@@ -104,7 +100,11 @@ def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
         for method, value in row.items():
             assert f"{value:.2f}" in text, (width, method)
     assert AUTHOR in text
+    differences = json.loads((repo / "metrics/differences.json").read_text())
     markdown = (repo / "reports/build/report.md").read_text()
+    for variant, record in differences["variants"].items():  # every difference with its interval
+        interval = difference(record)
+        assert interval in text and interval.replace("[", "\\[").replace("]", "\\]") in markdown, variant
     assert all(f"{value:.2f}" in markdown for value in accuracy.values())
     assert "![Distributions of the activations (log scale)" in markdown and "](figures/activations.png)" in markdown
 
@@ -174,37 +174,20 @@ def test_a_stage_killed_while_writing_reruns_and_dvc_accepts_it(repo, tmp_path):
     assert output_digests(repo) == before
 
 
-def test_two_queued_experiments_run_in_parallel(repo):
+def test_the_seed_sweep_runs_through_the_queue_and_aggregates(repo):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "results")  # queued experiments start from the last commit
-    for calib in ("kl", "mse"):
-        run(repo, "dvc", "exp", "run", "--queue", "-S", f"calib={calib}")
-    # not through `run`: the detached workers inherit the command's output, and a worker that does not exit
-    # once the queue is empty (a DVC/celery flake, treeverse/dvc#10427) would keep a captured pipe open
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=environment(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while re.search(r"\b(Queued|Running)\b", run(repo, "dvc", "queue", "status").stdout):
-            assert time.monotonic() < deadline, "queued experiments did not finish in 10 minutes"
-            time.sleep(2)
-    finally:
-        stop_workers(repo)
+    result = run(repo, "python", "-m", "bench.seeds", "--seeds", "2", "--jobs", "2", "--timeout", "900")
+    summary = json.loads((repo / "seeds/summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and (repo / "seeds/summary.png").exists()
     rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv").stdout)))
-    column = next(c for c in rows[0] if c.endswith("quant_weights_activations"))
-    table = json.loads((repo / "metrics/calibration.json").read_text())
-    finished = {row["calib"]: row for row in rows if row.get("State") == "Success"}
-    assert set(finished) == {"kl", "mse"}
-    for calib, row in finished.items():
-        assert float(row[column]) == table["W8A8"][calib]
+    runs = sorted(float(row["float"]) for row in rows if row.get("State") == "Success")
+    assert sorted(summary["values"]["float"]) == runs  # what each queued experiment measured
+    spread = summary["spread"]["quant_weights_activations − float"]
+    values = summary["values"]["quant_weights_activations − float"]
+    assert spread["n"] == 2 and spread["mean"] == pytest.approx(sum(values) / 2, abs=1e-3)
+    assert spread["low"] <= spread["mean"] <= spread["high"] and "| float |" in result.stdout
     assert "up to date" in run(repo, "dvc", "status").stdout  # the workspace is untouched
-
-
-def stop_workers(repo) -> None:
-    """Terminate the queue's workers that are still there (see test_two_queued_experiments_run_in_parallel)."""
-    for pid_file in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
 def stages_run(output: str) -> list[str]:
@@ -217,8 +200,10 @@ def stages_run(output: str) -> list[str]:
 def test_switching_calib_reruns_only_what_depends_on_it(repo):
     before = json.loads((repo / "metrics/accuracy.json").read_text())
     result = run(repo, "dvc", "exp", "run", "-S", "calib=kl")
-    assert sorted(stages_run(result.stdout)) == ["check_params", "evaluate", "export@bias", "export@float", "pdf",
-                                                 "quantize@bias", "quantize@float", "report"]
+    # statistics reruns where the predictions changed (not on this tiny data set, where every variant is right)
+    calib_dependent = {"check_params", "evaluate", "export@bias", "export@float", "pdf", "quantize@bias",
+                       "quantize@float", "report"}
+    assert set(stages_run(result.stdout)) - {"statistics"} == calib_dependent
     after = json.loads((repo / "metrics/accuracy.json").read_text())
     assert json.loads((repo / "quant/float/network.json").read_text())["provenance"]["calib"] == "kl"
     assert after["float"] == before["float"] and after["quant_weights"] == before["quant_weights"]

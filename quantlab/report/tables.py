@@ -12,6 +12,7 @@ from quantlab.profiling import TensorProfile
 from quantlab.quantize.calibration import FINE_TUNED
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import width_label
+from quantlab.statistics import signed
 
 # How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
 VARIANT_NAMES = {
@@ -26,9 +27,33 @@ VARIANT_NAMES = {
 KINDS = {"conv": "Convolutional", "fc": "Fully-connected", "pool": "Max pool"}
 
 
-def variants(accuracy: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame({"variant": [VARIANT_NAMES.get(k, k) for k in accuracy], "metric key": list(accuracy),
-                         "accuracy (%)": [f"{v:.2f}" for v in accuracy.values()]})
+def difference(record: dict) -> str:
+    """A difference of metrics/differences.json as the report prints it: "−0.26 [−0.55, +0.03]" (points, 95 %
+    interval)."""
+    return f"{signed(record['delta'])} [{signed(record['ci_low'])}, {signed(record['ci_high'])}]"
+
+
+def p_value(p: float) -> str:
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def verdict(record: dict) -> str:
+    """"within noise" where the interval holds 0, else which way the difference goes."""
+    if record["ci_low"] <= 0 <= record["ci_high"]:
+        return "within noise"
+    return "higher" if record["delta"] > 0 else "lower"
+
+
+def variants(accuracy: dict[str, float], differences: dict) -> pd.DataFrame:
+    """Every variant's test accuracy, its validation accuracy, and its difference to its float model on the test
+    images (the float models themselves are the references)."""
+    rows = []
+    for key, value in accuracy.items():
+        record = differences["variants"].get(key)
+        rows.append({"variant": VARIANT_NAMES.get(key, key), "metric key": key, "test (%)": f"{value:.2f}",
+                     "− its float model [95 % CI]": difference(record) if record else "reference",
+                     "McNemar": p_value(record["p"]) if record else ""})
+    return pd.DataFrame(rows)
 
 
 def architecture() -> pd.DataFrame:
@@ -83,6 +108,23 @@ def calibration(results: dict[str, dict[str, float]]) -> pd.DataFrame:
     return frame
 
 
+def choices(differences: dict) -> pd.DataFrame:
+    """Per width: every method's accuracy on the images the choice is made on, and the method chosen."""
+    images = differences["choices_on"]
+    rows = [{"W/A bits": width_label(width),
+             **{method: f"{cell[f'{images}_accuracy']:.2f}" for method, cell in row.items() if method != "best"},
+             "chosen": row["best"]} for width, row in differences["calibration"].items()]
+    return pd.DataFrame(rows)
+
+
+def against_baseline(differences: dict, baseline: str = "minmax") -> pd.DataFrame:
+    """Per width: every method's test accuracy minus the baseline's, with its 95 % interval."""
+    rows = [{"W/A bits": width_label(width), **{method: difference(cell[f"vs_{baseline}"])
+                                               for method, cell in row.items() if f"vs_{baseline}" in cell}}
+            for width, row in differences["calibration"].items()]
+    return pd.DataFrame(rows)
+
+
 def diagnostics(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
     """SQNR (dB) and clipped share (%) of every tensor under every method, at the headline activation bits."""
     rows = layers[layers["activation_bits"] == bits]
@@ -107,18 +149,15 @@ def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
                          for layer in manifest["layers"]])
 
 
-def best_post_training(row: dict[str, float]) -> str:
-    """The calibration method with the highest accuracy in a row of metrics/calibration.json (not QAT)."""
-    return max((method for method in row if method != FINE_TUNED), key=row.get)
-
-
-def qat(calibration: dict[str, dict[str, float]], float_accuracy: float) -> pd.DataFrame:
-    """Per width: the best post-training method, the quantization-aware fine-tune, and the gap to float."""
+def qat(calibration: dict[str, dict[str, float]], differences: dict) -> pd.DataFrame:
+    """Per width: the post-training method chosen on the validation images and its test accuracy, the
+    quantization-aware fine-tune's, and the fine-tune's differences to float and to that method."""
     rows = []
-    for width, row in calibration.items():
-        best, qat = best_post_training(row), row[FINE_TUNED]
-        rows.append({"W/A bits": width_label(width), "best post-training": f"{best} {row[best]:.2f}",
-                     "QAT": f"{qat:.2f}", "QAT - float": f"{qat - float_accuracy:+.2f}"})
+    for width, row in differences["calibration"].items():
+        best, fine_tuned = row["best"], row[FINE_TUNED]
+        rows.append({"W/A bits": width_label(width), "chosen post-training": f"{best} {calibration[width][best]:.2f}",
+                     "QAT": f"{calibration[width][FINE_TUNED]:.2f}", "QAT − float": difference(fine_tuned),
+                     "QAT − chosen": difference(fine_tuned[f"vs_best_{differences['choices_on']}"])})
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,139 @@
+"""Paired statistics against cases with known answers, an independent interval and a coverage simulation; the
+spread over seeds; and the pipeline's one choice, which reads the validation images only."""
+
+import math
+
+import numpy as np
+import pytest
+
+from quantlab.statistics import mcnemar, paired, spread, standard_error, t_cdf, t_quantile
+from stages.statistics import differences
+
+RNG = np.random.default_rng(3)
+
+
+def correctness(n: int, both: int, only_a: int, only_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of A and B with the given cells of the 2 x 2 table (the rest wrong for both)."""
+    a = np.zeros(n, bool)
+    b = np.zeros(n, bool)
+    a[:both + only_a] = True
+    b[:both] = True
+    b[both + only_a:both + only_a + only_b] = True
+    order = RNG.permutation(n)
+    return a[order], b[order]
+
+
+def test_identical_predictions_differ_by_nothing():
+    a = RNG.random(1000) < 0.7
+    difference = paired(a, a)
+    assert (difference.delta, difference.low, difference.high, difference.p) == (0.0, 0.0, 0.0, 1.0)
+    assert difference.within_noise and difference.text() == "+0.00 [+0.00, +0.00]"
+
+
+def test_a_hand_computed_table():
+    # 100 images: A alone right on 10, B alone on 2. Difference (10 - 2) / 100 = 8 points. McNemar: 12
+    # discordant, P(X <= 2 | Bin(12, 1/2)) = (1 + 12 + 66) / 4096, two-sided 158 / 4096.
+    a, b = correctness(100, both=60, only_a=10, only_b=2)
+    difference = paired(a, b)
+    assert difference.delta == 8.0 and difference.discordant == (10, 2)
+    assert difference.p == pytest.approx(158 / 4096, rel=1e-12)
+    assert mcnemar(2, 10) == mcnemar(10, 2) and mcnemar(0, 0) == 1.0 and mcnemar(5, 5) == 1.0
+    assert difference.low < 8.0 < difference.high and difference.low > 0  # 10 against 2 is a real difference
+    assert paired(b, a).delta == -8.0 and paired(b, a).text().startswith("\u22128.00 [")
+
+
+def newcombe(n: int, both: int, only_a: int, only_b: int) -> tuple[float, float]:
+    """Newcombe's (1998) hybrid score interval, method 10, for paired proportions: an independent reference."""
+    z = 1.959964
+    neither = n - both - only_a - only_b
+
+    def wilson(successes):
+        p = successes / n
+        centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson(both + only_a), wilson(both + only_b)
+    denominator = math.sqrt((both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither))
+    phi = (both * neither - only_a * only_b) / denominator
+    delta = math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    epsilon = math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return 100 * (p1 - p2 - delta), 100 * (p1 - p2 + epsilon)
+
+
+@pytest.mark.parametrize("cells", [(6800, 120, 95), (7000, 40, 10), (6500, 300, 350), (7100, 5, 0)])
+def test_bootstrap_interval_agrees_with_newcombes_score_interval(cells):
+    a, b = correctness(10_000, *cells)
+    difference = paired(a, b)
+    low, high = newcombe(10_000, *cells)
+    assert difference.low == pytest.approx(low, abs=0.06) and difference.high == pytest.approx(high, abs=0.06)
+
+
+def test_the_interval_covers_the_true_difference_95_percent_of_the_time():
+    n, cells = 2000, np.array([0.66, 0.05, 0.04, 0.25])  # true difference: 1 point
+    covered = 0
+    for seed in range(300):
+        a_only, b_only = np.random.default_rng(seed + 1000).multinomial(n, cells)[1:3]
+        a, b = correctness(n, both=0, only_a=a_only, only_b=b_only)
+        difference = paired(a, b)
+        covered += difference.low <= 1.0 <= difference.high
+    assert 0.92 <= covered / 300 <= 0.98
+
+
+def test_standard_error_of_one_accuracy():
+    assert standard_error(71.0, 10_000) == pytest.approx(0.4538, abs=1e-4)  # the figure the project states
+
+
+def test_student_t_against_closed_forms_and_the_spread_over_seeds():
+    for t in (-4.0, -1.0, 0.0, 0.3, 2.5, 12.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)  # Cauchy
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+    assert t_cdf(t_quantile(0.975, 4), 4) == pytest.approx(0.975, abs=1e-12)
+    assert t_quantile(0.975, 10_000) == pytest.approx(1.96, abs=1e-3)  # the normal limit
+    result = spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = t_quantile(0.975, 4) * math.sqrt(2.5) / math.sqrt(5)
+    assert (result.mean, result.sd, result.n) == (3.0, round(math.sqrt(2.5), 3), 5)
+    assert result.low == pytest.approx(3 - half, abs=1e-3) and result.high == pytest.approx(3 + half, abs=1e-3)
+
+
+def synthetic(seed: int = 0) -> tuple[dict, dict]:
+    """Labels of 500 validation and 1000 test images, and predictions of the variants and of two widths'
+    cells, each right on a chosen share of images."""
+    rng = np.random.default_rng(seed)
+    labels = {"validation": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
+
+    def predicted(share: float, images: str) -> np.ndarray:
+        y = labels[images]
+        return np.where(rng.random(len(y)) < share, y, (y + 1) % 10).astype(np.uint8)
+
+    names = ["float", "bias_float", "quant_weights", "quant_weights_activations", "integer_engine",
+             "bias_quant_raw_bias", "bias_quant"]
+    shares = {"minmax": 0.70, "sigma3": 0.74, "kl": 0.72, "qat": 0.73}
+    predictions = {f"{name}/{images}": predicted(0.7, images) for name in names for images in labels}
+    for width in ("W8A8", "W4A4"):
+        predictions |= {f"{width}/{method}/{images}": predicted(share, images) for method, share in shares.items()
+                        for images in labels}
+    return labels, predictions
+
+
+def test_the_choice_reads_the_validation_images_only():
+    labels, predictions = synthetic()
+    chosen = {width: row["best"] for width, row in differences(labels, predictions)["calibration"].items()}
+    relabelled = {**labels, "test": np.random.default_rng(9).permutation(labels["test"])}
+    shuffled = {key: (np.random.default_rng(1).permutation(value) if key.endswith("/test") else value)
+                for key, value in predictions.items()}
+    assert {w: r["best"] for w, r in differences(relabelled, shuffled)["calibration"].items()} == chosen
+    expected = {width: max(("minmax", "sigma3", "kl"), key=lambda m: np.mean(
+        predictions[f"{width}/{m}/validation"] == labels["validation"])) for width in ("W8A8", "W4A4")}
+    assert chosen == expected
+    flipped = dict(predictions, **{"W8A8/kl/validation": labels["validation"].astype(np.uint8)})  # all right
+    assert differences(labels, flipped)["calibration"]["W8A8"]["best"] == "kl"
+
+
+def test_without_validation_images_the_choice_is_on_the_test_images():
+    labels, predictions = synthetic()
+    result = differences({"test": labels["test"]}, predictions)
+    assert result["choices_on"] == "test" and "validation_accuracy" not in result["variants"]["quant_weights"]
+    row = result["calibration"]["W8A8"]
+    assert row["best"] == max(("minmax", "sigma3", "kl"), key=lambda m: row[m]["test_accuracy"])
+    assert set(row["qat"]) >= {"delta", "ci_low", "ci_high", "p", "vs_best_test"}
