@@ -116,18 +116,24 @@ def markdown(result: dict, seconds: float) -> str:
 
 
 def figure(result: dict):
-    """Every value per seed, with its mean and 95 % t-interval."""
+    """Every value per seed, with its mean and 95 % t-interval: the accuracies on the left, the differences to
+    float (on a scale of their own, with 0 marked) on the right."""
     with plt.rc_context(figures.STYLE):
         keys = list(result["spread"])
-        figure, ax = plt.subplots(figsize=(figures.PAGE, 0.28 * len(keys) + 0.8), layout="constrained")
-        for row, key in enumerate(keys):
-            s = result["spread"][key]
-            ax.plot(result["values"][key], [row] * len(result["values"][key]), "o", ms=3, color="0.55")
-            ax.errorbar(s["mean"], row, xerr=[[s["mean"] - s["low"]], [s["high"] - s["mean"]]], fmt="D", ms=4,
-                        color="C3", capsize=3)
-        ax.set_yticks(range(len(keys)), keys)
-        ax.invert_yaxis()
-        ax.set_xlabel("accuracy (%) / difference (points): each seed, and the mean with its 95 % t-interval")
+        panels = [[key for key in keys if " − " not in key], [key for key in keys if " − " in key]]
+        figure, axes = plt.subplots(1, 2, figsize=(figures.PAGE, 0.3 * max(map(len, panels)) + 0.9),
+                                    layout="constrained")
+        for ax, panel, label in zip(axes, panels, ("accuracy (%)", "difference (points)"), strict=True):
+            for row, key in enumerate(panel):
+                s = result["spread"][key]
+                ax.plot(result["values"][key], [row] * len(result["values"][key]), "o", ms=3, color="0.55")
+                ax.errorbar(s["mean"], row, xerr=[[s["mean"] - s["low"]], [s["high"] - s["mean"]]], fmt="D",
+                            ms=4, color="C3", capsize=3)
+            ax.set_yticks(range(len(panel)), panel)
+            ax.invert_yaxis()
+            ax.set_xlabel(label)
+        axes[1].axvline(0, color="0.3", lw=0.8)
+        figure.suptitle("each seed (grey), and the mean with its 95 % t-interval (red)", fontsize="small")
         return figure
 
 
