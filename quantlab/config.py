@@ -147,6 +147,38 @@ class QATParams:
         _check_method("qat.ranges", self.ranges, "BATCH_STATISTICS")
 
 
+ROUNDINGS = ("nearest", "adaround")  # how weights become integers (quantlab.quantize.ptq)
+# The post-training techniques, in the order they apply, as the report names them.
+TECHNIQUES = {"equalize": "cross-layer equalization", "adaround": "learned rounding (AdaRound)",
+              "bias_correction": "bias correction"}
+MAX_ITERATIONS = 100_000
+
+
+@dataclass(frozen=True)
+class PTQParams:
+    equalize: bool  # cross-layer equalization of the weight ranges before quantizing
+    bias_correction: bool  # subtract each layer's mean output error on the calibration images, as a bias
+    rounding: str  # one of ROUNDINGS
+    iterations: int  # adaround: optimizer steps per layer
+    batch_size: int  # adaround: calibration images per step
+    lr: float  # adaround: Adam's learning rate
+
+    def __post_init__(self):
+        _check(self.rounding in ROUNDINGS, "ptq.rounding", f"is {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+        _check(1 <= self.iterations <= MAX_ITERATIONS, "ptq.iterations",
+               f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
+        _check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
+               f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
+        _check(self.lr > 0, "ptq.lr", f"must be positive, got {self.lr}")
+
+    @property
+    def techniques(self) -> tuple[str, ...]:
+        """The techniques switched on, in the order they apply: () quantizes as the lab does."""
+        on = {"equalize": self.equalize, "adaround": self.rounding == "adaround",
+              "bias_correction": self.bias_correction}
+        return tuple(name for name in TECHNIQUES if on[name])
+
+
 @dataclass(frozen=True)
 class ExportParams:
     headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
@@ -196,12 +228,16 @@ class Params:
     quant: QuantParams
     compare: CompareParams
     qat: QATParams
+    ptq: PTQParams
     export: ExportParams
     report: ReportParams
 
     def __post_init__(self):
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
         _check_method("calib", self.calib)
+        _check(not (self.ptq.equalize and calibration.METHODS[self.calib].weights != calibration.TRAINED),
+               "ptq.equalize", f"cannot apply to calib={self.calib}: its ranges were learned on the network "
+               f"before equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")
 
 
 def _matches(value, kind) -> bool:

@@ -181,6 +181,31 @@ def without_validation(dataset: dict[str, np.ndarray], validation: int, seed: in
     return {**dataset, "train_x": dataset["train_x"][kept], "train_y": dataset["train_y"][kept]}
 
 
+def calibration_indices(labels: np.ndarray, size: int, selection: str, seed: int) -> np.ndarray:
+    """Sorted indices of the calibration images: the first `size`, a seeded random sample, or a seeded
+    random sample with the same number of images from every class (`stratified`)."""
+    if size > len(labels):
+        raise UserError(f"profile.calib_images is {size} but the training set has only {len(labels)} images: "
+                        f"lower it")
+    generator = np.random.default_rng(seed)
+    if selection == "first":
+        return np.arange(size)
+    if selection == "random":
+        return np.sort(generator.permutation(len(labels))[:size])
+    classes = np.unique(labels)
+    per_class = -(-size // len(classes))
+    picked = np.concatenate([generator.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
+    return np.sort(generator.permutation(picked)[:size])
+
+
+def calibration_images(dataset: dict[str, np.ndarray], validation: int, seed: int, size: int,
+                       selection: str) -> np.ndarray:
+    """The calibration images (uint8): `size` training images that are not held out for validation, chosen
+    as `selection` says (see calibration_indices)."""
+    dataset = without_validation(dataset, validation, seed)
+    return dataset["train_x"][calibration_indices(dataset["train_y"], size, selection, seed)]
+
+
 def normalize(images):
     """uint8 pixels 0..255 to float32 in [-1, 1], as the lab's transforms.Normalize((0.5,)*3, (0.5,)*3);
     a NumPy array or a torch tensor, with the same float32 operations (so the same bits) for both."""

@@ -9,7 +9,7 @@
     fc2    fully connected  256       64        ReLU
     fc3    fully connected  64        10        -
 
-The sizes come from `quantlab.architecture.LAYERS`. No layer has a bias, except fc3 in the "bias" model of
+The sizes come from `quantlab.architecture.LAYERS`. No trained layer has a bias, except fc3 in the "bias" model of
 the lab's last section. The float forward, the profiling taps, the float-rescale forward and
 quantization-aware training all walk `LAYERS` through `walk()`, so they cannot disagree about the order of
 ReLU, pooling and flattening.
@@ -48,12 +48,13 @@ def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
 
 
 class Net(nn.Module):
-    """The layers of `LAYERS`, as torch modules of the same names; no bias except fc3's with `fc3_bias`."""
+    """The layers of `LAYERS`, as torch modules of the same names; a bias in the layers named in `biased`
+    (fc3 in the "bias" model; every layer whose bias a post-training correction set)."""
 
-    def __init__(self, fc3_bias: bool = False):
+    def __init__(self, biased: frozenset[str] = frozenset()):
         super().__init__()
         for layer in LAYERS:
-            bias = fc3_bias and layer.name == "fc3"
+            bias = layer.name in biased
             setattr(self, layer.name, nn.Conv2d(layer.inputs, layer.outputs, layer.kernel, bias=bias)
                     if layer.kind == "conv" else nn.Linear(layer.inputs, layer.outputs, bias=bias))
 
@@ -61,11 +62,18 @@ class Net(nn.Module):
         return walk(x, lambda layer, h: getattr(self, layer.name)(h), tap)
 
 
+def biased_layers(model_name: str) -> frozenset[str]:
+    """The layers with a bias in a trained model: fc3 in the "bias" model, none in "float"."""
+    return frozenset({LAYERS[-1].name}) if MODELS[model_name] else frozenset()
+
+
 def state_to_arrays(model: Net) -> dict[str, np.ndarray]:
     return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
 
 
-def load_model(arrays: dict[str, np.ndarray], model_name: str) -> Net:
-    model = Net(fc3_bias=MODELS[model_name])
+def load_model(arrays: dict[str, np.ndarray]) -> Net:
+    """The network holding `arrays`, a state with a bias wherever it has one."""
+    model = Net(biased=frozenset(name.split(".")[0] for name in arrays if name.endswith(".bias")))
     model.load_state_dict({name: torch.from_numpy(array) for name, array in arrays.items()})
     return model.eval()
+

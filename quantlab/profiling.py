@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from quantlab.architecture import ACTIVATIONS, LAYER_NAMES
 from quantlab.errors import UserError
 from quantlab.io import load_json, load_npz, save_json, save_npz
+
+BATCH = 1000  # images per forward pass of profile_model
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,23 @@ def profile_activations(run: Callable[[Callable], None], names: Iterable[str], b
             raise UserError(f"the activations of {overflow} are not finite: the float forward overflows (are the "
                             f"model's weights far too large?); retrain the model")
     return {name: accumulator.result() for name, accumulator in accumulators.items()}
+
+
+def profile_model(model, images, bins: int) -> dict[str, dict[str, TensorProfile]]:
+    """Weight profiles of every layer of `model` (a quantlab.model.Net), and activation profiles of the
+    normalized `images` (a torch tensor) run through it in batches of BATCH (torch is not imported here: the
+    stages that only read profiles stay free of it)."""
+    weights = {name: profile_tensor(getattr(model, name).weight.detach().numpy(), bins) for name in LAYER_NAMES}
+
+    def run(tap):
+        def observe(name, x):
+            tap(name, x.detach().numpy())
+            return x
+
+        for start in range(0, len(images), BATCH):
+            model(images[start:start + BATCH], observe)
+
+    return {"weights": weights, "activations": profile_activations(run, ACTIVATIONS, bins)}
 
 
 def save_profiles(directory: Path, profiles: dict[str, dict[str, TensorProfile]], extra: dict) -> None:

@@ -43,9 +43,9 @@ def build(variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function from images to logits (float or integer) for `variant`."""
     if variant in FLOAT_VARIANTS:
         model_name = FLOAT_VARIANTS[variant]
-        return load_model(load_state(paths.model(model_name), model_name), model_name)
+        return load_model(load_state(paths.model(model_name), model_name))
     if variant == "quant_weights":
-        return load_model(QuantizedNetwork.load(paths.quantized("float")).dequantized_state(), "float")
+        return load_model(QuantizedNetwork.load(paths.quantized("float")).dequantized_state())
     if variant == "quant_weights_activations":
         return FloatRescaleNet(QuantizedNetwork.load(paths.quantized("float")))
     if variant in ("bias_quant_raw_bias", "bias_quant"):

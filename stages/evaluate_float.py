@@ -17,7 +17,7 @@ def main() -> None:
     images, classes = evaluation_images(params.data.validation, params.seed)
     predictions = {}
     for variant, model_name in FLOAT_VARIANTS.items():
-        model = load_model(load_state(paths.model(model_name), model_name), model_name)
+        model = load_model(load_state(paths.model(model_name), model_name))
         predictions[variant] = {name: predict(model, split) for name, split in images.items()}
     save_predictions(paths.predictions("float"), predictions)
     test = images["test"]

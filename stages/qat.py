@@ -32,7 +32,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
     on = device()
-    model = load_model(load_state(paths.model(model_name), model_name), model_name).to(on)
+    model = load_model(load_state(paths.model(model_name), model_name)).to(on)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,

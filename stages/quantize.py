@@ -8,6 +8,10 @@ later stage reads (quantlab.quantize.network). The lab's three steps:
   the quantization-aware fine-tune at the configured bits, whose weights are then the ones quantized;
 - bias (section VI): every bias as int32 on its integer accumulator's scale S_bias = S_W * S_in,
   q_b = round(b / S_bias).
+
+With any of the post-training techniques of `ptq` switched on (quantlab.quantize.ptq), they run first, on the
+calibration images: equalization (and the activations profiled again), then the weights rounded as
+`ptq.rounding` says and the biases corrected, layer by layer.
 """
 
 import sys
@@ -15,8 +19,9 @@ import sys
 from quantlab import paths
 from quantlab.architecture import load_state, model_name_argument
 from quantlab.config import QuantParams, load_params
+from quantlab.data import calibration_images
 from quantlab.errors import run_main
-from quantlab.io import load_json
+from quantlab.io import load_json, load_npz
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, Calibrator, calibrator
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
@@ -40,8 +45,20 @@ def main() -> None:
     source = {TRAINED: paths.model(model_name), FINE_TUNED: fine_tune.with_suffix(".npz")}[weights]
     state = load_state(source, model_name)
     method = calibrator(params.calib, quant.percentile, load_json(fine_tune.with_suffix(".json"))["thresholds"])
-    network = quantize(state, load_profiles(paths.profile(model_name), "activations"), method, quant,
-                       Provenance(model_name, params.calib, weights, source.as_posix()))
+    profiles = load_profiles(paths.profile(model_name), "activations")
+    provenance = Provenance(model_name, params.calib, weights, source.as_posix(), list(params.ptq.techniques))
+    if not params.ptq.techniques:
+        network = quantize(state, profiles, method, quant, provenance)
+    else:
+        from quantlab.quantize.ptq import apply_techniques  # torch, imported only when a technique is on
+
+        images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
+                                    params.profile.calib_images, params.profile.calib_selection)
+        widths = activation_widths(quant.activation_bits, quant.logit_bits)
+        ready = apply_techniques(state, images, profiles, method, widths, activation_signs(quant.unsigned_activations),
+                                 quant.weight_bits, quant.per_channel, params.ptq, params.profile.bins, params.seed)
+        network = quantize_network(ready.state, ready.activations, quant.weight_bits, quant.per_channel, provenance,
+                                   ready.integers)
     network.save(paths.quantized(model_name))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from quantlab import paths
-from quantlab.config import Params, load_params
+from quantlab.config import TECHNIQUES, Params, load_params
 from quantlab.errors import run_main
 from quantlab.inference import export_format
 from quantlab.io import load_json, load_npz, save_text
@@ -36,6 +36,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "standard_error": standard_error, "choices": tables.choices(differences),
         "against_minmax": tables.against_baseline(differences),
         "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
+        "techniques": [TECHNIQUES[name] for name in network.provenance.techniques],
         "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
         "qat_statistic": METHODS[params.qat.ranges].batch_summary,
         "architecture": tables.architecture(),

@@ -4,8 +4,7 @@ thresholds measured on random inputs."""
 import numpy as np
 import torch
 
-from quantlab.architecture import MODELS
-from quantlab.model import Net, state_to_arrays
+from quantlab.model import Net, biased_layers, state_to_arrays
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths
 
@@ -27,7 +26,7 @@ def random_network(bits: int = 8, per_channel: bool = False, unsigned: bool = Fa
                    model: str = "bias", seed: int = 0) -> tuple[Net, QuantizedNetwork]:
     """A randomly initialized model and its quantized network, minmax-calibrated on 64 random images."""
     torch.manual_seed(seed)
-    net = Net(fc3_bias=MODELS[model])
+    net = Net(biased_layers(model))
     x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     activations = activations_of(minmax_thresholds(net, x), activation_widths(bits, logit_bits),
                                  activation_signs(unsigned))

@@ -55,6 +55,12 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"compare__widths": [[8, 8], [4]]}, "compare.widths must hold [weight bits, activation bits] pairs, got [4]"),
     ({"compare__widths": [[8, 9]]}, "compare.widths must be between 2 and 8 bits, got 9"),
     ({"compare__methods": ["kl", "entropy"]}, "compare.methods is 'entropy'; valid: minmax, sigma3, percentile"),
+    ({"ptq__rounding": "stochastic"}, "ptq.rounding is 'stochastic'; valid: nearest, adaround"),
+    ({"ptq__iterations": -5}, "ptq.iterations must be between 1 and 100000, got -5"),
+    ({"ptq__batch_size": 0}, "ptq.batch_size must be between 1 and 8192, got 0"),
+    ({"ptq__lr": 0}, "ptq.lr must be positive, got 0"),
+    ({"ptq__equalize": "yes"}, "ptq.equalize must be bool, got 'yes'"),
+    ({"ptq__equalize": True, "calib": "ema"}, "ptq.equalize cannot apply to calib=ema: its ranges were learned"),
 ])
 def test_bad_params_give_one_clear_line(tmp_path, changes, message):
     with pytest.raises(UserError, match="^params.yaml: ") as error:

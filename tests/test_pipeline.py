@@ -217,8 +217,24 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
     table = json.loads((repo / "metrics/calibration.json").read_text())
     provenance = json.loads((repo / "quant/float/network.json").read_text())["provenance"]
-    assert provenance == {"model": "float", "calib": "ema", "weights": "qat", "source": "qat/float/W8A8.npz"}
+    assert provenance == {"model": "float", "calib": "ema", "weights": "qat", "source": "qat/float/W8A8.npz",
+                          "techniques": []}
     assert accuracy["quant_weights_activations"] == table["W8A8"]["qat"] == accuracy["integer_engine"]
+
+
+def test_post_training_techniques_make_the_headline_network(repo):
+    result = run(repo, "dvc", "exp", "run", "-S", "calib=minmax", "-S", "ptq.equalize=true",
+                 "-S", "ptq.bias_correction=true", "-S", "ptq.rounding=adaround", "-S", "ptq.iterations=10")
+    ran = set(stages_run(result.stdout))
+    assert {"quantize@float", "quantize@bias", "export@float", "export@bias", "evaluate"} <= ran
+    assert not ran & {"train@float", "profile@float", "qat", "compare", "evaluate_float"}
+    network = json.loads((repo / "quant/float/network.json").read_text())
+    assert network["provenance"]["techniques"] == ["equalize", "adaround", "bias_correction"]
+    arrays = np.load(repo / "quant/float/network.npz")
+    assert all(f"{layer}.q_bias" in arrays for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"))
+    engine = json.loads((repo / "metrics/engine.json").read_text())
+    assert engine["identical_predictions"] == 1.0 and engine["max_logit_diff_lsb"] == 0
+    assert "up to date" in run(repo, "dvc", "status").stdout
 
 
 def test_valid_numbers_in_the_form_dvc_writes_them(repo):

@@ -67,6 +67,7 @@ class Provenance:
     calib: str  # the calibration method that chose the activation thresholds
     weights: str  # which float weights were quantized: "trained", "qat" (the quantization-aware fine-tune), ...
     source: str  # the file they came from
+    techniques: list[str] = dataclasses.field(default_factory=list)  # post-training techniques applied, in order
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,15 @@ def activations_of(thresholds: dict[str, float], widths: dict[str, int],
 
 
 def quantize_network(state: dict[str, np.ndarray], activations: dict[str, Activation], weight_bits: int,
-                     per_channel: bool, provenance: Provenance) -> QuantizedNetwork:
-    """Every layer's weight quantized (S_W = max|W| / qmax, per tensor or per channel) and every bias as int32
-    on its accumulator's scale S_W * S_in; the activations as given."""
+                     per_channel: bool, provenance: Provenance,
+                     integers: dict[str, np.ndarray] | None = None) -> QuantizedNetwork:
+    """Every layer's weight quantized (S_W = max|W| / qmax, per tensor or per channel; rounded to nearest, or
+    the `integers` a post-training technique learned on that scale) and every bias as int32 on its
+    accumulator's scale S_W * S_in; the activations as given."""
     layers = {}
     for layer in LAYERS:
         q, scale = quantize_weight(state[f"{layer.name}.weight"], weight_bits, per_channel)
+        q = q if integers is None else integers[layer.name]
         bias = state.get(f"{layer.name}.bias")
         try:
             q_bias = None if bias is None else quantize_bias(bias, scale, activations[input_of(layer.name)].scale)

@@ -1,0 +1,164 @@
+"""The post-training techniques: equalization keeps the float function, learned rounding only rounds, bias
+correction removes each layer's mean output error, and every technique's network runs bit-exactly in the
+integer engine."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab.architecture import LAYERS, Layer
+from quantlab.config import PTQParams
+from quantlab.errors import UserError
+from quantlab.inference import export_format
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.float_rescale import FloatRescaleNet
+from quantlab.model import Net, load_model, state_to_arrays, walk
+from quantlab.profiling import profile_model
+from quantlab.quantize.calibration import calibrator
+from quantlab.quantize.network import Provenance, quantize_network
+from quantlab.quantize.ptq import Rounding, adaround, apply_techniques, equalize, layer_output, range_spread
+from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
+from stages.export import export, write
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
+PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01)
+
+
+def unbalanced_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """A random model whose channels have ranges 100x apart: each output channel of every layer but the last
+    scaled by a factor, the matching inputs of the next layer by its inverse (the function is unchanged)."""
+    torch.manual_seed(seed)
+    state = {name: value.astype(np.float64) for name, value in state_to_arrays(Net()).items()}
+    factors = np.random.default_rng(seed)
+    for first, second in zip(LAYERS[:-1], LAYERS[1:], strict=True):
+        f = 10.0 ** factors.uniform(-1, 1, first.outputs)
+        state[f"{first.name}.weight"] *= channel_shaped(f, state[f"{first.name}.weight"].ndim, 0)
+        w2 = state[f"{second.name}.weight"]
+        state[f"{second.name}.weight"] = (w2.reshape(len(w2), first.outputs, -1) / f[None, :, None]).reshape(w2.shape)
+    return {name: value.astype(np.float32) for name, value in state.items()}
+
+
+def normalized(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float() / 127.5 - 1
+
+
+def test_equalization_keeps_the_float_logits_and_narrows_every_range_spread():
+    state = unbalanced_state()
+    equalized, scales = equalize(state)
+    x = normalized(IMAGES)
+    with torch.no_grad():
+        before, after = load_model(state)(x), load_model(equalized)(x)
+    assert float((after - before).abs().max() / before.abs().max()) <= 1e-5
+    spread_before, spread_after = range_spread(state), range_spread(equalized)
+    for layer in LAYERS:
+        assert spread_after[layer.name] < spread_before[layer.name], layer.name
+    assert all((s > 0).all() for s in scales.values())
+
+
+def test_equalization_refuses_a_layer_that_is_not_channels_times_positions():
+    layers = (Layer("a", "conv", 3, 5, 3, True, False), Layer("b", "fc", 12, 4, 0, False, False))
+    state = {"a.weight": np.ones((5, 3, 3, 3), np.float32), "b.weight": np.ones((4, 12), np.float32)}
+    with pytest.raises(UserError, match="cannot scale a -> b"):
+        equalize(state, layers=layers)
+
+
+def activations_for(state, bits=8, per_channel=False):
+    with torch.no_grad():
+        profiles = profile_model(load_model(state), normalized(IMAGES), 256)["activations"]
+    return profiles
+
+
+def techniques(state, ptq, weight_bits=4, activation_bits=8, per_channel=False):
+    profiles = activations_for(state)
+    widths, signs = activation_widths(activation_bits, 8), activation_signs(True)
+    return apply_techniques(state, IMAGES, profiles, calibrator("mse"), widths, signs, weight_bits, per_channel, ptq,
+                            256, seed=0)
+
+
+def test_learned_rounding_picks_the_floor_or_the_ceiling_of_every_weight():
+    state = unbalanced_state(1)
+    ready = techniques(state, dataclasses.replace(PTQ, rounding="adaround"), weight_bits=3, per_channel=True)
+    changed = 0
+    for layer in LAYERS:
+        weight = state[f"{layer.name}.weight"].astype(np.float64)
+        ratio = weight / channel_shaped(weight_scale(weight, 3, True), weight.ndim, 0)
+        q = ready.integers[layer.name]
+        assert np.all((q == np.floor(ratio)) | (q == np.ceil(ratio))), layer.name
+        changed += int((q != np.round(ratio)).sum())
+    assert changed > 0  # it learned something other than nearest rounding
+
+
+def test_learned_rounding_reconstructs_a_layer_better_than_nearest():
+    layer = LAYERS[3]  # fc2: 256 inputs, 64 outputs
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(layer.outputs, layer.inputs, generator=generator, dtype=torch.float64) / 16
+    scale = channel_shaped(torch.as_tensor(weight_scale(weight.numpy(), 3, True)), 2, 0)
+    x = torch.rand(512, layer.inputs, generator=generator)
+    target = layer_output(layer, x, weight.float(), None).relu()
+    learned = adaround(layer, weight, scale, 3, None, x, target, Rounding("adaround", 200, 64, 0.01), generator)
+
+    def error(q):
+        return float((layer_output(layer, x, (q * scale).float(), None).relu() - target).square().mean())
+
+    assert error(learned) < 0.8 * error(quantize(weight, scale, 3))
+
+
+def pre_activations(state, apply_weight, tap=None) -> dict[str, torch.Tensor]:
+    """Every layer's output before its ReLU on IMAGES, through quantlab.model.walk."""
+    outputs = {}
+
+    def apply(layer, x):
+        outputs[layer.name] = layer_output(layer, x, apply_weight(layer),
+                                           None if f"{layer.name}.bias" not in state else
+                                           torch.from_numpy(state[f"{layer.name}.bias"]))
+        return outputs[layer.name]
+
+    with torch.no_grad():
+        walk(normalized(IMAGES), apply, tap)
+    return outputs
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "adaround"])
+def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
+    state = unbalanced_state(2)
+    ready = techniques(state, dataclasses.replace(PTQ, bias_correction=True, rounding=rounding))
+    assert all(f"{layer.name}.bias" in ready.state for layer in LAYERS)
+    float_outputs = pre_activations(state, lambda layer: torch.from_numpy(state[f"{layer.name}.weight"]))
+    weights = {layer.name: quantize(torch.from_numpy(state[f"{layer.name}.weight"]).double(),
+                                    channel_shaped(torch.as_tensor(weight_scale(state[f"{layer.name}.weight"], 4)),
+                                                   4 if layer.kind == "conv" else 2, 0), 4) for layer in LAYERS}
+    scales = {layer.name: float(weight_scale(state[f"{layer.name}.weight"], 4)) for layer in LAYERS}
+
+    def fake_quantize(name, x):
+        a = ready.activations[name]
+        return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
+
+    quant_outputs = pre_activations(
+        ready.state, lambda layer: torch.from_numpy(ready.integers[layer.name]).float() * scales[layer.name],
+        fake_quantize)
+    for layer in LAYERS:
+        error = (quant_outputs[layer.name] - float_outputs[layer.name]).transpose(0, 1).flatten(1).mean(1)
+        scale = float_outputs[layer.name].abs().mean()
+        assert float(error.abs().max()) <= 1e-4 * float(scale), layer.name
+        if rounding == "nearest":  # the integers are the nearest ones: only the bias changed
+            np.testing.assert_array_equal(ready.integers[layer.name], weights[layer.name].numpy().astype(np.int8))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(equalize=True), dict(bias_correction=True), dict(rounding="adaround"),
+    dict(equalize=True, bias_correction=True, rounding="adaround")])
+def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settings):
+    state = unbalanced_state(3)
+    ready = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=8, per_channel=True)
+    network = quantize_network(ready.state, ready.activations, 4, True,
+                               Provenance("float", "mse", "trained", "random", ["test"]), ready.integers)
+    directory = tmp_path / "export"
+    write(directory, *export(network, [str(c) for c in range(10)], True))
+    engine = FixedPointEngine(*export_format.read(directory))
+    images = torch.from_numpy(IMAGES)
+    reference = FloatRescaleNet(network)(normalized(IMAGES))
+    np.testing.assert_array_equal(engine(images).numpy(), reference.numpy().astype(np.int32))
+    if settings.get("bias_correction"):
+        assert all(network.layers[layer.name].q_bias is not None for layer in LAYERS)
