@@ -18,7 +18,7 @@ from quantlab.model import Net, load_model, state_to_arrays, walk
 from quantlab.profiling import profile_model
 from quantlab.quantize.calibration import calibrator
 from quantlab.quantize.network import Provenance, quantize_network
-from quantlab.quantize.ptq import Rounding, adaround, apply_techniques, equalize, layer_output, range_spread
+from quantlab.quantize.ptq import adaround, apply_techniques, equalize, layer_output, range_spread
 from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
 from stages.export import export, write
 
@@ -64,7 +64,7 @@ def test_equalization_refuses_a_layer_that_is_not_channels_times_positions():
         equalize(state, layers=layers)
 
 
-def activations_for(state, bits=8, per_channel=False):
+def activations_for(state):
     with torch.no_grad():
         profiles = profile_model(load_model(state), normalized(IMAGES), 256)["activations"]
     return profiles
@@ -97,7 +97,8 @@ def test_learned_rounding_reconstructs_a_layer_better_than_nearest():
     scale = channel_shaped(torch.as_tensor(weight_scale(weight.numpy(), 3, True)), 2, 0)
     x = torch.rand(512, layer.inputs, generator=generator)
     target = layer_output(layer, x, weight.float(), None).relu()
-    learned = adaround(layer, weight, scale, 3, None, x, target, Rounding("adaround", 200, 64, 0.01), generator)
+    learned = adaround(layer, weight, scale, 3, None, x, target,
+                       dataclasses.replace(PTQ, rounding="adaround", iterations=200, batch_size=64), generator)
 
     def error(q):
         return float((layer_output(layer, x, (q * scale).float(), None).relu() - target).square().mean())

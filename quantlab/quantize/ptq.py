@@ -52,9 +52,10 @@ WARM_UP = 0.2  # the share of iterations without the regularizer
 def channel_ranges(weight: np.ndarray, axis: int, channels: int) -> np.ndarray:
     """max |W| of each of `channels` channels along `axis` (0: output channels; 1: input channels, where
     fc1's 1152 inputs are conv2's 32 channels at 6 x 6 positions each)."""
-    grouped = np.abs(weight).reshape(weight.shape[0], channels, -1) if axis == 1 else np.abs(weight).reshape(
-        channels, -1)
-    return grouped.max(axis=(0, 2)) if axis == 1 else grouped.max(axis=1)
+    magnitude = np.abs(weight)
+    if axis == 0:
+        return magnitude.reshape(channels, -1).max(axis=1)
+    return magnitude.reshape(len(weight), channels, -1).max(axis=(0, 2))
 
 
 def check_equalizable(layers: tuple[Layer, ...]) -> None:
@@ -104,16 +105,6 @@ def range_spread(state: dict[str, np.ndarray]) -> dict[str, float]:
     return spread
 
 
-@dataclass(frozen=True)
-class Rounding:
-    """How each layer's weights become integers: "nearest", or "adaround" with its schedule."""
-
-    method: str = "nearest"
-    iterations: int = 0
-    batch_size: int = 0
-    lr: float = 0.01
-
-
 def layer_output(layer: Layer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The layer's output before its ReLU."""
     return (F.conv2d if layer.kind == "conv" else F.linear)(x, weight, bias)
@@ -138,7 +129,7 @@ def soft_rounding(v: torch.Tensor) -> torch.Tensor:
 
 
 def adaround(layer: Layer, weight: torch.Tensor, scale: torch.Tensor, bits: int, bias: torch.Tensor | None,
-             x_quant: torch.Tensor, target: torch.Tensor, rounding: Rounding,
+             x_quant: torch.Tensor, target: torch.Tensor, ptq: PTQParams,
              generator: torch.Generator) -> torch.Tensor:
     """The layer's integer weights (float64 holding integers), each floor(W / S) or floor(W / S) + 1, learned
     as in the module docstring; S: the weight scale, shaped to broadcast over the weight; `target`: the float
@@ -148,16 +139,16 @@ def adaround(layer: Layer, weight: torch.Tensor, scale: torch.Tensor, bits: int,
     floor = torch.floor(ratio)
     rest = (ratio - floor).clamp(1e-4, 1 - 1e-4)  # h(V) = rest at the start: W~ = W inside the range
     v = torch.logit((rest - GAMMA) / (ZETA - GAMMA)).float().requires_grad_()
-    optimizer = torch.optim.Adam([v], lr=rounding.lr)
+    optimizer = torch.optim.Adam([v], lr=ptq.lr)
     floor, scale = floor.float(), scale.float()
-    warm_up = int(WARM_UP * rounding.iterations)
-    for step in range(rounding.iterations):
-        batch = torch.randint(len(x_quant), (rounding.batch_size,), generator=generator)
+    warm_up = int(WARM_UP * ptq.iterations)
+    for step in range(ptq.iterations):
+        batch = torch.randint(len(x_quant), (ptq.batch_size,), generator=generator)
         h = soft_rounding(v)
         output = layer_output(layer, x_quant[batch], torch.clamp(floor + h, qmin, qmax) * scale, bias)
         loss = ((F.relu(output) if layer.relu else output) - target[batch]).square().flatten(1).sum(1).mean()
         if step >= warm_up:
-            progress = (step - warm_up) / max(rounding.iterations - warm_up, 1)
+            progress = (step - warm_up) / max(ptq.iterations - warm_up, 1)
             beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
             loss = loss + REGULARIZER * (1 - (2 * h - 1).abs().pow(beta)).sum()
         optimizer.zero_grad()
@@ -180,8 +171,8 @@ class PostTraining:
 
 
 def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: int, per_channel: bool,
-                images: torch.Tensor, rounding: Rounding, bias_correction: bool, seed: int) -> PostTraining:
-    """Every layer's weights rounded as `rounding` says and, with `bias_correction`, its bias corrected, layer
+                images: torch.Tensor, ptq: PTQParams, seed: int) -> PostTraining:
+    """Every layer's weights rounded as `ptq.rounding` says and, with `ptq.bias_correction`, its bias corrected, layer
     by layer on the calibration `images` (normalized floats). `quantize_activation(name, x)` fake-quantizes the
     activation `name` as the quantized network will (scale times integers)."""
     generator = torch.Generator().manual_seed(seed)
@@ -197,14 +188,15 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
         nearest = quantize(weight.double(), shaped, weight_bits)
         with torch.no_grad():
             target = layer_output(layer, x_float, weight, bias)
-        q = nearest if rounding.method == "nearest" else adaround(
+            output = layer_output(layer, x_quant, (nearest * shaped).float(), bias)
+            errors[layer.name] = {"nearest": mse(output, target)}
+        q = nearest if ptq.rounding == "nearest" else adaround(
             layer, weight.double(), shaped, weight_bits, bias, x_quant, F.relu(target) if layer.relu else target,
-            rounding, generator)
+            ptq, generator)
         with torch.no_grad():
-            errors[layer.name] = {"nearest": mse(layer_output(layer, x_quant, (nearest * shaped).float(), bias),
-                                                 target)}
-            output = layer_output(layer, x_quant, (q * shaped).float(), bias)
-            if bias_correction:
+            if q is not nearest:
+                output = layer_output(layer, x_quant, (q * shaped).float(), bias)
+            if ptq.bias_correction:
                 shift = (output - target).transpose(0, 1).flatten(1).double().mean(1)  # per output channel
                 bias = (torch.zeros(layer.outputs) if bias is None else bias) - shift.float()
                 output = output - channel_shaped(shift.float(), output.ndim, 1)
@@ -250,9 +242,7 @@ def apply_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles:
         a = activations[name]
         return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
 
-    rounding = Rounding(ptq.rounding, ptq.iterations, ptq.batch_size, ptq.lr)
-    post = reconstruct(state, quantize_activation, weight_bits, per_channel, images, rounding, ptq.bias_correction,
-                       seed)
+    post = reconstruct(state, quantize_activation, weight_bits, per_channel, images, ptq, seed)
     after = range_spread(state)
     diagnostics = {name: {"spread_before": spread[name], "spread_after": after[name], **errors}
                    for name, errors in post.errors.items()}
