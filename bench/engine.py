@@ -34,7 +34,7 @@ def main() -> None:
     test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
     model, engine = build("float"), fixed_point_engine("float")
     float_time, _ = best_of(3, lambda: outputs(model, test))
-    engine_time, engine_logits = best_of(3, lambda: outputs(engine, test, pixels=True))
+    engine_time, engine_logits = best_of(3, lambda: outputs(engine, test))
     manifest, arrays = export_format.read(paths.export("float"))
     start = time.perf_counter()
     runner_logits = runner.run(manifest, arrays, dataset["test_x"])

@@ -34,10 +34,13 @@ class Split:
         return len(self.y)
 
 
-def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000,
-            pixels: bool = False) -> torch.Tensor:
-    """The outputs (logits) of `forward` for every image, computed in batches, on normalized inputs in
-    channels-last layout (several times faster for the 3-channel conv1 on CPUs), or on the uint8 `pixels`."""
+def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 250) -> torch.Tensor:
+    """The outputs (logits) of `forward` for every image, computed in batches small enough for the integer
+    forwards' intermediates to stay in the cache (twice as fast as 1000 for the engine); on the uint8 pixels
+    where the forward `reads_pixels`, else on normalized inputs in channels-last layout (several times faster
+    for the 3-channel conv1 on CPUs)."""
+    pixels = getattr(forward, "reads_pixels", False)
+
     def prepare(images):
         return images if pixels else normalize(images).contiguous(memory_format=CHANNELS_LAST)
 
@@ -45,10 +48,9 @@ def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch
         return torch.cat([forward(prepare(split.x[i:i + batch_size])) for i in range(0, len(split), batch_size)])
 
 
-def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 1000,
-            pixels: bool = False) -> torch.Tensor:
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 250) -> torch.Tensor:
     """Predicted class of every image (see `outputs`)."""
-    return outputs(forward, split, batch_size, pixels).argmax(1)
+    return outputs(forward, split, batch_size).argmax(1)
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -6,8 +6,9 @@
     bias_float                  the float model with a bias in fc3
     bias_quant_raw_bias         its quantized network, fc3's bias added to the accumulator as trained
     bias_quant                  its quantized network, fc3's bias as int32 on the accumulator's scale
-    integer_engine              the float model's export on the bit-exact fixed-point engine; it reads uint8
-                                pixels, the others normalized images
+    integer_engine              the float model's export on the bit-exact fixed-point engine
+
+The integer forwards (float-rescale and engine) read uint8 pixels, the float models normalized images.
 
 The quantized variants read only the quantized networks (quant/<model>/) and the export, so they are what
 the quantize stage decided: with calib=ema, for example, the quantization-aware fine-tunes.
@@ -30,7 +31,6 @@ from quantlab.quantize.network import QuantizedNetwork
 
 VARIANTS = ("float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias",
             "bias_quant", "integer_engine")
-PIXEL_VARIANTS = {"integer_engine"}
 # The float-rescale variant the engine is compared with (the same network, rescaled with a float M).
 ENGINE_REFERENCE = "quant_weights_activations"
 

@@ -17,7 +17,7 @@ from quantlab.evaluation import (
     save_predictions,
 )
 from quantlab.io import load_json, save_json
-from quantlab.variants import ENGINE_REFERENCE, PIXEL_VARIANTS, VARIANTS, build
+from quantlab.variants import ENGINE_REFERENCE, VARIANTS, build
 
 
 def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -34,9 +34,9 @@ def main() -> None:
     images, classes = evaluation_images(params.data.validation, params.seed)
     test, logits, predictions = images["test"], {}, {}
     for variant in (v for v in VARIANTS if v not in FLOAT_VARIANTS):
-        forward, pixels = build(variant), variant in PIXEL_VARIANTS
-        logits[variant] = outputs(forward, test, pixels=pixels)  # the engine's agreement compares logits
-        predictions[variant] = {name: outputs(forward, split, pixels=pixels).argmax(1) if name != "test"
+        forward = build(variant)
+        logits[variant] = outputs(forward, test)  # the engine's agreement compares logits
+        predictions[variant] = {name: outputs(forward, split).argmax(1) if name != "test"
                                 else logits[variant].argmax(1) for name, split in images.items()}
     save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),

@@ -12,27 +12,18 @@ import numpy as np
 from quantlab import paths
 from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL, model_name_argument, steps
 from quantlab.config import load_params
-from quantlab.data import normalize
 from quantlab.errors import run_main
 from quantlab.inference import export_format, fixed_point, runner
 from quantlab.inference.export_format import INPUT_LUT, array_name, layer_record
 from quantlab.io import load_npz, npz_bytes, save_bytes, save_json, save_text
 from quantlab.quantize.network import QuantizedNetwork
-from quantlab.quantize.symmetric import quantize
-
-
-def input_lut(network: QuantizedNetwork) -> np.ndarray:
-    """The quantized input of each of the 256 pixel values, exactly as the float-rescale forward computes it."""
-    pixels = normalize(np.arange(256, dtype=np.uint8)).astype(np.float64)
-    first = network.activations["input"]
-    return quantize(pixels, first.scale, first.bits, first.signed).astype(np.int16)
 
 
 def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """The manifest (without its checksum) and the arrays of the integer network; with `headroom`, each
     layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see fixed_point)."""
     shapes = {step.name: step for step in steps()}
-    arrays = {INPUT_LUT: input_lut(network)}
+    arrays = {INPUT_LUT: network.input_table()}
     layers = []
     input_range = network.activations["input"].range
     for layer in LAYERS:

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
-from quantlab.inference.float_rescale import FLOAT32_EXACT_LIMIT, FloatRescaleNet, accumulation_dtype, integer_layer
+from quantlab.data import normalize
+from quantlab.inference.float_rescale import (
+    FLOAT32_EXACT_LIMIT,
+    FloatRescaleNet,
+    accumulation_dtype,
+    integer_layer,
+    requantize,
+)
 from quantlab.model import Net, state_to_arrays
 from quantlab.quantize.network import Activation, Provenance, activations_of, quantize_network
 from quantlab.quantize.symmetric import (
@@ -18,7 +25,6 @@ from quantlab.quantize.symmetric import (
     quantize,
     quantize_bias,
     quantize_weight,
-    requantize,
     scale_for,
     squared_errors,
     weight_scale,
@@ -123,9 +129,9 @@ def test_fc1_sized_accumulation_is_exact_where_float32_is_not():
 def test_requantize_rounds_half_to_even_and_clamps():
     acc = torch.tensor([5.0, 7.0, -5.0, 1000.0, -1000.0, 3.0], dtype=torch.float64)
     half = torch.tensor(0.5, dtype=torch.float64)
-    assert requantize(acc, half, -128, 127).tolist() == [2, 4, -2, 127, -128, 2]
-    assert requantize(acc, half, 0, 255).tolist() == [2, 4, 0, 255, 0, 2]
-    assert requantize(acc, half, -8, 7).tolist() == [2, 4, -2, 7, -8, 2]
+    assert requantize(acc.clone(), half, -128, 127).tolist() == [2, 4, -2, 127, -128, 2]
+    assert requantize(acc.clone(), half, 0, 255).tolist() == [2, 4, 0, 255, 0, 2]
+    assert requantize(acc.clone(), half, -8, 7).tolist() == [2, 4, -2, 7, -8, 2]
 
 
 def test_multiplier_is_input_scale_times_weight_scale_over_output_scale():
@@ -190,9 +196,9 @@ def _reference(x, network, bits=8, unsigned=False):
 def test_float_rescale_forward_equals_int64_reference(per_channel, bits, unsigned):
     _, network = random_network(bits, per_channel, unsigned)
     assert network.layers["fc3"].q_bias is not None
-    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    expected = _reference(x.double().numpy(), network, bits, unsigned)
-    got = FloatRescaleNet(network)(x)
+    pixels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    expected = _reference(normalize(pixels).double().numpy(), network, bits, unsigned)
+    got = FloatRescaleNet(network)(pixels)
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), expected)
     assert np.abs(expected).max() > 0  # the test data exercises non-trivial logits
@@ -202,7 +208,7 @@ def test_raw_bias_is_added_to_the_accumulator_unscaled():
     _, network = random_network()
     fc3 = dataclasses.replace(network.layers["fc3"], bias=np.full(10, 1000.0))  # in accumulator units
     network = dataclasses.replace(network, layers={**network.layers, "fc3": fc3})
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     no_bias = FloatRescaleNet(network, bias="none")(x)
     with_raw = FloatRescaleNet(network, bias="raw")(x)
     shift = (with_raw - no_bias)[(no_bias > -100) & (no_bias < 100)]

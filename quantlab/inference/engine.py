@@ -77,6 +77,8 @@ def windows(q: torch.Tensor, k: int) -> torch.Tensor:
 class FixedPointEngine:
     """Integer logits (int32) of uint8 images (N, 3, 32, 32), from an export's manifest and arrays."""
 
+    reads_pixels = True
+
     def __init__(self, manifest: dict, arrays: dict[str, np.ndarray]):
         self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int32))
         ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in manifest["layers"]]

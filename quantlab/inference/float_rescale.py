@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from quantlab.architecture import LAYERS, POOL, Layer, input_of
 from quantlab.model import walk
 from quantlab.quantize.network import QuantizedNetwork
-from quantlab.quantize.symmetric import channel_shaped, quantize, requantize
+from quantlab.quantize.symmetric import channel_shaped
 
 FLOAT32_EXACT_LIMIT = 2 ** 24
 
@@ -34,8 +34,15 @@ def integer_layer(layer: Layer, q_x: torch.Tensor, q_weight: torch.Tensor) -> to
     return op(q_x.to(q_weight.dtype), q_weight)
 
 
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """q_out = clamp(round(M * acc), qmin, qmax) of a float64 accumulator, in place (it is the caller's
+    scratch): acc is exact there, and M * acc is rounded once, correctly, before the integer rounding."""
+    return acc.mul_(multiplier).round_().clamp_(qmin, qmax)
+
+
 class FloatRescaleNet:
     """A quantized network run as the lab runs it: integer weights, integer activations, float rescale M.
+    It reads uint8 pixels, as the engine does (`reads_pixels`).
 
     Biases are added to the layer's integer accumulator before the rescale, as `bias` says:
     - "int32": the int32 bias round(b / (S_W * S_in)), on the accumulator's scale;
@@ -48,8 +55,11 @@ class FloatRescaleNet:
     non-decreasing (M > 0), so they commute with max and the result is identical, at a quarter of the cost.
     """
 
+    reads_pixels = True
+
     def __init__(self, network: QuantizedNetwork, bias: str = "int32"):
         self.activations = network.activations
+        self.input_table = torch.from_numpy(network.input_table().astype(np.float32))
         self.q_weights, self.multipliers, self.biases = {}, {}, {}
         for layer in LAYERS:
             quantized = network.layers[layer.name]
@@ -70,11 +80,11 @@ class FloatRescaleNet:
             acc = F.max_pool2d(acc, POOL)
         acc = acc.to(torch.float64)  # exact, and M * acc rounded once in float64
         if layer.name in self.biases:
-            acc = acc + self.biases[layer.name]
+            acc += self.biases[layer.name]
         return requantize(acc, self.multipliers[layer.name], *self.activations[layer.name].range)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer logits (as float64 holding integers) of float inputs x in [-1, 1]."""
-        first = self.activations["input"]
-        q_x = quantize(x.to(torch.float64), first.scale, first.bits, first.signed)
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Integer logits (as float64 holding integers) of uint8 images (N, 3, 32, 32): the input quantized
+        through the table of the 256 pixel values, which holds exactly what quantizing each normalized pixel gives."""
+        q_x = self.input_table[pixels.to(torch.int64)]
         return walk(q_x.contiguous(memory_format=torch.channels_last), self._apply, pool=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from quantlab.architecture import ACTIVATIONS, LAYERS, MODELS, input_of
+from quantlab.data import normalize
 from quantlab.errors import UserError
 from quantlab.io import load_json, load_npz, save_json, save_npz
 from quantlab.quantize.symmetric import (
@@ -29,6 +30,7 @@ from quantlab.quantize.symmetric import (
     bias_scale,
     channel_shaped,
     int_range,
+    quantize,
     quantize_bias,
     quantize_weight,
     scale_for,
@@ -86,6 +88,12 @@ class QuantizedNetwork:
     def bias_scale(self, layer_name: str) -> np.ndarray:
         """S_bias = S_W * S_in: the unit of the layer's integer accumulator."""
         return bias_scale(self.layers[layer_name].scale, self.activations[input_of(layer_name)].scale)
+
+    def input_table(self) -> np.ndarray:
+        """The quantized input q_x of each of the 256 pixel values (int16), normalized as the float model's input."""
+        pixels = normalize(np.arange(256, dtype=np.uint8)).astype(np.float64)
+        first = self.activations["input"]
+        return quantize(pixels, first.scale, first.bits, first.signed).astype(np.int16)
 
     def dequantized_state(self) -> dict[str, np.ndarray]:
         """The float state dict with every weight replaced by S_W q_W: the "quantized weights" model."""

@@ -60,12 +60,6 @@ def quantize_weight(weight: np.ndarray, bits: int, per_channel: bool = False) ->
     return q.astype(np.int8), scale
 
 
-def requantize(acc, multiplier, qmin: int, qmax: int):
-    """q_out = clamp(round(M * acc), qmin, qmax) of a float64 accumulator (NumPy or torch): acc is exact
-    there, and M * acc is rounded once, correctly, before the integer rounding."""
-    return (acc * multiplier).round().clip(qmin, qmax)
-
-
 def squared_errors(values, counts, thresholds, bits: int, signed: bool = True):
     """Total squared quantization error sum_x counts[x] * (x - S quantize(x, S))^2 of the values x for every
     threshold T (S = T / qmax): the error that the MSE calibration and the QAT range statistic minimize.
