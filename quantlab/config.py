@@ -114,6 +114,15 @@ class QuantParams:
         _check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
 
 
+def _check_widths(key: str, widths: list) -> None:
+    _check(bool(widths), key, "is empty: list [weight bits, activation bits] pairs")
+    for width in widths:
+        _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
+               key, f"must hold [weight bits, activation bits] pairs, got {width!r}")
+        _check_bits(key, width[0])
+        _check_bits(key, width[1])
+
+
 @dataclass(frozen=True)
 class CompareParams:
     methods: list  # calibration methods to compare
@@ -123,12 +132,7 @@ class CompareParams:
         _check(bool(self.methods), "compare.methods", "is empty: list at least one calibration method")
         for method in self.methods:
             _check_method("compare.methods", method, "POST_TRAINING")
-        _check(bool(self.widths), "compare.widths", "is empty: list [weight bits, activation bits] pairs")
-        for width in self.widths:
-            _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
-                   "compare.widths", f"must hold [weight bits, activation bits] pairs, got {width!r}")
-            _check_bits("compare.widths", width[0])
-            _check_bits("compare.widths", width[1])
+        _check_widths("compare.widths", self.widths)
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,19 @@ class QATParams:
 
 
 ROUNDINGS = ("nearest", "adaround")  # how weights become integers (quantlab.quantize.ptq)
+NEAREST = ROUNDINGS[0]  # also the name of no technique at all: the lab's quantization
 # The post-training techniques, in the order they apply, as the report names them.
 TECHNIQUES = {"equalize": "cross-layer equalization", "adaround": "learned rounding (AdaRound)",
               "bias_correction": "bias correction"}
+# Their short names in tables and figures.
+TECHNIQUE_LABELS = {NEAREST: "nearest", "equalize": "CLE", "bias_correction": "BC", "adaround": "AdaRound"}
 MAX_ITERATIONS = 100_000
+
+
+def combination_label(name: str) -> str:
+    """A combination of techniques as stage techniques names it, for the report: "adaround+bias_correction" ->
+    "AdaRound + BC"."""
+    return " + ".join(TECHNIQUE_LABELS[part] for part in name.split("+"))
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,7 @@ class PTQParams:
     iterations: int  # adaround: optimizer steps per layer
     batch_size: int  # adaround: calibration images per step
     lr: float  # adaround: Adam's learning rate
+    images: int  # the first this many calibration images are those the layers are reconstructed on
 
     def __post_init__(self):
         _check(self.rounding in ROUNDINGS, "ptq.rounding", f"is {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
@@ -170,6 +184,7 @@ class PTQParams:
         _check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
                f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         _check(self.lr > 0, "ptq.lr", f"must be positive, got {self.lr}")
+        _check(self.images >= 1, "ptq.images", f"must be at least 1, got {self.images}")
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -177,6 +192,24 @@ class PTQParams:
         on = {"equalize": self.equalize, "adaround": self.rounding == "adaround",
               "bias_correction": self.bias_correction}
         return tuple(name for name in TECHNIQUES if on[name])
+
+
+@dataclass(frozen=True)
+class TechniquesParams:
+    widths: list  # [weight bits, activation bits] pairs; the logits keep 8 bits
+    per_channel: list  # the weight granularities compared: false (per tensor), true (per channel)
+    unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1]
+    calib: str  # the calibration method of every network of the comparison
+    iterations: int  # AdaRound's steps per layer in the comparison (ptq.iterations: the headline network's)
+
+    def __post_init__(self):
+        _check_widths("techniques.widths", self.widths)
+        _check(bool(self.per_channel) and all(isinstance(v, bool) for v in self.per_channel)
+               and len(set(self.per_channel)) == len(self.per_channel), "techniques.per_channel",
+               f"must list false (per tensor), true (per channel) or both, got {self.per_channel!r}")
+        _check_method("techniques.calib", self.calib, "POST_TRAINING")
+        _check(1 <= self.iterations <= MAX_ITERATIONS, "techniques.iterations",
+               f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
 
 
 @dataclass(frozen=True)
@@ -229,12 +262,15 @@ class Params:
     compare: CompareParams
     qat: QATParams
     ptq: PTQParams
+    techniques: TechniquesParams
     export: ExportParams
     report: ReportParams
 
     def __post_init__(self):
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
         _check_method("calib", self.calib)
+        _check(self.ptq.images <= self.profile.calib_images, "ptq.images",
+               f"must be at most profile.calib_images ({self.profile.calib_images}), got {self.ptq.images}")
         _check(not (self.ptq.equalize and calibration.METHODS[self.calib].weights != calibration.TRAINED),
                "ptq.equalize", f"cannot apply to calib={self.calib}: its ranges were learned on the network "
                f"before equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")

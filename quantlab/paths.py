@@ -39,7 +39,7 @@ def qat_history(name: str, width: str) -> Path:
 
 def predictions(name: str) -> Path:
     """Per-image predictions (evaluation.save_predictions) of the "float" and "quantized" variants and of the
-    "calibration" comparison's cells."""
+    "calibration" and "techniques" comparisons' cells."""
     return Path("evaluation") / f"{name}.npz"
 
 
@@ -49,5 +49,7 @@ FLOAT_ACCURACY = Path("evaluation/float.json")  # evaluate_float's results, merg
 ENGINE = Path("metrics/engine.json")
 CALIBRATION = Path("metrics/calibration.json")
 CALIBRATION_LAYERS = Path("compare/layers.csv")
+TECHNIQUES = Path("metrics/techniques.json")
+TECHNIQUES_LAYERS = Path("compare/techniques.csv")
 PLOTS = Path("plots")
 REPORT = Path("reports/build")

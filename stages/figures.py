@@ -1,12 +1,12 @@
 """Stage figures: the report's figures that no calibration choice changes (training curves, weight
-histograms, the calibration comparison, the QAT curves), as PDF and PNG. The activation histograms carry the
-chosen calibration's thresholds and are drawn by the report stage, so `dvc exp run -S calib=...` redraws
-only those."""
+histograms, the calibration comparison, the QAT curves, the post-training techniques), as PDF and PNG. The
+activation histograms carry the chosen calibration's thresholds and are drawn by the report stage, so
+`dvc exp run -S calib=...` redraws only those."""
 
 import pandas as pd
 
 from quantlab import paths
-from quantlab.config import load_params
+from quantlab.config import combination_label, load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json
 from quantlab.profiling import load_profiles
@@ -21,8 +21,12 @@ def main() -> None:
     figures.save(figures.training(histories), directory, "training")
     figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
                  directory, "weights")
-    figures.save(figures.calibration(load_json(paths.CALIBRATION), load_json(paths.FLOAT_ACCURACY)["float"]),
-                 directory, "calibration")
+    float_accuracy = load_json(paths.FLOAT_ACCURACY)["float"]
+    figures.save(figures.calibration(load_json(paths.CALIBRATION), float_accuracy), directory, "calibration")
+    results = load_json(paths.TECHNIQUES)
+    labels = {name: combination_label(name) for name in next(iter(results.values()))}
+    figures.save(figures.techniques(results, load_json(paths.CALIBRATION), float_accuracy, labels), directory,
+                 "techniques")
     widths = [width_name(*width) for width in params.compare.widths]
     figures.save(figures.fine_tuning({width_label(width): pd.read_csv(paths.qat_history("float", width))
                                       for width in widths}), directory, "qat")

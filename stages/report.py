@@ -27,6 +27,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
     weights = load_profiles(paths.profile("float"), "weights")
     activations = load_profiles(paths.profile("float"), "activations")
     calibration = load_json(paths.CALIBRATION)
+    first_setting = next(iter(differences["techniques"]))
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
     (qmin_w, qmax_w), (qmin_a, qmax_a) = int_range(params.quant.weight_bits), int_range(params.quant.activation_bits)
     return {
@@ -53,6 +54,11 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
         "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, differences),
+        "techniques_table": tables.techniques(load_json(paths.TECHNIQUES), differences),
+        "techniques_chosen": tables.techniques_chosen(differences),
+        "technique_layers": tables.technique_layers(pd.read_csv(paths.TECHNIQUES_LAYERS), first_setting,
+                                                    differences["techniques"][first_setting]["best"]),
+        "technique_setting": tables.setting_label(first_setting),
         "run": tables.run_parameters(dataclasses.asdict(params)),
         "code_version": code_version(), "date": source_date().strftime("%Y-%m-%d"),
     }

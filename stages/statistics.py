@@ -1,13 +1,14 @@
 """Stage statistics: every accuracy difference the pipeline reports, with its 95 % confidence interval and the
 exact McNemar p-value (quantlab.statistics), computed from the per-image predictions on the test images; every
-variant's and every comparison cell's validation accuracy; and the one choice the pipeline makes, the best
-post-training method at each width, on the validation images only (on the test images only when
-`data.validation` is 0, as the lab did). Writes metrics/differences.json."""
+variant's and every comparison cell's validation accuracy; and the choices the pipeline makes, the best
+post-training method at each width and the best combination of post-training techniques at each setting,
+on the validation images only (on the test images only when `data.validation` is 0, as the lab did). Writes
+metrics/differences.json."""
 
 import numpy as np
 
 from quantlab import paths
-from quantlab.config import load_params
+from quantlab.config import NEAREST, load_params
 from quantlab.data import split
 from quantlab.errors import run_main
 from quantlab.io import load_npz, save_json
@@ -24,16 +25,22 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return round(100.0 * float(np.mean(predictions == labels)), 2)
 
 
-def best_method(validation_accuracy: dict[str, float]) -> str:
-    """The post-training method with the highest accuracy (the first listed on a tie): the pipeline's only
-    choice. It is given the validation accuracies and nothing else."""
-    return max((method for method in validation_accuracy if method != FINE_TUNED), key=validation_accuracy.get)
+def best(validation_accuracy: dict[str, float]) -> str:
+    """The candidate with the highest accuracy (the first listed on a tie), the quantization-aware fine-tune
+    excepted (it is the reference the post-training methods are held against): every choice the pipeline
+    makes. It is given the validation accuracies and nothing else."""
+    return max((name for name in validation_accuracy if name != FINE_TUNED), key=validation_accuracy.get)
 
 
-def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray]) -> dict:
+def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
+                techniques: dict[str, np.ndarray]) -> dict:
     """metrics/differences.json from the labels of the "test" (and "validation") images and the predictions
-    "<variant>/<images>" of the float and quantized variants and "<width>/<method>/<images>" of the cells."""
+    "<variant>/<images>" of the float and quantized variants, "<width>/<method>/<images>" of the calibration
+    comparison's cells and "<setting>/<combination>/<images>" of the techniques' (in `techniques`)."""
     choose_on = "validation" if "validation" in labels else "test"
+
+    calibration = [key for key in predictions if key.count("/") == 2]
+    predictions = {**predictions, **techniques}
 
     def compared(a: str, b: str) -> dict:
         return paired(predictions[f"{a}/test"] == labels["test"], predictions[f"{b}/test"] == labels["test"]).record()
@@ -45,16 +52,26 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
     result = {"images": {images: len(y) for images, y in labels.items()}, "choices_on": choose_on,
               "variants": {variant: {"reference": reference, **measured(variant, reference)}
                            for variant, reference in REFERENCES.items()},
-              "calibration": {}}
-    cells = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in predictions if key.count("/") == 2))
-    for width in dict.fromkeys(cell.split("/")[0] for cell in cells):
-        row = {cell.split("/")[1]: measured(cell, "float") for cell in cells if cell.startswith(f"{width}/")}
-        for method in row:
-            if method not in (BASELINE, FINE_TUNED):
-                row[method][f"vs_{BASELINE}"] = compared(f"{width}/{method}", f"{width}/{BASELINE}")
-        best = best_method({method: values[f"{choose_on}_accuracy"] for method, values in row.items()})
-        row[FINE_TUNED][f"vs_best_{choose_on}"] = compared(f"{width}/{FINE_TUNED}", f"{width}/{best}")
-        result["calibration"][width] = {**row, "best": best}
+              "calibration": {}, "techniques": {}}
+
+    def rows(keys, baseline: str) -> dict[str, dict]:
+        """Per group ("W4A8", "W4A8-tensor"), every cell against float and, but the baseline, against the
+        baseline; and the choice, made on `choose_on`'s accuracies."""
+        cells = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in keys))
+        grouped = {}
+        for group in dict.fromkeys(cell.split("/")[0] for cell in cells):
+            row = {cell.split("/")[1]: measured(cell, "float") for cell in cells if cell.startswith(f"{group}/")}
+            for name in row:
+                if name not in (baseline, FINE_TUNED):
+                    row[name][f"vs_{baseline}"] = compared(f"{group}/{name}", f"{group}/{baseline}")
+            grouped[group] = {**row, "best": best({name: values[f"{choose_on}_accuracy"]
+                                                   for name, values in row.items()})}
+        return grouped
+
+    result["calibration"] = rows(calibration, BASELINE)
+    for width, row in result["calibration"].items():
+        row[FINE_TUNED][f"vs_best_{choose_on}"] = compared(f"{width}/{FINE_TUNED}", f"{width}/{row['best']}")
+    result["techniques"] = rows(techniques, NEAREST)
     return result
 
 
@@ -66,7 +83,7 @@ def main() -> None:
         {"test": dataset["test_y"]}
     predictions = {key: value for name in ("float", "quantized", "calibration")
                    for key, value in load_npz(paths.predictions(name)).items()}
-    save_json(paths.DIFFERENCES, differences(labels, predictions))
+    save_json(paths.DIFFERENCES, differences(labels, predictions, load_npz(paths.predictions("techniques"))))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def repo(tmp_path_factory):
     path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", extra=["bench"],
                      data__url=str(archive), data__md5=md5_of(archive), data__validation=200,
                      train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
-                     compare__widths=[[8, 8], [4, 4]], report__author=AUTHOR)
+                     compare__widths=[[8, 8], [4, 4]], techniques__widths=[[4, 8], [8, 8]], techniques__iterations=10,
+                     report__author=AUTHOR)
     run(path, "dvc", "repro")
     return path
 
@@ -81,6 +82,27 @@ def test_calibration_comparison_covers_every_method_and_width(repo):
     layers = (repo / "compare/layers.csv").read_text().splitlines()
     assert layers[0] == "method,activation_bits,tensor,threshold,clipped,sqnr_db"
     assert len(layers) == 1 + 5 * 2 * 6  # methods x activation widths x tensors
+
+
+def test_techniques_comparison_covers_every_setting_and_combination_and_chooses_on_validation(repo):
+    table = json.loads((repo / "metrics/techniques.json").read_text())
+    settings = ["W4A8-tensor", "W4A8-channel", "W8A8-tensor", "W8A8-channel"]
+    combinations = ["nearest", "equalize", "bias_correction", "adaround", "equalize+bias_correction",
+                    "adaround+bias_correction", "equalize+adaround+bias_correction"]
+    assert list(table) == settings and all(list(row) == combinations for row in table.values())
+    chosen = json.loads((repo / "metrics/differences.json").read_text())["techniques"]
+    predictions = np.load(repo / "evaluation/techniques.npz")
+    validation_y = json.loads((repo / "metrics/differences.json").read_text())["images"]["validation"]
+    for setting, row in chosen.items():
+        assert row["best"] == max(combinations, key=lambda name: row[name]["validation_accuracy"])
+        assert all(row[name]["test_accuracy"] == table[setting][name] for name in combinations)
+        assert len(predictions[f"{setting}/nearest/validation"]) == validation_y
+    layers = (repo / "compare/techniques.csv").read_text().splitlines()
+    assert layers[0] == "setting,techniques,layer,spread_before,spread_after,nearest,final"
+    assert len(layers) == 1 + len(settings) * len(combinations) * 5
+    markdown = (repo / "reports/build/report.md").read_text()
+    assert "Post-training techniques" in markdown and "](figures/techniques.png)" in markdown
+    assert (repo / "reports/build/figures/techniques.pdf").stat().st_size > 0
 
 
 def pdf_text(repo) -> str:

@@ -23,7 +23,8 @@ from quantlab.quantize.symmetric import activation_signs, activation_widths, cha
 from stages.export import export, write
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
-PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01)
+PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01,
+                images=1024)
 
 
 def unbalanced_state(seed: int = 0) -> dict[str, np.ndarray]:

@@ -96,9 +96,9 @@ def test_student_t_against_closed_forms_and_the_spread_over_seeds():
     assert result.low == pytest.approx(3 - half, abs=1e-3) and result.high == pytest.approx(3 + half, abs=1e-3)
 
 
-def synthetic(seed: int = 0) -> tuple[dict, dict]:
-    """Labels of 500 validation and 1000 test images, and predictions of the variants and of two widths'
-    cells, each right on a chosen share of images."""
+def synthetic(seed: int = 0) -> tuple[dict, dict, dict]:
+    """Labels of 500 validation and 1000 test images, predictions of the variants and of two widths'
+    calibration cells, and of two settings' techniques cells, each right on a chosen share of images."""
     rng = np.random.default_rng(seed)
     labels = {"validation": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
 
@@ -113,27 +113,52 @@ def synthetic(seed: int = 0) -> tuple[dict, dict]:
     for width in ("W8A8", "W4A4"):
         predictions |= {f"{width}/{method}/{images}": predicted(share, images) for method, share in shares.items()
                         for images in labels}
-    return labels, predictions
+    combinations = {"nearest": 0.60, "equalize": 0.65, "adaround": 0.69, "adaround+bias_correction": 0.68}
+    techniques = {f"{setting}/{name}/{images}": predicted(share, images) for setting in ("W4A8-tensor", "W3A8-channel")
+                  for name, share in combinations.items() for images in labels}
+    return labels, predictions, techniques
 
 
-def test_the_choice_reads_the_validation_images_only():
-    labels, predictions = synthetic()
-    chosen = {width: row["best"] for width, row in differences(labels, predictions)["calibration"].items()}
+def choices(result: dict) -> dict:
+    return {f"{part}/{group}": row["best"] for part in ("calibration", "techniques")
+            for group, row in result[part].items()}
+
+
+def test_the_choices_read_the_validation_images_only():
+    labels, predictions, techniques = synthetic()
+    chosen = choices(differences(labels, predictions, techniques))
+
+    def shuffled(cells: dict) -> dict:
+        return {key: (np.random.default_rng(1).permutation(value) if key.endswith("/test") else value)
+                for key, value in cells.items()}
+
     relabelled = {**labels, "test": np.random.default_rng(9).permutation(labels["test"])}
-    shuffled = {key: (np.random.default_rng(1).permutation(value) if key.endswith("/test") else value)
-                for key, value in predictions.items()}
-    assert {w: r["best"] for w, r in differences(relabelled, shuffled)["calibration"].items()} == chosen
-    expected = {width: max(("minmax", "sigma3", "kl"), key=lambda m: np.mean(
-        predictions[f"{width}/{m}/validation"] == labels["validation"])) for width in ("W8A8", "W4A4")}
+    assert choices(differences(relabelled, shuffled(predictions), shuffled(techniques))) == chosen
+
+    def on_validation(cells: dict, group: str, names) -> str:
+        return max(names, key=lambda name: np.mean(cells[f"{group}/{name}/validation"] == labels["validation"]))
+
+    expected = {f"calibration/{width}": on_validation(predictions, width, ("minmax", "sigma3", "kl"))
+                for width in ("W8A8", "W4A4")}
+    expected |= {f"techniques/{setting}": on_validation(techniques, setting, [key.split("/")[1] for key in techniques
+                                                                              if key.startswith(f"{setting}/")])
+                 for setting in ("W4A8-tensor", "W3A8-channel")}
     assert chosen == expected
-    flipped = dict(predictions, **{"W8A8/kl/validation": labels["validation"].astype(np.uint8)})  # all right
-    assert differences(labels, flipped)["calibration"]["W8A8"]["best"] == "kl"
+    right = labels["validation"].astype(np.uint8)
+    flipped = differences(labels, dict(predictions, **{"W8A8/kl/validation": right}),
+                          dict(techniques, **{"W3A8-channel/equalize/validation": right}))
+    assert flipped["calibration"]["W8A8"]["best"] == "kl"
+    assert flipped["techniques"]["W3A8-channel"]["best"] == "equalize"
 
 
 def test_without_validation_images_the_choice_is_on_the_test_images():
-    labels, predictions = synthetic()
-    result = differences({"test": labels["test"]}, predictions)
+    labels, predictions, techniques = synthetic()
+    result = differences({"test": labels["test"]}, predictions, techniques)
     assert result["choices_on"] == "test" and "validation_accuracy" not in result["variants"]["quant_weights"]
     row = result["calibration"]["W8A8"]
     assert row["best"] == max(("minmax", "sigma3", "kl"), key=lambda m: row[m]["test_accuracy"])
     assert set(row["qat"]) >= {"delta", "ci_low", "ci_high", "p", "vs_best_test"}
+    techniques_row = result["techniques"]["W4A8-tensor"]
+    assert techniques_row["best"] == max(("nearest", "equalize", "adaround", "adaround+bias_correction"),
+                                         key=lambda name: techniques_row[name]["test_accuracy"])
+    assert "vs_nearest" in techniques_row["adaround"] and "vs_nearest" not in techniques_row["nearest"]

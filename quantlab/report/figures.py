@@ -133,3 +133,30 @@ def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
         ax.set(xlabel="weight / activation bits", ylabel="test accuracy (%)")
         ax.legend(frameon=False, ncol=3, loc="lower left")
         return figure
+
+
+def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict[str, float]],
+               float_accuracy: float, labels: dict[str, str]):
+    """Test accuracy of every combination of post-training techniques against the weight/activation bits, one
+    panel per weight granularity; the quantization-aware fine-tune of the calibration comparison (where it ran
+    at that width) and the float model as references. `labels`: each setting's and combination's name."""
+    granularities = list(dict.fromkeys(setting.split("-")[1] for setting in results))
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(1, len(granularities), figsize=(COLUMN, 2.1), layout="constrained",
+                                    sharey=True, squeeze=False)
+        markers = "osD^v<>"
+        for ax, granularity in zip(axes[0], granularities, strict=True):
+            widths = [setting.split("-")[0] for setting in results if setting.endswith(f"-{granularity}")]
+            x = np.arange(len(widths))
+            for i, name in enumerate(next(iter(results.values()))):
+                ax.plot(x, [results[f"{w}-{granularity}"][name] for w in widths], marker=markers[i % len(markers)],
+                        ms=3, lw=1, label=labels[name])
+            qat = [i for i, w in enumerate(widths) if w in calibration]
+            if qat:
+                ax.plot(qat, [calibration[widths[i]]["qat"] for i in qat], "kx", ms=5, label="QAT (EMA)")
+            ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
+            ax.set_xticks(x, [width_label(w) for w in widths])
+            ax.set(title=f"per {granularity}", xlabel="weight / activation bits")
+        axes[0][0].set(ylabel="test accuracy (%)")
+        figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False)
+        return figure

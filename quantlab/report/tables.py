@@ -8,6 +8,7 @@ import pandas as pd
 import yaml
 
 from quantlab.architecture import ACTIVATIONS, steps
+from quantlab.config import combination_label
 from quantlab.profiling import TensorProfile
 from quantlab.quantize.calibration import FINE_TUNED
 from quantlab.quantize.network import QuantizedNetwork
@@ -159,6 +160,47 @@ def qat(calibration: dict[str, dict[str, float]], differences: dict) -> pd.DataF
                      "QAT": f"{calibration[width][FINE_TUNED]:.2f}", "QAT − float": difference(fine_tuned),
                      "QAT − chosen": difference(fine_tuned[f"vs_best_{differences['choices_on']}"])})
     return pd.DataFrame(rows)
+
+
+def setting_label(setting: str) -> str:
+    """"W4A8-tensor" -> "4/8 per tensor"."""
+    width, granularity = setting.split("-")
+    return f"{width_label(width)} per {granularity}"
+
+
+def techniques(results: dict[str, dict[str, float]], differences: dict) -> pd.DataFrame:
+    """Test accuracy (%) of every combination of post-training techniques (rows) at every setting (columns),
+    the one chosen on the validation images marked with *."""
+    chosen = {setting: row["best"] for setting, row in differences["techniques"].items()}
+    return pd.DataFrame([{"techniques": combination_label(name),
+                          **{setting_label(setting): f"{row[name]:.2f}{' *' if chosen[setting] == name else ''}"
+                             for setting, row in results.items()}}
+                         for name in next(iter(results.values()))])
+
+
+def techniques_chosen(differences: dict) -> pd.DataFrame:
+    """Per setting, the combination chosen on the validation images, its test accuracy and its differences to
+    float and to nearest rounding."""
+    rows = []
+    for setting, row in differences["techniques"].items():
+        best = row[row["best"]]
+        rows.append({"setting": setting_label(setting), "chosen": combination_label(row["best"]),
+                     "test (%)": f"{best['test_accuracy']:.2f}", "− float": difference(best),
+                     "− nearest": difference(best["vs_nearest"]) if "vs_nearest" in best else "itself"})
+    return pd.DataFrame(rows)
+
+
+def technique_layers(layers: pd.DataFrame, setting: str, chosen: str) -> pd.DataFrame:
+    """Per layer at one setting: the spread of its output channels' weight ranges (largest / smallest) before and
+    after equalization, and its output's mean squared error against float with nearest rounding, after AdaRound
+    and after the chosen combination."""
+    at = layers[layers.setting == setting].set_index(["techniques", "layer"])
+    return pd.DataFrame([{"layer": layer, "spread": f"{at.loc[('nearest', layer), 'spread_before']:.3g}",
+                          "after CLE": f"{at.loc[('equalize', layer), 'spread_after']:.3g}",
+                          "MSE nearest": f"{at.loc[('nearest', layer), 'final']:.3g}",
+                          "AdaRound": f"{at.loc[('adaround', layer), 'final']:.3g}",
+                          "chosen": f"{at.loc[(chosen, layer), 'final']:.3g}"}
+                         for layer in dict.fromkeys(at.index.get_level_values("layer"))])
 
 
 def run_parameters(params: dict) -> pd.DataFrame:

@@ -1,0 +1,96 @@
+"""Stage techniques: the post-training techniques (quantlab.quantize.ptq) as an axis of the comparison, on the
+float model. At every width of `techniques.widths` (the logits keep 8 bits) and every granularity of
+`techniques.per_channel`, every combination of COMBINATIONS quantizes the network through the same
+float-rescale forward as the headline metrics: its predictions on the validation and test images
+(evaluation/techniques.npz; the statistics stage chooses among them on the validation images), its test
+accuracy (metrics/techniques.json) and, per layer, the weight-range spread before and after equalization and
+the output's mean squared error with nearest rounding and after the techniques (compare/techniques.csv)."""
+
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+
+from quantlab import paths
+from quantlab.architecture import load_state
+from quantlab.config import NEAREST, PTQParams, TechniquesParams, load_params
+from quantlab.data import calibration_images
+from quantlab.errors import run_main
+from quantlab.evaluation import Split, accuracy, evaluation_images, predict, save_predictions
+from quantlab.inference.float_rescale import FloatRescaleNet
+from quantlab.io import load_npz, save_csv, save_json
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quantize.calibration import TRAINED, calibrator
+from quantlab.quantize.network import Provenance, quantize_network
+from quantlab.quantize.ptq import apply_techniques
+from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
+
+# Each alone, then the combinations that can beat them; the order in which they apply is ptq's.
+COMBINATIONS = ((), ("equalize",), ("bias_correction",), ("adaround",), ("equalize", "bias_correction"),
+                ("adaround", "bias_correction"), ("equalize", "adaround", "bias_correction"))
+LOGIT_BITS = 8
+
+
+def setting_name(weight_bits: int, activation_bits: int, per_channel: bool) -> str:
+    """"W4A8-tensor", "W4A8-channel"."""
+    return f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
+
+
+def combination_name(combination: tuple[str, ...]) -> str:
+    """"nearest", "adaround", "adaround+bias_correction", ..."""
+    return "+".join(combination) or NEAREST
+
+
+def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
+                       splits: dict[str, Split], settings: TechniquesParams, ptq: PTQParams, bins: int,
+                       seed: int, percentile: float = 99.99) -> tuple[dict, pd.DataFrame, dict]:
+    """Test accuracy {setting: {combination: %}}, the per-layer diagnostics of every cell, and every cell's
+    predictions on every set of `splits` ({"W4A8-tensor/adaround": {"test": classes, ...}, ...}). `images`:
+    the calibration images (uint8), `profiles` the float model's activation profiles; `percentile` that of
+    calib=percentile."""
+    method = calibrator(settings.calib, percentile)
+    signs = activation_signs(settings.unsigned_activations)
+    results, rows, predictions = {}, [], {}
+    for weight_bits, activation_bits in settings.widths:
+        widths = activation_widths(activation_bits, LOGIT_BITS)
+        for per_channel in settings.per_channel:
+            setting = setting_name(weight_bits, activation_bits, per_channel)
+            results[setting] = {}
+            for combination in COMBINATIONS:
+                start = time.perf_counter()
+                chosen = dataclasses.replace(ptq, equalize="equalize" in combination,
+                                             bias_correction="bias_correction" in combination,
+                                             rounding="adaround" if "adaround" in combination else NEAREST,
+                                             iterations=settings.iterations)
+                ready = apply_techniques(state, images, profiles, method, widths, signs, weight_bits, per_channel,
+                                         chosen, bins, seed)
+                network = quantize_network(ready.state, ready.activations, weight_bits, per_channel,
+                                           Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
+                                                      list(combination)), ready.integers)
+                name, forward = combination_name(combination), FloatRescaleNet(network)
+                cell = f"{setting}/{name}"
+                predictions[cell] = {part: predict(forward, split) for part, split in splits.items()}
+                results[setting][name] = accuracy(predictions[cell]["test"], splits["test"].y)
+                rows += [{"setting": setting, "techniques": name, "layer": layer, **values}
+                         for layer, values in ready.diagnostics.items()]
+                print(f"{cell:<45} test {results[setting][name]:6.2f}  {time.perf_counter() - start:5.1f} s",
+                      flush=True)
+    return results, pd.DataFrame(rows), predictions
+
+
+def main() -> None:
+    params = load_params()
+    images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
+                                params.profile.calib_images, params.profile.calib_selection)
+    splits, _ = evaluation_images(params.data.validation, params.seed)
+    results, layers, predictions = compare_techniques(
+        load_state(paths.model("float"), "float"), images, load_profiles(paths.profile("float"), "activations"),
+        splits, params.techniques, params.ptq, params.profile.bins, params.seed, params.quant.percentile)
+    save_predictions(paths.predictions("techniques"), predictions)
+    save_json(paths.TECHNIQUES, results)
+    save_csv(paths.TECHNIQUES_LAYERS, layers)
+
+
+if __name__ == "__main__":
+    run_main(main)
