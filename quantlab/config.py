@@ -175,7 +175,7 @@ class PTQParams:
     iterations: int  # adaround: optimizer steps per layer
     batch_size: int  # adaround: calibration images per step
     lr: float  # adaround: Adam's learning rate
-    images: int  # the first this many calibration images are those the layers are reconstructed on
+    images: int  # the layers are reconstructed on the first this many calibration images (at most)
 
     def __post_init__(self):
         _check(self.rounding in ROUNDINGS, "ptq.rounding", f"is {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
@@ -269,8 +269,6 @@ class Params:
     def __post_init__(self):
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
         _check_method("calib", self.calib)
-        _check(self.ptq.images <= self.profile.calib_images, "ptq.images",
-               f"must be at most profile.calib_images ({self.profile.calib_images}), got {self.ptq.images}")
         _check(not (self.ptq.equalize and calibration.METHODS[self.calib].weights != calibration.TRAINED),
                "ptq.equalize", f"cannot apply to calib={self.calib}: its ranges were learned on the network "
                f"before equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")

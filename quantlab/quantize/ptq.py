@@ -230,8 +230,9 @@ def apply_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles:
                      per_channel: bool, ptq: PTQParams, bins: int, seed: int) -> Techniques:
     """The techniques `ptq` switches on, on the calibration `images` (uint8) and their activation `profiles`
     (profiled again, with `bins` bins, after equalization: the thresholds follow the scaled channels); the
-    layers are reconstructed on the first `ptq.images` of them (AdaRound's paper uses 1024: the error of a
-    layer's mean output is well measured on far fewer images than a histogram's tails need)."""
+    layers are reconstructed on the first `ptq.images` of them, or all if there are fewer (AdaRound's paper
+    uses 1024: the error of a layer's mean output is well measured on far fewer images than a histogram's
+    tails need)."""
     spread = range_spread(state)
     images = normalize(torch.from_numpy(images))
     if ptq.equalize:
