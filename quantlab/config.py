@@ -141,14 +141,14 @@ class QATParams:
     lr: float  # peak learning rate of the fine-tune's one-cycle schedule
     decay: float  # EMA decay of the activation ranges
     start: int  # the training step from which activations are fake-quantized
-    ranges: str  # the calibration method whose batch threshold the EMA tracks (see quantlab.quantize.qat)
+    ranges: str  # the calibration method whose batch threshold the EMA tracks, or lsq (quantlab.quantize.qat)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
         _check(self.lr > 0, "qat.lr", f"must be positive, got {self.lr}")
         _check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
         _check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
-        _check_method("qat.ranges", self.ranges, "BATCH_STATISTICS")
+        _check_method("qat.ranges", self.ranges, "QAT_RANGES")
 
 
 ROUNDINGS = ("nearest", "adaround")  # how weights become integers (quantlab.quantize.ptq)

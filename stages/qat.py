@@ -1,7 +1,8 @@
-"""Stage qat: quantization-aware fine-tuning with learned (EMA) activation ranges, starting from the trained
-models: the float model at every width of `compare.widths` (the comparison's QAT row) and at the configured
-bits, the bias model at the configured bits (both for `calib=ema`). Writes each fine-tuned state, its
-learned ranges and its training curve."""
+"""Stage qat: quantization-aware fine-tuning with learned activation ranges (moving averages, or learned step
+sizes initialized from the INITIAL calibration of the model's profile), starting from the trained models: the
+float model at every width of `compare.widths` (the comparison's QAT row) and at the configured bits, the bias
+model at the configured bits (both for `calib=ema`). Writes each fine-tuned state, its learned ranges and its
+training curve."""
 
 import pandas as pd
 
@@ -13,11 +14,16 @@ from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
+from quantlab.profiling import load_profiles
+from quantlab.quantize.calibration import LEARNED_STEP, calibrator
 from quantlab.quantize.qat import QATNet
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
+# Learned step sizes start from this post-training method's thresholds: the least squared quantization error,
+# which LSQ's training then trades against the loss (the validation choice is made later, downstream).
+INITIAL = "mse"
 
 
 def runs(params: Params) -> list[tuple[str, int, int]]:
@@ -35,8 +41,11 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     model = load_model(load_state(paths.model(model_name), model_name)).to(on)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
+    initial = calibrator(INITIAL).thresholds(load_profiles(paths.profile(model_name), "activations"), widths,
+                                             activation_signs(quant.unsigned_activations)) \
+        if qat.ranges == LEARNED_STEP else None
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,
-                     qat.decay, qat.start, qat.ranges, params.seed).to(on)
+                     qat.decay, qat.start, qat.ranges, params.seed, initial).to(on)
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
                   desc=f"qat@{model_name} {width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)

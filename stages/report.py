@@ -39,7 +39,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
         "techniques": [TECHNIQUES[name] for name in network.provenance.techniques],
         "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
-        "qat_statistic": METHODS[params.qat.ranges].batch_summary,
+        "qat_statistic": METHODS[params.qat.ranges].batch_summary if params.qat.ranges in METHODS else None,
         "architecture": tables.architecture(),
         "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
         "weight_ranges": tables.ranges(weights, "layer"), "weight_verdicts": tables.sigma3_verdicts(weights),

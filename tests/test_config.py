@@ -62,6 +62,7 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"ptq__equalize": "yes"}, "ptq.equalize must be bool, got 'yes'"),
     ({"ptq__equalize": True, "calib": "ema"}, "ptq.equalize cannot apply to calib=ema: its ranges were learned"),
     ({"ptq__images": 0}, "ptq.images must be at least 1, got 0"),
+    ({"qat__ranges": "max"}, "qat.ranges is 'max'; valid: minmax, mse, lsq"),
     ({"techniques__widths": [[4, 9]]}, "techniques.widths must be between 2 and 8 bits, got 9"),
     ({"techniques__per_channel": []}, "techniques.per_channel must list false (per tensor), true (per channel)"),
     ({"techniques__per_channel": [True, True]}, "techniques.per_channel must list false (per tensor), true"),

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from quantlab.architecture import LAYERS
+from quantlab.architecture import ACTIVATIONS, LAYERS
 from quantlab.model import Net
-from quantlab.quantize.qat import QATNet, fake_quantize
+from quantlab.quantize.qat import QATNet, fake_quantize, learned_step_quantize
 from quantlab.quantize.symmetric import activation_widths
 
 
@@ -65,3 +65,31 @@ def test_weights_are_fake_quantized_per_channel():
     weight = network.weight(next(layer for layer in LAYERS if layer.name == "fc2"))
     for row in weight:
         assert len(torch.unique(row)) <= 4  # 2 bits: at most -2, -1, 0, 1 times the row's scale
+
+
+def test_learned_step_forward_is_fake_quantization_and_its_gradient_is_lsqs():
+    x = torch.tensor([0.1, 0.3, 0.74, 3.4, 5.0, -1.1, -6.0], requires_grad=True)
+    step = torch.tensor(0.5, requires_grad=True)
+    out = learned_step_quantize(x, step, -8, 7, 0.25)
+    assert out.tolist() == fake_quantize(x.detach(), torch.tensor(0.5), 4).tolist()
+    out.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0]  # straight through inside, 0 beyond
+    v = x.detach() / 0.5  # d/dS: round(x/S) - x/S inside, qmin or qmax beyond, times the gradient scale
+    inside = torch.where(v > 7, torch.tensor(7.0), torch.where(v < -8, torch.tensor(-8.0), v.round() - v))
+    assert step.grad.item() == pytest.approx(0.25 * inside.sum().item(), rel=1e-6)
+
+
+def test_learned_step_sizes_start_from_the_initial_thresholds_and_train():
+    torch.manual_seed(0)
+    widths = activation_widths(4, 8)
+    initial = {name: 0.5 + 0.1 * i for i, name in enumerate(ACTIVATIONS)}  # small: the signal reaches fc3
+    network = QATNet(Net(), 4, widths, per_channel=True, unsigned_activations=True, decay=0.9, start=0,
+                     ranges="lsq", initial=initial)
+    assert network.learned_thresholds() == pytest.approx(initial, rel=1e-6)
+    assert network.step_sizes in set(network.parameters())
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    x, y = torch.rand(16, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (16,))
+    torch.nn.functional.cross_entropy(network(x), y).backward()
+    assert network.step_sizes.grad.abs().min() > 0  # every activation's step size learns
+    optimizer.step()
+    assert network.learned_thresholds() != pytest.approx(initial, rel=1e-6)

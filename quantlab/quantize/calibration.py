@@ -256,6 +256,9 @@ def calibrator(name: str, percentile: float = 99.99, learned: dict[str, float] |
 
 
 # The methods that calibrate the trained weights from profiles (the comparison's rows), and those that can
-# give the per-batch statistic of quantization-aware training (`qat.ranges`).
+# give the per-batch statistic of quantization-aware training's moving averages.
 POST_TRAINING = tuple(name for name, method in METHODS.items() if method.weights == TRAINED)
 BATCH_STATISTICS = tuple(name for name, method in METHODS.items() if hasattr(method, "batch_threshold"))
+# `qat.ranges` may also name learned step sizes (quantlab.quantize.qat), which are no calibration method.
+LEARNED_STEP = "lsq"
+QAT_RANGES = (*BATCH_STATISTICS, LEARNED_STEP)

@@ -1,4 +1,5 @@
-"""Quantization-aware training with learned (EMA) ranges (Jacob et al. 2017, arXiv:1712.05877, section 3).
+"""Quantization-aware training with learned ranges: moving averages (Jacob et al. 2017, arXiv:1712.05877,
+section 3) or learned step sizes (LSQ, Esser et al. 2020, arXiv:1902.08153).
 
 During fine-tuning, weights and activations pass through fake quantization: the forward pass sees
 S * clamp(round(x / S), qmin, qmax), the backward pass lets the gradient through unchanged inside the
@@ -13,8 +14,13 @@ representable range [qmin S, qmax S] and stops it outside (the straight-through 
                    ranges leave most of the 16 levels to rare large values (as minmax calibration does).
                  Activations are fake-quantized from step `start` on (before it, only T is learned, as the
                  paper delays activation quantization).
+    or, with ranges "lsq", each activation's step size S is a trained parameter, initialized from the
+                 thresholds of a post-training calibration (`initial`), S = T / qmax. The forward pass is the
+                 same fake quantization; S's gradient is d/dS = round(x / S) - x / S inside the range and
+                 qmin or qmax beyond it, scaled by 1 / sqrt(n qmax) (n: the tensor's values per image) so
+                 that S learns at the pace of the weights. From step `start` on, as above.
 
-The learned thresholds T are the state of `calib=ema`.
+The learned thresholds T (for LSQ, S * qmax) are the state of `calib=ema`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, walk
-from quantlab.quantize.calibration import EMA, METHODS
+from quantlab.quantize.calibration import EMA, LEARNED_STEP, METHODS
 from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, scale_for, weight_scale
 
 
@@ -48,18 +54,34 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool 
     return FakeQuantize.apply(x, scale, *int_range(bits, signed))
 
 
+def learned_step_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
+                          gradient_scale: float) -> torch.Tensor:
+    """S clamp(round(x / S), qmin, qmax) with a trained step size S (LSQ): x's gradient as FakeQuantize's; S's,
+    round(x / S) - x / S inside the range and qmin or qmax beyond it, times `gradient_scale`."""
+    step = (step - step * gradient_scale).detach() + step * gradient_scale  # the value S, the gradient scaled
+    q = torch.clamp(x / step, qmin, qmax)
+    return ((q.round() - q).detach() + q) * step  # rounded forward, straight through backward
+
+
 class QATNet(nn.Module):
-    """The lab's network with fake-quantized weights and activations and EMA-tracked activation ranges."""
+    """The lab's network with fake-quantized weights and activations and learned activation ranges."""
 
     def __init__(self, model: Net, weight_bits: int, widths: dict[str, int], per_channel: bool,
-                 unsigned_activations: bool, decay: float, start: int, ranges: str = "mse", seed: int = 0):
+                 unsigned_activations: bool, decay: float, start: int, ranges: str = "mse", seed: int = 0,
+                 initial: dict[str, float] | None = None):
         """`widths`: the bits of every activation (quantlab.quantize.symmetric.activation_widths); `ranges`:
-        a method of quantlab.quantize.calibration.BATCH_STATISTICS."""
+        a method of quantlab.quantize.calibration.BATCH_STATISTICS, or "lsq" with the `initial` thresholds."""
         super().__init__()
         self.model = model
         self.weight_bits, self.widths, self.per_channel = weight_bits, widths, per_channel
         self.signs = activation_signs(unsigned_activations)
-        self.decay, self.start, self.statistic = decay, start, METHODS[ranges].batch_threshold
+        self.decay, self.start = decay, start
+        self.learned_step = ranges == LEARNED_STEP
+        if self.learned_step:
+            self.step_sizes = nn.Parameter(torch.tensor(
+                [float(scale_for(initial[name], widths[name], self.signs[name])) for name in ACTIVATIONS]))
+        else:
+            self.statistic = METHODS[ranges].batch_threshold
         self.generator = torch.Generator().manual_seed(seed)
         self.register_buffer("thresholds", torch.zeros(len(ACTIVATIONS), dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
@@ -80,6 +102,11 @@ class QATNet(nn.Module):
     def _activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         index = ACTIVATIONS.index(name)
         bits, signed = self.widths[name], self.signs[name]
+        if self.learned_step:
+            if self.training and self.steps < self.start:
+                return x
+            qmin, qmax = int_range(bits, signed)
+            return learned_step_quantize(x, self.step_sizes[index], qmin, qmax, (x[0].numel() * qmax) ** -0.5)
         if self.training:
             observed = self.statistic(x, bits, signed, self._sample)
             self.thresholds[index] = torch.where(self.steps == 0, observed,
@@ -95,4 +122,7 @@ class QATNet(nn.Module):
         return out
 
     def learned_thresholds(self) -> dict[str, float]:
+        if self.learned_step:
+            return {name: float(step) * int_range(self.widths[name], self.signs[name])[1]
+                    for name, step in zip(ACTIVATIONS, self.step_sizes.tolist(), strict=True)}
         return {name: float(t) for name, t in zip(ACTIVATIONS, self.thresholds.tolist(), strict=True)}

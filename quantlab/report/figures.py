@@ -153,7 +153,7 @@ def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict
                         ms=3, lw=1, label=labels[name])
             qat = [i for i, w in enumerate(widths) if w in calibration]
             if qat:
-                ax.plot(qat, [calibration[widths[i]]["qat"] for i in qat], "kx", ms=5, label="QAT (EMA)")
+                ax.plot(qat, [calibration[widths[i]]["qat"] for i in qat], "kx", ms=5, label="QAT")
             ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
             ax.set_xticks(x, [width_label(w) for w in widths])
             ax.set(title=f"per {granularity}", xlabel="weight / activation bits")
