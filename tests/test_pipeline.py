@@ -33,8 +33,8 @@ def repo(tmp_path_factory):
     path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", extra=["bench"],
                      data__url=str(archive), data__md5=md5_of(archive), data__validation=200,
                      train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
-                     compare__widths=[[8, 8], [4, 4]], techniques__widths=[[4, 8], [8, 8]], techniques__iterations=10,
-                     report__author=AUTHOR)
+                     compare__widths=[[8, 8], [4, 4]], techniques__widths=[[4, 8], [8, 8]],
+                     techniques__per_channel=[False, True], techniques__iterations=10, report__author=AUTHOR)
     run(path, "dvc", "repro")
     return path
 
