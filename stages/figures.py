@@ -6,7 +6,7 @@ activation histograms carry the chosen calibration's thresholds and are drawn by
 import pandas as pd
 
 from quantlab import paths
-from quantlab.config import combination_label, load_params
+from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json
 from quantlab.profiling import load_profiles
@@ -23,10 +23,8 @@ def main() -> None:
                  directory, "weights")
     float_accuracy = load_json(paths.FLOAT_ACCURACY)["float"]
     figures.save(figures.calibration(load_json(paths.CALIBRATION), float_accuracy), directory, "calibration")
-    results = load_json(paths.TECHNIQUES)
-    labels = {name: combination_label(name) for name in next(iter(results.values()))}
-    figures.save(figures.techniques(results, load_json(paths.CALIBRATION), float_accuracy, labels), directory,
-                 "techniques")
+    figures.save(figures.techniques(load_json(paths.TECHNIQUES), load_json(paths.CALIBRATION), float_accuracy),
+                 directory, "techniques")
     widths = [width_name(*width) for width in params.compare.widths]
     figures.save(figures.fine_tuning({width_label(width): pd.read_csv(paths.qat_history("float", width))
                                       for width in widths}), directory, "qat")

@@ -50,13 +50,14 @@ def main() -> None:
     if not params.ptq.techniques:
         network = quantize(state, profiles, method, quant, provenance)
     else:
-        from quantlab.quantize.ptq import apply_techniques  # torch, imported only when a technique is on
+        from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
         images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
                                     params.profile.calib_images, params.profile.calib_selection)
         widths = activation_widths(quant.activation_bits, quant.logit_bits)
-        ready = apply_techniques(state, images, profiles, method, widths, activation_signs(quant.unsigned_activations),
-                                 quant.weight_bits, quant.per_channel, params.ptq, params.profile.bins, params.seed)
+        ready = apply_techniques(prepare(state, images, profiles, params.ptq.equalize, params.profile.bins), method,
+                                 widths, activation_signs(quant.unsigned_activations), quant.weight_bits,
+                                 quant.per_channel, params.ptq, params.seed)
         network = quantize_network(ready.state, ready.activations, quant.weight_bits, quant.per_channel, provenance,
                                    ready.integers)
     network.save(paths.quantized(model_name))

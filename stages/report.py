@@ -12,7 +12,7 @@ from quantlab.errors import run_main
 from quantlab.inference import export_format
 from quantlab.io import load_json, load_npz, save_text
 from quantlab.profiling import load_profiles
-from quantlab.quantize.calibration import FINE_TUNED, METHODS, calibrator
+from quantlab.quantize.calibration import FINE_TUNED, LEARNED_STEP, METHODS, calibrator
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import int_range, width_label
 from quantlab.report import figures, tables
@@ -39,7 +39,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
         "techniques": [TECHNIQUES[name] for name in network.provenance.techniques],
         "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
-        "qat_statistic": METHODS[params.qat.ranges].batch_summary if params.qat.ranges in METHODS else None,
+        "qat_statistic": None if params.qat.ranges == LEARNED_STEP else METHODS[params.qat.ranges].batch_summary,
         "architecture": tables.architecture(),
         "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
         "weight_ranges": tables.ranges(weights, "layer"), "weight_verdicts": tables.sigma3_verdicts(weights),

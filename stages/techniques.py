@@ -23,7 +23,7 @@ from quantlab.io import load_npz, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator
 from quantlab.quantize.network import Provenance, quantize_network
-from quantlab.quantize.ptq import apply_techniques
+from quantlab.quantize.ptq import apply_techniques, prepare
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
 
 # Each alone, then the combinations that can beat them; the order in which they apply is ptq's.
@@ -51,6 +51,7 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
     calib=percentile."""
     method = calibrator(settings.calib, percentile)
     signs = activation_signs(settings.unsigned_activations)
+    starts = {equalized: prepare(state, images, profiles, equalized, bins) for equalized in (False, True)}
     results, rows, predictions = {}, [], {}
     for weight_bits, activation_bits in settings.widths:
         widths = activation_widths(activation_bits, LOGIT_BITS)
@@ -58,13 +59,13 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
             setting = setting_name(weight_bits, activation_bits, per_channel)
             results[setting] = {}
             for combination in COMBINATIONS:
-                start = time.perf_counter()
+                began = time.perf_counter()
                 chosen = dataclasses.replace(ptq, equalize="equalize" in combination,
                                              bias_correction="bias_correction" in combination,
                                              rounding="adaround" if "adaround" in combination else NEAREST,
                                              iterations=settings.iterations)
-                ready = apply_techniques(state, images, profiles, method, widths, signs, weight_bits, per_channel,
-                                         chosen, bins, seed)
+                ready = apply_techniques(starts[chosen.equalize], method, widths, signs, weight_bits, per_channel,
+                                         chosen, seed)
                 network = quantize_network(ready.state, ready.activations, weight_bits, per_channel,
                                            Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
                                                       list(combination)), ready.integers)
@@ -74,7 +75,7 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
                 results[setting][name] = accuracy(predictions[cell]["test"], splits["test"].y)
                 rows += [{"setting": setting, "techniques": name, "layer": layer, **values}
                          for layer, values in ready.diagnostics.items()]
-                print(f"{cell:<45} test {results[setting][name]:6.2f}  {time.perf_counter() - start:5.1f} s",
+                print(f"{cell:<45} test {results[setting][name]:6.2f}  {time.perf_counter() - began:5.1f} s",
                       flush=True)
     return results, pd.DataFrame(rows), predictions
 

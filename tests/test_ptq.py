@@ -18,7 +18,7 @@ from quantlab.model import Net, load_model, state_to_arrays, walk
 from quantlab.profiling import profile_model
 from quantlab.quantize.calibration import calibrator
 from quantlab.quantize.network import Provenance, quantize_network
-from quantlab.quantize.ptq import adaround, apply_techniques, equalize, layer_output, range_spread
+from quantlab.quantize.ptq import adaround, apply_techniques, equalize, layer_output, prepare, range_spread
 from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
 from stages.export import export, write
 
@@ -74,8 +74,8 @@ def activations_for(state):
 def techniques(state, ptq, weight_bits=4, activation_bits=8, per_channel=False):
     profiles = activations_for(state)
     widths, signs = activation_widths(activation_bits, 8), activation_signs(True)
-    return apply_techniques(state, IMAGES, profiles, calibrator("mse"), widths, signs, weight_bits, per_channel, ptq,
-                            256, seed=0)
+    return apply_techniques(prepare(state, IMAGES, profiles, ptq.equalize, 256), calibrator("mse"), widths, signs,
+                            weight_bits, per_channel, ptq, seed=0)
 
 
 def test_learned_rounding_picks_the_floor_or_the_ceiling_of_every_weight():

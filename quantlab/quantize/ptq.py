@@ -214,6 +214,32 @@ def mse(output: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """The float network the techniques start from: its state (equalized where asked), the activation profiles
+    of that state, the calibration images (normalized) and, per layer, the weight-range spread before any
+    equalization."""
+
+    state: dict[str, np.ndarray]
+    profiles: dict[str, TensorProfile]
+    images: torch.Tensor
+    spread: dict[str, float]
+
+
+def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile], equalized: bool,
+            bins: int) -> Prepared:
+    """The start of `apply_techniques` from the calibration `images` (uint8) and their activation `profiles`:
+    with `equalized`, the state is equalized and profiled again with `bins` bins (the thresholds follow the
+    scaled channels). It depends on no bit width, so one serves every setting."""
+    spread = range_spread(state)
+    images = normalize(torch.from_numpy(images))
+    if equalized:
+        state, _ = equalize(state)
+        with torch.no_grad():
+            profiles = profile_model(load_model(state), images, bins)["activations"]
+    return Prepared(state, profiles, images, spread)
+
+
+@dataclass(frozen=True)
 class Techniques:
     """A float state made ready for `quantize_network`: equalized where asked, with the activations calibrated
     on it, the learned integer weights and the corrected biases; and, per layer, the weight-range spread before
@@ -225,28 +251,21 @@ class Techniques:
     diagnostics: dict[str, dict[str, float]]
 
 
-def apply_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
-                     method: Calibrator, widths: dict[str, int], signs: dict[str, bool], weight_bits: int,
-                     per_channel: bool, ptq: PTQParams, bins: int, seed: int) -> Techniques:
-    """The techniques `ptq` switches on, on the calibration `images` (uint8) and their activation `profiles`
-    (profiled again, with `bins` bins, after equalization: the thresholds follow the scaled channels); the
-    layers are reconstructed on the first `ptq.images` of them, or all if there are fewer (AdaRound's paper
-    uses 1024: the error of a layer's mean output is well measured on far fewer images than a histogram's
-    tails need)."""
-    spread = range_spread(state)
-    images = normalize(torch.from_numpy(images))
-    if ptq.equalize:
-        state, _ = equalize(state)
-        with torch.no_grad():
-            profiles = profile_model(load_model(state), images, bins)["activations"]
-    activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
+def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int], signs: dict[str, bool],
+                     weight_bits: int, per_channel: bool, ptq: PTQParams, seed: int) -> Techniques:
+    """The rounding and bias correction `ptq` switches on, from `start` (`prepare` with `ptq.equalize`); the
+    layers are reconstructed on the first `ptq.images` calibration images, or all if there are fewer
+    (AdaRound's paper uses 1024: the error of a layer's mean output is well measured on far fewer images than
+    a histogram's tails need)."""
+    activations = activations_of(method.thresholds(start.profiles, widths, signs), widths, signs)
 
     def quantize_activation(name: str, x: torch.Tensor) -> torch.Tensor:
         a = activations[name]
         return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
 
-    post = reconstruct(state, quantize_activation, weight_bits, per_channel, images[:ptq.images], ptq, seed)
-    after = range_spread(state)
-    diagnostics = {name: {"spread_before": spread[name], "spread_after": after[name], **errors}
+    post = reconstruct(start.state, quantize_activation, weight_bits, per_channel, start.images[:ptq.images], ptq,
+                       seed)
+    after = range_spread(start.state)
+    diagnostics = {name: {"spread_before": start.spread[name], "spread_after": after[name], **errors}
                    for name, errors in post.errors.items()}
     return Techniques(post.state, activations, post.integers, diagnostics)

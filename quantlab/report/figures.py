@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from quantlab.config import combination_label  # noqa: E402
 from quantlab.io import save_bytes  # noqa: E402
 from quantlab.profiling import TensorProfile  # noqa: E402
 from quantlab.quantize.symmetric import width_label  # noqa: E402
@@ -136,10 +137,10 @@ def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
 
 
 def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict[str, float]],
-               float_accuracy: float, labels: dict[str, str]):
+               float_accuracy: float):
     """Test accuracy of every combination of post-training techniques against the weight/activation bits, one
     panel per weight granularity; the quantization-aware fine-tune of the calibration comparison (where it ran
-    at that width) and the float model as references. `labels`: each setting's and combination's name."""
+    at that width) and the float model as references."""
     granularities = list(dict.fromkeys(setting.split("-")[1] for setting in results))
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(1, len(granularities), figsize=(COLUMN, 2.1), layout="constrained",
@@ -150,7 +151,7 @@ def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict
             x = np.arange(len(widths))
             for i, name in enumerate(next(iter(results.values()))):
                 ax.plot(x, [results[f"{w}-{granularity}"][name] for w in widths], marker=markers[i % len(markers)],
-                        ms=3, lw=1, label=labels[name])
+                        ms=3, lw=1, label=combination_label(name))
             qat = [i for i, w in enumerate(widths) if w in calibration]
             if qat:
                 ax.plot(qat, [calibration[widths[i]]["qat"] for i in qat], "kx", ms=5, label="QAT")
