@@ -8,7 +8,7 @@ import pandas as pd
 from quantlab import paths
 from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.io import load_json
+from quantlab.io import load_json, require
 from quantlab.profiling import load_profiles
 from quantlab.quantize.symmetric import width_label, width_name
 from quantlab.report import figures
@@ -17,7 +17,7 @@ from quantlab.report import figures
 def main() -> None:
     params = load_params()
     directory = paths.REPORT / "figures"
-    histories = {name: pd.read_csv(paths.train_history(name)) for name in ("float", "bias")}
+    histories = {name: pd.read_csv(require(paths.train_history(name))) for name in ("float", "bias")}
     figures.save(figures.training(histories), directory, "training")
     figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
                  directory, "weights")
@@ -26,7 +26,7 @@ def main() -> None:
     figures.save(figures.techniques(load_json(paths.TECHNIQUES), load_json(paths.CALIBRATION), float_accuracy),
                  directory, "techniques")
     widths = [width_name(*width) for width in params.compare.widths]
-    figures.save(figures.fine_tuning({width_label(width): pd.read_csv(paths.qat_history("float", width))
+    figures.save(figures.fine_tuning({width_label(width): pd.read_csv(require(paths.qat_history("float", width)))
                                       for width in widths}), directory, "qat")
 
 

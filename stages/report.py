@@ -10,7 +10,7 @@ from quantlab import paths
 from quantlab.config import TECHNIQUES, Params, load_params
 from quantlab.errors import run_main
 from quantlab.inference import export_format
-from quantlab.io import load_json, load_npz, save_text
+from quantlab.io import load_json, load_npz, require, save_text
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, LEARNED_STEP, METHODS, calibrator
 from quantlab.quantize.network import QuantizedNetwork
@@ -50,13 +50,14 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "qmax_w": qmax_w, "qmin_w": qmin_w, "qmax_a": qmax_a, "qmin_a": qmin_a,
         "calibration": tables.calibration(calibration),
         "chosen": [f"{row['best']} at {width_label(width)}" for width, row in differences["calibration"].items()],
-        "diagnostics": tables.diagnostics(pd.read_csv(paths.CALIBRATION_LAYERS), params.quant.activation_bits),
+        "diagnostics": tables.diagnostics(pd.read_csv(require(paths.CALIBRATION_LAYERS)),
+                                          params.quant.activation_bits),
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
         "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, differences),
         "techniques_table": tables.techniques(load_json(paths.TECHNIQUES), differences),
         "techniques_chosen": tables.techniques_chosen(differences),
-        "technique_layers": tables.technique_layers(pd.read_csv(paths.TECHNIQUES_LAYERS), first_setting,
+        "technique_layers": tables.technique_layers(pd.read_csv(require(paths.TECHNIQUES_LAYERS)), first_setting,
                                                     differences["techniques"][first_setting]["best"]),
         "technique_setting": tables.setting_label(first_setting),
         "run": tables.run_parameters(dataclasses.asdict(params)),

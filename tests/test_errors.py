@@ -63,6 +63,10 @@ def test_unknown_calib(repo):
 def test_missing_upstream_output(repo):
     fails_cleanly(repo, "stages.quantize", "bias", message="missing upstream output models/bias.npz")
     assert not (repo / "quant").exists()
+    figure = repo / "reports/build/figures/training.png"  # the committed figure, left as it was
+    before = figure.read_bytes()
+    fails_cleanly(repo, "stages.figures", message="missing upstream output plots/train/float.csv")
+    assert figure.read_bytes() == before
 
 
 def test_unknown_model_argument(repo):
