@@ -27,23 +27,39 @@ from torch import nn
 from quantlab.architecture import LAYERS, MODELS, POOL, Layer
 
 
+def max_pool(x: torch.Tensor, size: int = POOL) -> torch.Tensor:
+    """F.max_pool2d(x, size), bit for bit. Without autograd: the maximum over each window's rows, then over
+    its columns, on strided views, 4-20x faster on the CPU than max_pool2d (NCHW or channels last); training
+    keeps max_pool2d, whose backward this does not beat."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.max_pool2d(x, size)
+    height, width = x.shape[-2] // size * size, x.shape[-1] // size * size
+    rows = x[..., 0:height:size, :width]
+    for i in range(1, size):
+        rows = torch.maximum(rows, x[..., i:height:size, :width])
+    out = rows[..., 0::size]
+    for j in range(1, size):
+        out = torch.maximum(out, rows[..., j::size])
+    return out
+
+
 def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
-         tap: Callable[[str, torch.Tensor], torch.Tensor] | None = None, pool: bool = True) -> torch.Tensor:
+         tap: Callable[[str, torch.Tensor], torch.Tensor] | None = None, fused: bool = False) -> torch.Tensor:
     """Run the network: `apply(layer, x)` computes each conv/fc layer; `tap(name, x)` sees (and may replace)
-    the input and every layer's output after its ReLU, before pooling. With `pool=False`, `apply` does the
-    layer's max pooling itself."""
+    the input and every layer's output after its ReLU, before pooling. With `fused=True`, `apply` does the
+    layer's ReLU and max pooling itself."""
     if tap:
         x = tap("input", x)
     for layer in LAYERS:
         if layer.kind == "fc":
             x = x.flatten(1)
         x = apply(layer, x)
-        if layer.relu:
+        if layer.relu and not fused:
             x = F.relu(x)
         if tap:
             x = tap(layer.name, x)
-        if layer.pool and pool:
-            x = F.max_pool2d(x, POOL)
+        if layer.pool and not fused:
+            x = max_pool(x)
     return x
 
 

@@ -8,7 +8,7 @@ from quantlab.architecture import steps
 from quantlab.config import TrainParams
 from quantlab.errors import UserError
 from quantlab.evaluation import Split
-from quantlab.model import Net, biased_layers
+from quantlab.model import Net, biased_layers, max_pool
 from quantlab.report.tables import architecture
 from quantlab.training import training_subset
 from stages.train import train
@@ -39,6 +39,24 @@ def test_architecture_is_the_labs_table_and_the_models_shapes():
     assert shapes == [(step.input, step.output) for step in steps() if step.kind != "pool"]
     assert Net().fc3.bias is None and Net(biased_layers("bias")).fc3.bias is not None
     assert all(getattr(Net(), name).bias is None for name in ("conv1", "conv2", "fc1", "fc2"))
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 28, 28), (3, 5, 7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [2, 3])
+def test_max_pool_is_max_pool2d_bit_for_bit(shape, channels_last, size):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    x[x < 0] = 0.0  # ReLU's ties
+    x[0, 0, 0, :3] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.max_pool2d(x, size)
+    with torch.no_grad():
+        assert torch.equal(max_pool(x, size).nan_to_num(7.0), expected.nan_to_num(7.0))
+    trained = x.clone().requires_grad_()
+    max_pool(trained, size).sum().backward()  # training goes through max_pool2d, gradient included
+    assert trained.grad.sum().item() == expected.numel()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantlab.architecture import LAYERS, POOL, Layer, input_of
-from quantlab.model import walk
+from quantlab.architecture import LAYERS, Layer, input_of
+from quantlab.model import max_pool, walk
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import channel_shaped
 
@@ -53,6 +53,7 @@ class FloatRescaleNet:
 
     Max pooling is applied to the accumulator, before the rescale: the rescale and ReLU are monotonic
     non-decreasing (M > 0), so they commute with max and the result is identical, at a quarter of the cost.
+    ReLU is the clamp's lower bound: max(clamp(q, qmin, qmax), 0) = clamp(q, max(qmin, 0), qmax).
     """
 
     reads_pixels = True
@@ -77,14 +78,16 @@ class FloatRescaleNet:
     def _apply(self, layer: Layer, q_x: torch.Tensor) -> torch.Tensor:
         acc = integer_layer(layer, q_x, self.q_weights[layer.name])
         if layer.pool:
-            acc = F.max_pool2d(acc, POOL)
+            acc = max_pool(acc)
         acc = acc.to(torch.float64)  # exact, and M * acc rounded once in float64
         if layer.name in self.biases:
             acc += self.biases[layer.name]
-        return requantize(acc, self.multipliers[layer.name], *self.activations[layer.name].range)
+        qmin, qmax = self.activations[layer.name].range
+        return requantize(acc, self.multipliers[layer.name], max(qmin, 0) if layer.relu else qmin, qmax)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """Integer logits (as float64 holding integers) of uint8 images (N, 3, 32, 32): the input quantized
         through the table of the 256 pixel values, which holds exactly what quantizing each normalized pixel gives."""
-        q_x = self.input_table[pixels.to(torch.int64)]
-        return walk(q_x.contiguous(memory_format=torch.channels_last), self._apply, pool=False)
+        # looked up in channels-last order, the layout the convolutions run fastest in
+        q_x = torch.take(self.input_table, pixels.permute(0, 2, 3, 1).to(torch.int64)).permute(0, 3, 1, 2)
+        return walk(q_x, self._apply, fused=True)

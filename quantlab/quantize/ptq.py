@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantlab.architecture import LAYERS, POOL, Layer
+from quantlab.architecture import LAYERS, Layer
 from quantlab.config import PTQParams
 from quantlab.data import normalize
 from quantlab.errors import UserError
-from quantlab.model import load_model
+from quantlab.model import load_model, max_pool
 from quantlab.profiling import TensorProfile, profile_model
 from quantlab.quantize.calibration import Calibrator
 from quantlab.quantize.network import Activation, activations_of
@@ -118,7 +118,7 @@ def next_input(layer: Layer, output: torch.Tensor, quantize_activation=None) -> 
     if quantize_activation is not None:
         x = quantize_activation(x)
     if layer.pool:
-        x = F.max_pool2d(x, POOL)
+        x = max_pool(x)
     following = LAYERS.index(layer) + 1
     return x.flatten(1) if following < len(LAYERS) and LAYERS[following].kind == "fc" else x
 
