@@ -158,6 +158,17 @@ def test_accumulator_overflow_fails_loudly(tmp_path):
         runner.run(manifest, arrays, IMAGES.numpy())
 
 
+@pytest.mark.parametrize("kind", ["fc", "conv"])
+def test_runner_sums_exactly_beyond_float32(kind):
+    """The runner sums in a float64 matrix product: sums far above 2^24 (where float32 would round) are exact."""
+    weight = RNG.integers(100, 128, (4, 1152) if kind == "fc" else (4, 32, 6, 6)).astype(np.int8)
+    q = RNG.integers(200, 256, (3, 1152) if kind == "fc" else (3, 6, 6, 32))  # conv: channels last
+    acc = runner.accumulate({"name": "layer", "kind": kind, "weight": "w", "bias": None}, {"w": weight}, q)
+    columns = weight if kind == "fc" else weight.transpose(0, 2, 3, 1)
+    expected = q.reshape(3, -1) @ columns.astype(np.int64).reshape(4, -1).T  # exact int64 sums
+    assert acc.reshape(3, 4).tolist() == expected.tolist() and expected.min() > 2 ** 24
+
+
 def test_runner_is_standalone_and_checks_the_checksum(tmp_path):
     directory, _ = random_export(tmp_path)
     source = (directory / "runner.py").read_text()

@@ -3,12 +3,14 @@
     python runner.py EXPORT_DIR IMAGES.npy [--out LOGITS.npy]
 
 IMAGES.npy holds uint8 images (N, 3, 32, 32); the runner prints the predicted class of each and can save
-the integer logits. Everything from the pixels to the logits is integer arithmetic, as on integer hardware:
+the integer logits. Every value from the pixels to the logits is an integer, computed exactly as integer
+hardware computes it:
 
     input       q = LUT[pixel]: the 256 possible pixels, normalized and quantized once, at export
     layer       acc = sum_j q_W[o, j] * q_in[j] + q_bias[o]            int32, checked for overflow
+    pooling     max pooling of the accumulators
     rescale     q_out = MultiplyByQuantizedMultiplier(acc << p, M0[o], shift[o] - p), M = M0 * 2^(shift - 31)
-    activation  clamp to the output's integer range; ReLU is a clamp at 0; max pooling on integers
+    activation  clamp to the output's integer range; ReLU is a clamp at 0
 
 The export stage writes this file into export/<model>/runner.py together with the fixed-point arithmetic
 (quantlab.inference.fixed_point) and the export format (quantlab.inference.export_format) it uses.
@@ -26,54 +28,76 @@ from quantlab.inference.fixed_point import INT32_MAX, INT32_MIN, requantize
 
 
 def im2col(q: np.ndarray, k: int) -> np.ndarray:
-    """(N, C, H, W) -> (N * H' * W', C * k * k) patches of a stride-1 'valid' convolution."""
-    n, c, h, w = q.shape
-    windows = np.lib.stride_tricks.sliding_window_view(q, (k, k), axis=(2, 3))  # N, C, H', W', k, k
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * (h - k + 1) * (w - k + 1), c * k * k)
+    """(N, H, W, C) channels last -> (N * H' * W', k * k * C) patches of a stride-1 'valid' convolution,
+    columns ordered (kh, kw, C): each window's row is k * C neighbouring values, copied as one run."""
+    n, h, w, c = q.shape
+    q = np.ascontiguousarray(q)
+    step = q.strides
+    windows = np.lib.stride_tricks.as_strided(q, (n, h - k + 1, w - k + 1, k, k * c),
+                                              (step[0], step[1], step[2], step[1], step[3]))
+    return windows.reshape(-1, k * k * c)
+
+
+def exact_dtype(terms: int):
+    """A float dtype in which sums of `terms` products of 8-bit values (each |q| <= 255 times |w| <= 128)
+    are exact in any order: float32 below 2^24, where it stops representing every integer, else float64
+    (exact to 2^53). NumPy has no integer BLAS; a float matrix product is exact within those bounds."""
+    return np.float32 if terms * 255 * 128 < 2 ** 24 else np.float64
 
 
 def accumulate(layer: dict, arrays: dict[str, np.ndarray], q: np.ndarray) -> np.ndarray:
-    """The exact int64 sums of one conv/fc layer plus its int32 bias, checked to fit in int32."""
-    weight = arrays[layer["weight"]].astype(np.int64)
+    """The exact int64 sums of one conv/fc layer plus its int32 bias, checked to fit in int32; conv inputs and
+    outputs channels last (N, H, W, C)."""
+    weight = arrays[layer["weight"]]
     if layer["kind"] == "conv":
-        n, _, h, w = q.shape
+        n, h, w, _ = q.shape
         k = weight.shape[-1]
-        acc = im2col(q.astype(np.int64), k) @ weight.reshape(len(weight), -1).T
-        acc = acc.reshape(n, h - k + 1, w - k + 1, -1).transpose(0, 3, 1, 2)
+        columns = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)  # (kh, kw, C), as im2col's
+        dtype = exact_dtype(columns.shape[1])
+        acc = im2col(q.astype(dtype), k) @ columns.T.astype(dtype)
+        acc = acc.reshape(n, h - k + 1, w - k + 1, -1)
     else:
-        acc = q.reshape(len(q), -1).astype(np.int64) @ weight.T
+        columns = weight.reshape(len(weight), -1)
+        dtype = exact_dtype(columns.shape[1])
+        acc = q.reshape(len(q), -1).astype(dtype) @ columns.T.astype(dtype)
+    acc = acc.astype(np.int64)
     if layer["bias"]:
-        acc = acc + arrays[layer["bias"]].astype(np.int64).reshape((-1,) + (1,) * (acc.ndim - 2))
+        acc = acc + arrays[layer["bias"]].astype(np.int64)
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise OverflowError(f"{layer['name']}: int32 accumulator overflow")
     return acc
 
 
 def rescale(layer: dict, arrays: dict[str, np.ndarray], acc: np.ndarray) -> np.ndarray:
-    """The layer's fixed-point rescale and clamp of (N, C, ...) accumulators."""
-    shape = (-1,) + (1,) * (acc.ndim - 2)
-    m0, shift = (arrays[layer[key]].astype(np.int64).reshape(shape) for key in ("multiplier", "shift"))
+    """The layer's fixed-point rescale and clamp of accumulators with the channels last."""
+    m0, shift = (arrays[layer[key]].astype(np.int64) for key in ("multiplier", "shift"))
     return requantize(acc, m0, shift, layer["pre_shift"], layer["clamp"], layer["name"])
 
 
 def max_pool(q: np.ndarray, size: int) -> np.ndarray:
-    n, c, h, w = q.shape
-    return q.reshape(n, c, h // size, size, w // size, size).max(axis=(3, 5))
+    """Max pooling of (N, H, W, C)."""
+    n, h, w, c = q.shape
+    return q.reshape(n, h // size, size, w // size, size, c).max(axis=(2, 4))
 
 
 def run(manifest: dict, arrays: dict[str, np.ndarray], images: np.ndarray, batch: int = 250) -> np.ndarray:
-    """Integer logits (int64 array holding int32 values) of uint8 images (N, 3, 32, 32)."""
+    """Integer logits (int64 array holding int32 values) of uint8 images (N, 3, 32, 32). Pooling comes
+    before the rescale: the rescale and the clamp are monotonic non-decreasing (M > 0), so they commute with
+    max, and a quarter of the values are rescaled."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != tuple(manifest["input"]["shape"]):
         raise ValueError(f"images must be uint8 of shape (N, {', '.join(map(str, manifest['input']['shape']))})")
     lut = arrays[INPUT_LUT].astype(np.int64)
     outputs = []
     for start in range(0, len(images), batch):
-        q = lut[images[start:start + batch]]
+        q = lut[images[start:start + batch].transpose(0, 2, 3, 1)]
         for layer in manifest["layers"]:
-            q = rescale(layer, arrays, accumulate(layer, arrays, q))
+            if layer["kind"] == "fc" and q.ndim == 4:
+                q = q.transpose(0, 3, 1, 2)  # flattened in the (C, H, W) order of the float model
+            acc = accumulate(layer, arrays, q)
             if layer["pool"]:
-                q = max_pool(q, layer["pool"])
+                acc = max_pool(acc, layer["pool"])
+            q = rescale(layer, arrays, acc)
         outputs.append(q)
     return np.concatenate(outputs) if outputs else np.zeros((0, manifest["layers"][-1]["output_shape"][0]), np.int64)
 
