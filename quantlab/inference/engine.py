@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from quantlab.inference.export_format import INPUT_LUT
 from quantlab.inference.fixed_point import INT32_MAX, accumulator_bound, requantize
+from quantlab.model import max_pool
 
 # Inputs with values above 127 (unsigned 8-bit) are shifted by -128 into int8 for the GEMM; the shift is
 # added back exactly as 128 * sum_j q_W[o, j].
@@ -56,7 +56,7 @@ class EngineLayer:
             k = self.kernel
             acc = torch._int_mm(windows(q, k), self.weight_t).reshape(n, h - k + 1, w - k + 1, -1)
             if self.spec["pool"]:  # on the int32 accumulators, channels last
-                acc = F.max_pool2d(acc.permute(0, 3, 1, 2), self.spec["pool"]).permute(0, 2, 3, 1)
+                acc = max_pool(acc.permute(0, 3, 1, 2), self.spec["pool"]).permute(0, 2, 3, 1)
         else:
             acc = torch._int_mm(q, self.weight_t)
         # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
@@ -85,7 +85,7 @@ class FixedPointEngine:
         self.layers = [EngineLayer(spec, arrays, ranges[i]) for i, spec in enumerate(manifest["layers"])]
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        q = self.lut[pixels.to(torch.int64)].permute(0, 2, 3, 1)  # channels last: (N, H, W, C)
+        q = torch.take(self.lut, pixels.permute(0, 2, 3, 1).to(torch.int64))  # channels last: (N, H, W, C)
         for layer in self.layers:
             if not layer.kernel and q.ndim == 4:
                 q = q.permute(0, 3, 1, 2).reshape(len(q), -1)  # flatten in (C, H, W) order, as the model
