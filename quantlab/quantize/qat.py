@@ -41,8 +41,10 @@ class FakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, qmin, qmax):
-        ctx.save_for_backward((x >= qmin * scale) & (x <= qmax * scale))
-        return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+        inside = x >= qmin * scale
+        inside &= x <= qmax * scale
+        ctx.save_for_backward(inside)
+        return (x / scale).round_().clamp_(qmin, qmax).mul_(scale)  # in place on the one new tensor
 
     @staticmethod
     def backward(ctx, grad):
