@@ -33,9 +33,13 @@ def scale_for(threshold, bits: int, signed: bool = True):
 
 def quantize(x, scale, bits: int, signed: bool = True):
     """q = clamp(round(x / S), qmin, qmax) of a NumPy array or a torch tensor (both round half to even);
-    the result holds integers in x's floating dtype."""
+    the result holds integers in x's floating dtype. Rounded and clipped in place: a fresh large buffer per
+    operation costs more than the arithmetic."""
     qmin, qmax = int_range(bits, signed)
-    return (x / scale).round().clip(qmin, qmax)
+    q = x / scale
+    if isinstance(q, np.ndarray):
+        return np.clip(np.round(q, out=q), qmin, qmax, out=q)
+    return q.round_().clamp_(qmin, qmax)
 
 
 def weight_scale(weight, bits: int, per_channel: bool = False):
@@ -65,8 +69,11 @@ def squared_errors(values, counts, thresholds, bits: int, signed: bool = True):
     threshold T (S = T / qmax): the error that the MSE calibration and the QAT range statistic minimize.
     `counts` None counts every value once."""
     scales = (thresholds / int_range(bits, signed)[1])[:, None]
-    error = values[None, :] - scales * quantize(values[None, :], scales, bits, signed)
-    return (error * error).sum(-1) if counts is None else (error * error) @ counts
+    error = quantize(values[None, :], scales, bits, signed)  # one (thresholds, values) buffer, then in place
+    error *= scales
+    error -= values[None, :]  # S q - x: exactly the negative of x - S q, and squared the same
+    error *= error
+    return error.sum(-1) if counts is None else error @ counts
 
 
 def activation_signs(unsigned_activations: bool) -> dict[str, bool]:
