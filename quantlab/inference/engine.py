@@ -65,7 +65,9 @@ class EngineLayer:
         else:
             acc = torch._int_mm(q, self.weight_t)
         # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
-        return requantize(acc.long() + self.bias, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
+        acc = acc.long()
+        acc += self.bias
+        return requantize(acc, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
                           self.spec["name"]).int()
 
 

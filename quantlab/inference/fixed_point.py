@@ -41,7 +41,9 @@ def saturating_rounding_doubling_high_mul(a, b):
     the reference computes (a b + nudge) / 2^31 with C's truncating division, nudge = 2^30 if a b >= 0
     else 1 - 2^30; that equals floor((a b + 2^30) / 2^31), i.e. a b / 2^31 rounded to nearest with ties
     toward +infinity, computed here with one arithmetic shift. The one overflow, a = b = -2^31, saturates."""
-    high = (a * b + (1 << 30)) >> 31
+    high = a * b  # then in place: a fresh buffer per operation costs more than the integer arithmetic
+    high += 1 << 30
+    high >>= 31
     if not (b == INT32_MIN).any():  # the usual case (M0 >= 0): no element can saturate
         return high
     saturated = (a == INT32_MIN) & (b == INT32_MIN)
@@ -54,9 +56,12 @@ def rounding_divide_by_pot(x, exponent):
     if (exponent < 0).any() or (exponent > 31).any():
         raise ValueError("rounding_divide_by_pot needs 0 <= exponent <= 31")
     mask = (1 << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    excess = x & mask  # the remainder, less the threshold (mask >> 1) + (x < 0) that it must exceed to round up
+    excess -= (mask >> 1) + 1
+    excess += x >= 0
+    quotient = x >> exponent
+    quotient += excess > 0
+    return quotient
 
 
 def multiply_by_quantized_multiplier(x, m0, shift):
