@@ -29,7 +29,7 @@ from quantlab.architecture import LAYERS, MODELS, POOL, Layer
 
 def max_pool(x: torch.Tensor, size: int = POOL) -> torch.Tensor:
     """F.max_pool2d(x, size), bit for bit. Without autograd: the maximum over each window's rows, then over
-    its columns, on strided views, 4-20x faster on the CPU than max_pool2d (NCHW or channels last); training
+    its columns, on strided views, 4-15x faster on the CPU than max_pool2d (NCHW or channels last); training
     keeps max_pool2d, whose backward this does not beat."""
     if torch.is_grad_enabled() and x.requires_grad:
         return F.max_pool2d(x, size)

@@ -79,8 +79,8 @@ def windows(q: torch.Tensor, k: int) -> torch.Tensor:
     """im2col of a channels-last int8 (N, H, W, C) tensor for a k x k convolution (stride 1, no padding): one row
     per output position, columns ordered (kh, kw, C), C zero-padded to a multiple of 4. Each pixel's channels
     are then moved as int32 words, and for each kh a window's row is k * C / 4 neighbouring words: the strided
-    copy (the costly part) moves a quarter as many elements (3 channels: 5x5 windows in 25 runs of 4 bytes
-    would otherwise be 75 single bytes)."""
+    copy (the costly part) moves a quarter as many elements (conv1's 3 channels, padded to 4: a 5x5 window is
+    25 words instead of 75 bytes)."""
     n, h, w, c = q.shape
     padded = padded_channels(c)
     if padded != c:
