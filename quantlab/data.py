@@ -36,6 +36,12 @@ def is_remote(url: str) -> bool:
     return urlparse(url).scheme in ("http", "https", "ftp")
 
 
+def archive_name(url: str) -> str:
+    """The archive's file name, from a URL or a local path: what the report prints of the data source (with
+    the md5, it identifies the data; a local path would print the machine's folders)."""
+    return Path(urlparse(url).path).name
+
+
 def md5_of(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
@@ -53,7 +59,7 @@ def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
     if is_remote(url):
         from torchvision.datasets.utils import download_url
 
-        path = download_dir / Path(urlparse(url).path).name
+        path = download_dir / archive_name(url)
         if not path.exists():
             download_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=download_dir, prefix=".download-") as scratch:

@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bench.sandbox import make_repo, run
 from quantlab.data import md5_of
@@ -103,6 +105,15 @@ def test_techniques_comparison_covers_every_setting_and_combination_and_chooses_
     markdown = (repo / "reports/build/report.md").read_text()
     assert "Post-training techniques" in markdown and "](figures/techniques.png)" in markdown
     assert (repo / "reports/build/figures/techniques.pdf").stat().st_size > 0
+
+
+def test_the_report_names_the_data_by_its_file_not_a_machine_path(repo):
+    archive = Path(yaml.safe_load((repo / "params.yaml").read_text())["data"]["url"])
+    assert archive.is_absolute()
+    for name in ("report.md", "report.tex"):
+        text = (repo / "reports/build" / name).read_text().replace(r"\allowbreak{}", "").replace("\\", "")
+        assert str(archive.parent) not in text and str(repo) not in text, name
+        assert "cifar-10-python.tar.gz" in text, name
 
 
 def pdf_text(repo) -> str:

@@ -9,6 +9,7 @@ import yaml
 
 from quantlab.architecture import ACTIVATIONS, steps
 from quantlab.config import combination_label
+from quantlab.data import archive_name
 from quantlab.profiling import TensorProfile
 from quantlab.quantize.calibration import FINE_TUNED
 from quantlab.quantize.network import QuantizedNetwork
@@ -204,8 +205,10 @@ def technique_layers(layers: pd.DataFrame, setting: str, chosen: str) -> pd.Data
 
 
 def run_parameters(params: dict) -> pd.DataFrame:
-    """Every param of the run: its dotted key, and its value as params.yaml writes it."""
+    """Every param of the run: its dotted key, and its value as params.yaml writes it; the data source as its
+    archive's file name."""
     flat = pd.json_normalize(params).to_dict("records")[0]  # nested keys joined with "."
+    flat["data.url"] = archive_name(flat["data.url"])
     return pd.DataFrame({"param": list(flat), "value": [
         v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
         for v in flat.values()]})
