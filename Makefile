@@ -6,7 +6,7 @@
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
 VENV := .venv
 STAMP := $(VENV)/.installed
-TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex latexmk \
+TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex \
 	poppler-utils fonts-freefont-otf fonts-noto-cjk
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
@@ -23,14 +23,14 @@ $(STAMP): requirements.txt
 	touch $@
 
 tex:
-	@if command -v latexmk >/dev/null && command -v pdftotext >/dev/null && kpsewhich IEEEtran.cls luaotfload.sty >/dev/null \
+	@if command -v lualatex >/dev/null && command -v pdftotext >/dev/null && kpsewhich IEEEtran.cls luaotfload.sty >/dev/null \
 		&& fc-list | grep -q FreeSerif && fc-list | grep -q "Noto Serif CJK"; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
 		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
 	else \
-		echo "warning: TeX Live is missing and cannot be installed here; install TeX Live with latexmk, LuaLaTeX, IEEEtran, pdftotext and the fonts FreeSerif and Noto Serif CJK (Debian: $(TEX_PACKAGES)); only the pdf stage needs it" >&2; \
+		echo "warning: TeX Live is missing and cannot be installed here; install TeX Live with LuaLaTeX, IEEEtran, pdftotext and the fonts FreeSerif and Noto Serif CJK (Debian: $(TEX_PACKAGES)); only the pdf stage needs it" >&2; \
 	fi
 
 pipeline: $(STAMP) tex

@@ -1,4 +1,5 @@
-"""Stage pdf: reports/build/report.pdf from report.tex with latexmk (pdfLaTeX), byte-reproducibly.
+"""Stage pdf: reports/build/report.pdf from report.tex with one LuaLaTeX pass, byte-reproducibly (the report
+writes every table, figure and reference number itself, so there is nothing for a second pass to resolve).
 
 Kept apart from the report stage so that a machine without TeX fails only here, with one line saying what
 to install, and everything before stays cached.
@@ -15,33 +16,33 @@ from quantlab.errors import UserError, run_main
 from quantlab.io import require, save_bytes
 from quantlab.report.render import source_date
 
-PACKAGES = ("texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex latexmk "
+PACKAGES = ("texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex "
             "fonts-freefont-otf fonts-noto-cjk")
 INSTALL = (f"install TeX Live and the fonts: on Debian/Ubuntu `apt-get install {PACKAGES}`, elsewhere TeX Live with "
-           f"latexmk, LuaLaTeX, IEEEtran and the fonts FreeSerif and Noto Serif CJK")
+           f"LuaLaTeX, IEEEtran and the fonts FreeSerif and Noto Serif CJK")
 RECOVER = "`dvc checkout reports/build/report.pdf` brings back the last PDF built"
 
 
 def build_pdf(tex: Path) -> bytes:
     """The PDF of `tex`, compiled with LuaLaTeX (Unicode text: Greek, Cyrillic and CJK names) in a scratch folder
     (figures are found relative to `tex`). A glyph missing from the fonts is an error, not a silent gap."""
-    if shutil.which("latexmk") is None or shutil.which("lualatex") is None:
-        raise UserError(f"latexmk or lualatex not found: {INSTALL}")
+    if shutil.which("lualatex") is None:
+        raise UserError(f"lualatex not found: {INSTALL}")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(int(source_date().timestamp())), FORCE_SOURCE_DATE="1")
     with tempfile.TemporaryDirectory(prefix="latex-") as scratch:
         # no dates and no trailer ID (LuaTeX derives it from the time and the output path): the same bytes
-        result = subprocess.run(["latexmk", "-lualatex", "-interaction=nonstopmode", "-halt-on-error", "-quiet",
-                                 r"-usepretex=\pdfvariable suppressoptionalinfo 1023 \pdfvariable trailerid{}",
-                                 f"-output-directory={scratch}", tex.name],
+        first_line = r"\pdfvariable suppressoptionalinfo 1023 \pdfvariable trailerid{}" + rf"\input{{{tex.name}}}"
+        result = subprocess.run(["lualatex", "-interaction=nonstopmode", "-halt-on-error", f"-jobname={tex.stem}",
+                                 f"-output-directory={scratch}", first_line],
                                 cwd=tex.parent, env=env, capture_output=True, text=True)
         pdf, log = (Path(scratch) / tex.with_suffix(suffix).name for suffix in (".pdf", ".log"))
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
         if result.returncode != 0 or not pdf.exists():
-            first_error = next((line for line in lines if line.startswith("!")), "see latexmk's output")
+            first_error = next((line for line in lines if line.startswith("!")), "see lualatex's output")
             if "not found" in first_error and (".cls" in first_error or ".sty" in first_error) \
                     or "cannot be found" in first_error:
                 raise UserError(f"LaTeX is missing a package or font ({first_error.lstrip('! ')}): {INSTALL}")
-            raise UserError(f"latexmk failed on {tex}: {first_error.lstrip('! ')}; {RECOVER}")
+            raise UserError(f"lualatex failed on {tex}: {first_error.lstrip('! ')}; {RECOVER}")
         missing = next((line for line in lines if line.startswith("Missing character")), None)
         if missing:
             raise UserError(f"{tex}: {missing} (a glyph the fonts lack); {RECOVER}")

@@ -293,7 +293,7 @@ def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
     template.write_text(original.replace('<< f.section("Results") >>', '<< f.section("Results") >>\n\\undefinedmacro'))
     result = run(repo, "dvc", "repro", check=False)
     assert result.returncode != 0
-    assert "error: latexmk failed on reports/build/report.tex: Undefined control sequence." in result.stderr
+    assert "error: lualatex failed on reports/build/report.tex: Undefined control sequence." in result.stderr
     run(repo, "dvc", "checkout", "reports/build/report.pdf")  # the last PDF built, from DVC's cache
     assert (repo / "reports/build/report.pdf").read_bytes() == pdf
     template.write_text(original)
