@@ -49,18 +49,14 @@ def accumulate(layer: dict, arrays: dict[str, np.ndarray], q: np.ndarray) -> np.
     """The exact int64 sums of one conv/fc layer plus its int32 bias, checked to fit in int32; conv inputs and
     outputs channels last (N, H, W, C)."""
     weight = arrays[layer["weight"]]
-    if layer["kind"] == "conv":
+    conv, k = layer["kind"] == "conv", weight.shape[-1]
+    columns = (weight.transpose(0, 2, 3, 1) if conv else weight).reshape(len(weight), -1)  # conv: (kh, kw, C)
+    dtype = exact_dtype(columns.shape[1])
+    rows = im2col(q.astype(dtype), k) if conv else q.reshape(len(q), -1).astype(dtype)
+    acc = (rows @ columns.T.astype(dtype)).astype(np.int64)
+    if conv:
         n, h, w, _ = q.shape
-        k = weight.shape[-1]
-        columns = weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)  # (kh, kw, C), as im2col's
-        dtype = exact_dtype(columns.shape[1])
-        acc = im2col(q.astype(dtype), k) @ columns.T.astype(dtype)
         acc = acc.reshape(n, h - k + 1, w - k + 1, -1)
-    else:
-        columns = weight.reshape(len(weight), -1)
-        dtype = exact_dtype(columns.shape[1])
-        acc = q.reshape(len(q), -1).astype(dtype) @ columns.T.astype(dtype)
-    acc = acc.astype(np.int64)
     if layer["bias"]:
         acc = acc + arrays[layer["bias"]].astype(np.int64)
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
