@@ -32,19 +32,20 @@ from torch import nn
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, walk
 from quantlab.quantize.calibration import EMA, LEARNED_STEP, METHODS
-from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, scale_for, weight_scale
+from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, quantize, scale_for, weight_scale
 
 
 class FakeQuantize(torch.autograd.Function):
-    """S * clamp(round(x / S), qmin, qmax) forward (round half to even); gradient 1 inside
+    """S * quantize(x, S) = S * clamp(round(x / S), qmin, qmax) forward (round half to even); gradient 1 inside
     [qmin S, qmax S] (edges included), 0 beyond."""
 
     @staticmethod
-    def forward(ctx, x, scale, qmin, qmax):
+    def forward(ctx, x, scale, bits, signed):
+        qmin, qmax = int_range(bits, signed)
         inside = x >= qmin * scale
         inside &= x <= qmax * scale
         ctx.save_for_backward(inside)
-        return (x / scale).round_().clamp_(qmin, qmax).mul_(scale)  # in place on the one new tensor
+        return quantize(x, scale, bits, signed).mul_(scale)  # in place on quantize's one new tensor
 
     @staticmethod
     def backward(ctx, grad):
@@ -53,7 +54,7 @@ class FakeQuantize(torch.autograd.Function):
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
-    return FakeQuantize.apply(x, scale, *int_range(bits, signed))
+    return FakeQuantize.apply(x, scale, bits, signed)
 
 
 def learned_step_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
