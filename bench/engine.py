@@ -1,5 +1,6 @@
 """Benchmark: the bit-exact integer engine against the float model on the 10,000 test images, in one run;
-and the standalone NumPy runner on the same images (its predictions must be the engine's).
+ONNX Runtime on the export's model.onnx, next to the engine in ONNX Runtime's rounding (their logits must be
+equal); and the standalone NumPy runner on the same images (its logits must be the engine's).
 Goal: the engine within 3x of the float model's time.
 
 Run after `dvc repro` (it reads data/, models/ and export/): python -m bench.engine
@@ -13,7 +14,9 @@ import torch
 from quantlab import paths
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, outputs
-from quantlab.inference import export_format, runner
+from quantlab.inference import export_format, onnx_graph, runner
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.fixed_point import ONNXRUNTIME
 from quantlab.io import load_npz
 from quantlab.variants import build, fixed_point_engine
 
@@ -36,6 +39,10 @@ def main() -> None:
     float_time, _ = best_of(3, lambda: outputs(model, test))
     engine_time, engine_logits = best_of(3, lambda: outputs(engine, test))
     manifest, arrays = export_format.read(paths.export("float"))
+    session = onnx_graph.session(onnx_graph.load(paths.export("float"), manifest))
+    onnx_time, onnx_logits = best_of(3, lambda: onnx_graph.run(session, manifest, dataset["test_x"]))
+    rounded = FixedPointEngine(manifest, arrays, ONNXRUNTIME)
+    rounded_time, rounded_logits = best_of(3, lambda: outputs(rounded, test))
     start = time.perf_counter()
     runner_logits = runner.run(manifest, arrays, dataset["test_x"])
     runner_time = time.perf_counter() - start
@@ -45,6 +52,10 @@ def main() -> None:
     print(f"  float model              {float_time:6.2f} s")
     print(f"  integer engine           {engine_time:6.2f} s   {ratio:.2f}x float, goal <= {GOAL_RATIO:.0f}x: "
           f"{'met' if ratio <= GOAL_RATIO else 'MISSED'}")
+    print(f"  engine, ORT's rounding   {rounded_time:6.2f} s   {rounded_time / float_time:.2f}x float")
+    print(f"  ONNX Runtime (model.onnx){onnx_time:6.2f} s   {onnx_time / float_time:.2f}x float, logits identical "
+          f"to the engine's in its rounding: {np.array_equal(onnx_logits, rounded_logits.numpy())} "
+          f"(CPU: {', '.join(onnx_graph.cpu_flags()) or 'no AVX2'})")
     print(f"  standalone NumPy runner  {runner_time:6.2f} s   (once) logits identical to the engine's: {same}")
 
 

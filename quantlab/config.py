@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import yaml
 
 from quantlab.errors import UserError
+from quantlab.inference.fixed_point import REQUANTIZATIONS
 from quantlab.quantize import calibration
 from quantlab.quantize.symmetric import BITS
 
@@ -215,6 +216,11 @@ class TechniquesParams:
 @dataclass(frozen=True)
 class ExportParams:
     headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
+    rounding: str  # the engine's requantization: one of fixed_point.REQUANTIZATIONS
+
+    def __post_init__(self):
+        _check(self.rounding in REQUANTIZATIONS, "export.rounding",
+               f"is {self.rounding!r}; valid: {', '.join(REQUANTIZATIONS)}")
 
 
 @dataclass(frozen=True)

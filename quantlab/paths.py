@@ -47,6 +47,7 @@ ACCURACY = Path("metrics/accuracy.json")
 DIFFERENCES = Path("metrics/differences.json")
 FLOAT_ACCURACY = Path("evaluation/float.json")  # evaluate_float's results, merged into ACCURACY by evaluate
 ENGINE = Path("metrics/engine.json")
+ONNXRUNTIME = Path("metrics/onnxruntime.json")  # ONNX Runtime's quantize_static, the peer of the calibration methods
 CALIBRATION = Path("metrics/calibration.json")
 CALIBRATION_LAYERS = Path("compare/layers.csv")
 TECHNIQUES = Path("metrics/techniques.json")

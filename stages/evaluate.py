@@ -1,8 +1,11 @@
 """Stage evaluate: every quantized variant's predictions on the validation and test images
 (evaluation/quantized.npz); its test accuracy, with the float models' from evaluate_float, in
-metrics/accuracy.json; the integer engine's agreement with the float-rescale forward (metrics/engine.json);
-per-class accuracy and confusion matrix of the fully quantized network (DVC plots)."""
+metrics/accuracy.json; the integer engine's agreement with the float-rescale forward, the distance between
+its two roundings, and ONNX Runtime's agreement with the engine in ONNX Runtime's rounding on the exported
+ONNX model (metrics/engine.json); per-class accuracy and confusion matrix of the fully quantized network
+(DVC plots)."""
 
+import onnxruntime
 import torch
 
 from quantlab import paths
@@ -16,6 +19,9 @@ from quantlab.evaluation import (
     save_class_plots,
     save_predictions,
 )
+from quantlab.inference import export_format, onnx_graph
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME, REQUANTIZATIONS
 from quantlab.io import load_json, save_json
 from quantlab.variants import ENGINE_REFERENCE, VARIANTS, build
 
@@ -27,6 +33,22 @@ def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tenso
             "identical_predictions": round((engine.argmax(1) == reference.argmax(1)).double().mean().item(), 6),
             "identical_logits": round((difference == 0).double().mean().item(), 6),
             "max_logit_diff_lsb": int(difference.max().item())}
+
+
+def deployment(test) -> dict:
+    """The float model's export in both roundings of the engine, and in ONNX Runtime: how far the roundings are
+    apart, and how closely ONNX Runtime follows the engine in its rounding."""
+    directory = paths.export("float")
+    manifest, arrays = export_format.read(directory)
+    engines = {mode: outputs(FixedPointEngine(manifest, arrays, mode), test) for mode in REQUANTIZATIONS}
+    modes = agreement(engines[ONNXRUNTIME], engines[GEMMLOWP], test.y)
+    session = onnx_graph.session(onnx_graph.load(directory, manifest))
+    onnx_logits = torch.from_numpy(onnx_graph.run(session, manifest, test.x.numpy()))
+    return {"rounding": manifest["rounding"],
+            "rounding_modes": {"accuracy": {mode: accuracy(engines[mode].argmax(1), test.y) for mode in engines},
+                               **{key: value for key, value in modes.items() if key != "accuracy"}},
+            "onnxruntime": {"version": onnxruntime.__version__, "cpu_flags": onnx_graph.cpu_flags(),
+                            **agreement(onnx_logits, engines[ONNXRUNTIME], test.y)}}
 
 
 def main() -> None:
@@ -44,7 +66,8 @@ def main() -> None:
     accuracies = {variant: measured[variant] for variant in VARIANTS}
     save_json(paths.ACCURACY, accuracies)
     save_json(paths.ENGINE, {"reference": ENGINE_REFERENCE,
-                             **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y)})
+                             **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
+                             **deployment(test)})
     save_class_plots("quant", predictions["quant_weights_activations"]["test"], test.y, classes)
     print("test accuracy (%):", ", ".join(f"{variant} {value:.2f}" for variant, value in accuracies.items()))
 

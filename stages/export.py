@@ -1,9 +1,11 @@
 """Stage export@<model>: the quantized network as an integer-only artifact in export/<model>/ (the format of
 quantlab.inference.export_format): model.npz (int8 weights, int32 biases, fixed-point multipliers M0 and
 shifts, the input lookup table), manifest.json (layer order, shapes, bit widths, scales, integer ranges, the
-arrays' SHA-256) and runner.py, the standalone NumPy runner that executes it."""
+engine's rounding, the SHA-256 of the arrays and of the ONNX model), model.onnx (the same network for ONNX
+Runtime, quantlab.inference.onnx_graph) and runner.py, the standalone NumPy runner that executes it."""
 
 import ast
+import hashlib
 import sys
 from pathlib import Path
 
@@ -13,15 +15,17 @@ from quantlab import paths
 from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL, model_name_argument, steps
 from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.inference import export_format, fixed_point, runner
+from quantlab.inference import export_format, fixed_point, onnx_graph, runner
 from quantlab.inference.export_format import INPUT_LUT, array_name, layer_record
 from quantlab.io import load_npz, npz_bytes, save_bytes, save_json, save_text
 from quantlab.quantize.network import QuantizedNetwork
 
 
-def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest (without its checksum) and the arrays of the integer network; with `headroom`, each
-    layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see fixed_point)."""
+def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True,
+           rounding: str = fixed_point.GEMMLOWP) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest (without its ONNX model and checksum) and the arrays of the integer network; with
+    `headroom`, each layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see
+    fixed_point); `rounding`: how the engine and the runner requantize."""
     shapes = {step.name: step for step in steps()}
     arrays = {INPUT_LUT: network.input_table()}
     layers = []
@@ -51,7 +55,8 @@ def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True)
     first = network.activations["input"]
     manifest = {
         "format": export_format.FORMAT, "version": export_format.VERSION, "model": network.provenance.model,
-        "provenance": vars(network.provenance), "activation_bits": {n: a.bits for n, a in network.activations.items()},
+        "provenance": vars(network.provenance), "rounding": rounding,
+        "activation_bits": {n: a.bits for n, a in network.activations.items()},
         "input": {"shape": list(INPUT_SHAPE), "lut": INPUT_LUT, "normalization": "x = pixel / 127.5 - 1 (float32)",
                   "scale": first.scale, "range": list(first.range)},
         "layers": layers, "classes": classes,
@@ -77,8 +82,11 @@ def standalone_runner() -> str:
 
 
 def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
-    payload = npz_bytes(arrays)
+    payload, model = npz_bytes(arrays), onnx_graph.build(manifest, arrays).SerializeToString()
+    manifest = {**manifest, "onnx": {"file": onnx_graph.FILE, "opset": onnx_graph.OPSET,
+                                     "sha256": hashlib.sha256(model).hexdigest()}}
     save_bytes(directory / export_format.ARRAYS, payload)
+    save_bytes(directory / onnx_graph.FILE, model)
     save_json(directory / export_format.MANIFEST, {**manifest, "sha256": export_format.checksum(manifest, payload)})
     save_text(directory / "runner.py", standalone_runner())
 
@@ -88,7 +96,7 @@ def main() -> None:
     params = load_params()
     network = QuantizedNetwork.load(paths.quantized(model_name))
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
-    write(paths.export(model_name), *export(network, classes, params.export.headroom))
+    write(paths.export(model_name), *export(network, classes, params.export.headroom, params.export.rounding))
 
 
 if __name__ == "__main__":

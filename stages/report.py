@@ -54,7 +54,12 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
                                           params.quant.activation_bits),
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
-        "engine": load_json(paths.ENGINE), "qat": tables.qat(calibration, differences),
+        "engine": load_json(paths.ENGINE), "onnxruntime": tables.onnxruntime(differences),
+        "onnxruntime_version": load_json(paths.ONNXRUNTIME)["version"],
+        "versus_onnxruntime": next((dict(row["vs_project"], setting=tables.setting_label(setting), chosen=row["best"])
+                                    for setting, row in differences["onnxruntime"].items() if "vs_project" in row),
+                                   None),
+        "qat": tables.qat(calibration, differences),
         "techniques_table": tables.techniques(load_json(paths.TECHNIQUES), differences),
         "techniques_chosen": tables.techniques_chosen(differences),
         "technique_layers": tables.technique_layers(pd.read_csv(require(paths.TECHNIQUES_LAYERS)), first_setting,

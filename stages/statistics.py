@@ -2,8 +2,9 @@
 exact McNemar p-value (quantlab.statistics), computed from the per-image predictions on the test images; every
 variant's and every comparison cell's validation accuracy; and the choices the pipeline makes, the best
 post-training method at each width and the best combination of post-training techniques at each setting,
-on the validation images only (on the test images only when `data.validation` is 0, as the lab did). Writes
-metrics/differences.json."""
+on the validation images only (on the test images only when `data.validation` is 0, as the lab did); and
+ONNX Runtime's quantizer (stage ort_quantize) against float and against the best of this project's methods at
+8/8. Writes metrics/differences.json."""
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from quantlab.statistics import paired
 REFERENCES = {"quant_weights": "float", "quant_weights_activations": "float", "integer_engine": "float",
               "bias_quant_raw_bias": "bias_float", "bias_quant": "bias_float"}
 BASELINE = "minmax"  # the lab's calibration, which every other method is measured against
+PEER_WIDTH = "W8A8"  # the width at which ONNX Runtime's quantizer is compared
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -33,14 +35,15 @@ def best(validation_accuracy: dict[str, float]) -> str:
 
 
 def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
-                techniques: dict[str, np.ndarray]) -> dict:
+                techniques: dict[str, np.ndarray], peers: dict[str, np.ndarray], per_channel: bool) -> dict:
     """metrics/differences.json from the labels of the "test" (and "validation") images and the predictions
     "<variant>/<images>" of the float and quantized variants, "<width>/<method>/<images>" of the calibration
-    comparison's cells and "<setting>/<combination>/<images>" of the techniques' (in `techniques`)."""
+    comparison's cells (per tensor or `per_channel`), "<setting>/<combination>/<images>" of the techniques'
+    (in `techniques`) and "<setting>/<calibrator>/<images>" of ONNX Runtime's quantizer (in `peers`)."""
     choose_on = "validation" if "validation" in labels else "test"
 
     calibration = [key for key in predictions if key.count("/") == 2]
-    predictions = {**predictions, **techniques}
+    predictions = {**predictions, **techniques, **peers}
 
     def compared(a: str, b: str) -> dict:
         return paired(predictions[f"{a}/test"] == labels["test"], predictions[f"{b}/test"] == labels["test"]).record()
@@ -72,6 +75,13 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
     for width, row in result["calibration"].items():
         row[FINE_TUNED][f"vs_best_{choose_on}"] = compared(f"{width}/{FINE_TUNED}", f"{width}/{row['best']}")
     result["techniques"] = rows(techniques, NEAREST)
+    result["onnxruntime"] = rows(peers, BASELINE)
+    ours = result["calibration"].get(PEER_WIDTH)
+    setting = f"{PEER_WIDTH}-{'channel' if per_channel else 'tensor'}"
+    if ours and setting in result["onnxruntime"]:  # ONNX Runtime's choice against this project's, both on validation
+        theirs = result["onnxruntime"][setting]
+        theirs["vs_project"] = {"project": ours["best"], **compared(f"{setting}/{theirs['best']}",
+                                                                    f"{PEER_WIDTH}/{ours['best']}")}
     return result
 
 
@@ -83,7 +93,8 @@ def main() -> None:
         {"test": dataset["test_y"]}
     predictions = {key: value for name in ("float", "quantized", "calibration")
                    for key, value in load_npz(paths.predictions(name)).items()}
-    save_json(paths.DIFFERENCES, differences(labels, predictions, load_npz(paths.predictions("techniques"))))
+    save_json(paths.DIFFERENCES, differences(labels, predictions, load_npz(paths.predictions("techniques")),
+                                             load_npz(paths.predictions("onnxruntime")), params.quant.per_channel))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ thresholds measured on random inputs."""
 import numpy as np
 import torch
 
+from quantlab.inference.fixed_point import GEMMLOWP
+from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.model import Net, biased_layers, state_to_arrays
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths
+from stages.export import export, write
+
+IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
 
 
 def minmax_thresholds(net, x: torch.Tensor) -> dict[str, float]:
@@ -33,3 +38,12 @@ def random_network(bits: int = 8, per_channel: bool = False, unsigned: bool = Fa
     state = {name: np.asarray(value) for name, value in state_to_arrays(net).items()}
     provenance = Provenance(model, "minmax", "trained", "random")
     return net, quantize_network(state, activations, bits, per_channel, provenance)
+
+
+def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0,
+                  logit_bits=None, rounding=GEMMLOWP):
+    """A random network exported to tmp_path/export, and its float-rescale forward."""
+    _, network = random_network(bits, per_channel, unsigned, logit_bits, model, seed)
+    directory = tmp_path / "export"
+    write(directory, *export(network, [str(c) for c in range(10)], headroom, rounding))
+    return directory, FloatRescaleNet(network)

@@ -22,11 +22,10 @@ from quantlab.inference.fixed_point import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.quantize.symmetric import int_range
-from stages.export import export, standalone_runner, write
+from stages.export import standalone_runner
 
-from quant_fixture import random_network
+from quant_fixture import IMAGES, random_export
 
 RNG = np.random.default_rng(0)
 EDGES = [INT32_MIN, INT32_MIN + 1, -(2 ** 30), -3, -1, 0, 1, 3, 2 ** 30, INT32_MAX - 1, INT32_MAX]
@@ -115,16 +114,6 @@ def test_left_shift_overflow_fails_loudly():
 
 
 # --- the engine, the runner and the float-rescale forward on one exported random network -------------------
-
-def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=True, model="bias", seed=0,
-                  logit_bits=None):
-    _, network = random_network(bits, per_channel, unsigned, logit_bits, model, seed)
-    directory = tmp_path / "export"
-    write(directory, *export(network, [str(c) for c in range(10)], headroom))
-    return directory, FloatRescaleNet(network)
-
-
-IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("bits, per_channel, unsigned, headroom, logit_bits", [

@@ -16,7 +16,7 @@ import yaml
 
 from bench.sandbox import make_repo, run
 from quantlab.data import md5_of
-from quantlab.inference import export_format
+from quantlab.inference import export_format, onnx_graph
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.report.tables import difference
 
@@ -63,6 +63,22 @@ def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
     assert agreement["accuracy"] == accuracy["integer_engine"]
     assert agreement["identical_predictions"] >= 0.99 and agreement["max_logit_diff_lsb"] <= 2
+    # the export's ONNX model in ONNX Runtime, against the engine in ONNX Runtime's rounding
+    assert agreement["rounding"] == "gemmlowp" and agreement["onnxruntime"]["cpu_flags"] == onnx_graph.cpu_flags()
+    assert agreement["onnxruntime"]["identical_logits"] == 1.0 and agreement["onnxruntime"]["max_logit_diff_lsb"] == 0
+    assert set(agreement["rounding_modes"]["accuracy"]) == {"gemmlowp", "onnxruntime"}
+
+
+def test_onnxruntimes_quantizer_is_compared_with_intervals(repo):
+    peers = json.loads((repo / "metrics/onnxruntime.json").read_text())
+    cells = {f"W8A8-{granularity}/{name}" for granularity in ("tensor", "channel")
+             for name in ("minmax", "entropy", "percentile")}
+    assert set(peers) == cells | {"version"}
+    differences = json.loads((repo / "metrics/differences.json").read_text())["onnxruntime"]
+    versus = differences["W8A8-tensor"]["vs_project"]  # the project's comparison is per tensor here
+    assert versus["ci_low"] <= versus["delta"] <= versus["ci_high"] and "vs_project" not in differences["W8A8-channel"]
+    text = pdf_text(repo)
+    assert all(f"{peers[cell]:.2f}" in text for cell in cells) and difference(versus) in text
 
 
 def test_plots_and_profiles_are_written(repo):

@@ -96,9 +96,10 @@ def test_student_t_against_closed_forms_and_the_spread_over_seeds():
     assert result.low == pytest.approx(3 - half, abs=1e-3) and result.high == pytest.approx(3 + half, abs=1e-3)
 
 
-def synthetic(seed: int = 0) -> tuple[dict, dict, dict]:
+def synthetic(seed: int = 0) -> tuple[dict, dict, dict, dict]:
     """Labels of 500 validation and 1000 test images, predictions of the variants and of two widths'
-    calibration cells, and of two settings' techniques cells, each right on a chosen share of images."""
+    calibration cells, of two settings' techniques cells and of ONNX Runtime's quantizer at two settings, each
+    right on a chosen share of images."""
     rng = np.random.default_rng(seed)
     labels = {"validation": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
 
@@ -116,24 +117,28 @@ def synthetic(seed: int = 0) -> tuple[dict, dict, dict]:
     combinations = {"nearest": 0.60, "equalize": 0.65, "adaround": 0.69, "adaround+bias_correction": 0.68}
     techniques = {f"{setting}/{name}/{images}": predicted(share, images) for setting in ("W4A8-tensor", "W3A8-channel")
                   for name, share in combinations.items() for images in labels}
-    return labels, predictions, techniques
+    calibrators = {"minmax": 0.69, "entropy": 0.71, "percentile": 0.70}
+    peers = {f"{setting}/{name}/{images}": predicted(share, images) for setting in ("W8A8-tensor", "W8A8-channel")
+             for name, share in calibrators.items() for images in labels}
+    return labels, predictions, techniques, peers
 
 
 def choices(result: dict) -> dict:
-    return {f"{part}/{group}": row["best"] for part in ("calibration", "techniques")
+    return {f"{part}/{group}": row["best"] for part in ("calibration", "techniques", "onnxruntime")
             for group, row in result[part].items()}
 
 
 def test_the_choices_read_the_validation_images_only():
-    labels, predictions, techniques = synthetic()
-    chosen = choices(differences(labels, predictions, techniques))
+    labels, predictions, techniques, peers = synthetic()
+    chosen = choices(differences(labels, predictions, techniques, peers, False))
 
     def shuffled(cells: dict) -> dict:
         return {key: (np.random.default_rng(1).permutation(value) if key.endswith("/test") else value)
                 for key, value in cells.items()}
 
     relabelled = {**labels, "test": np.random.default_rng(9).permutation(labels["test"])}
-    assert choices(differences(relabelled, shuffled(predictions), shuffled(techniques))) == chosen
+    assert choices(differences(relabelled, shuffled(predictions), shuffled(techniques), shuffled(peers),
+                               False)) == chosen
 
     def on_validation(cells: dict, group: str, names) -> str:
         return max(names, key=lambda name: np.mean(cells[f"{group}/{name}/validation"] == labels["validation"]))
@@ -143,17 +148,19 @@ def test_the_choices_read_the_validation_images_only():
     expected |= {f"techniques/{setting}": on_validation(techniques, setting, [key.split("/")[1] for key in techniques
                                                                               if key.startswith(f"{setting}/")])
                  for setting in ("W4A8-tensor", "W3A8-channel")}
+    expected |= {f"onnxruntime/{setting}": on_validation(peers, setting, ("minmax", "entropy", "percentile"))
+                 for setting in ("W8A8-tensor", "W8A8-channel")}
     assert chosen == expected
     right = labels["validation"].astype(np.uint8)
     flipped = differences(labels, dict(predictions, **{"W8A8/kl/validation": right}),
-                          dict(techniques, **{"W3A8-channel/equalize/validation": right}))
+                          dict(techniques, **{"W3A8-channel/equalize/validation": right}), peers, False)
     assert flipped["calibration"]["W8A8"]["best"] == "kl"
     assert flipped["techniques"]["W3A8-channel"]["best"] == "equalize"
 
 
 def test_without_validation_images_the_choice_is_on_the_test_images():
-    labels, predictions, techniques = synthetic()
-    result = differences({"test": labels["test"]}, predictions, techniques)
+    labels, predictions, techniques, peers = synthetic()
+    result = differences({"test": labels["test"]}, predictions, techniques, peers, True)
     assert result["choices_on"] == "test" and "validation_accuracy" not in result["variants"]["quant_weights"]
     row = result["calibration"]["W8A8"]
     assert row["best"] == max(("minmax", "sigma3", "kl"), key=lambda m: row[m]["test_accuracy"])
@@ -162,3 +169,18 @@ def test_without_validation_images_the_choice_is_on_the_test_images():
     assert techniques_row["best"] == max(("nearest", "equalize", "adaround", "adaround+bias_correction"),
                                          key=lambda name: techniques_row[name]["test_accuracy"])
     assert "vs_nearest" in techniques_row["adaround"] and "vs_nearest" not in techniques_row["nearest"]
+
+
+def test_onnxruntimes_choice_is_held_against_this_projects_at_the_same_granularity():
+    labels, predictions, techniques, peers = synthetic()
+    for per_channel, setting in ((False, "W8A8-tensor"), (True, "W8A8-channel")):
+        result = differences(labels, predictions, techniques, peers, per_channel)
+        ours, theirs = result["calibration"]["W8A8"]["best"], result["onnxruntime"][setting]["best"]
+        record = result["onnxruntime"][setting]["vs_project"]
+        assert record["project"] == ours
+        right = [np.mean(cells == labels["test"]) * 100
+                 for cells in (peers[f"{setting}/{theirs}/test"], predictions[f"W8A8/{ours}/test"])]
+        assert record["delta"] == pytest.approx(right[0] - right[1], abs=0.01)
+        assert record["ci_low"] <= record["delta"] <= record["ci_high"]
+        other = "W8A8-channel" if setting == "W8A8-tensor" else "W8A8-tensor"
+        assert "vs_project" not in result["onnxruntime"][other]

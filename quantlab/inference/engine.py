@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from quantlab.inference.export_format import INPUT_LUT
-from quantlab.inference.fixed_point import INT32_MAX, accumulator_bound, requantize
+from quantlab.inference.fixed_point import (
+    INT32_MAX,
+    ONNXRUNTIME,
+    accumulator_bound,
+    onnxruntime_multiplier,
+    requantize,
+    round_scaled,
+)
 from quantlab.model import max_pool
 
 # Inputs with values above 127 (unsigned 8-bit) are shifted by -128 into int8 for the GEMM; the shift is
@@ -27,8 +34,9 @@ UNSIGNED_OFFSET = 128
 
 
 class EngineLayer:
-    def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int]):
-        self.spec = spec
+    def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int], input_scale: float,
+                 rounding: str):
+        self.spec, self.rounding = spec, rounding
         weight = arrays[spec["weight"]].astype(np.int64)
         self.kernel = weight.shape[-1] if spec["kind"] == "conv" else 0
         flat = weight.reshape(len(weight), -1)
@@ -50,6 +58,8 @@ class EngineLayer:
         self.weight_t = torch.from_numpy(columns.T.astype(np.int8)).contiguous()
         self.bias = torch.from_numpy(bias + self.offset * flat.sum(axis=1))  # int64, added to int32 sums
         self.m0, self.shift = (torch.from_numpy(arrays[spec[key]].astype(np.int64)) for key in ("multiplier", "shift"))
+        self.multiplier = torch.from_numpy(onnxruntime_multiplier(input_scale, spec["weight_scale"],
+                                                                  spec["output_scale"]).reshape(-1))
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """int32 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
@@ -67,6 +77,8 @@ class EngineLayer:
         # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
         acc = acc.long()
         acc += self.bias
+        if self.rounding == ONNXRUNTIME:
+            return round_scaled(acc.to(torch.float32) * self.multiplier, self.spec["clamp"]).int()
         return requantize(acc, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
                           self.spec["name"]).int()
 
@@ -92,14 +104,17 @@ def windows(q: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class FixedPointEngine:
-    """Integer logits (int32) of uint8 images (N, 3, 32, 32), from an export's manifest and arrays."""
+    """Integer logits (int32) of uint8 images (N, 3, 32, 32), from an export's manifest and arrays, requantized
+    as the export's `rounding` says or as `rounding` (quantlab.inference.fixed_point.REQUANTIZATIONS)."""
 
     reads_pixels = True
 
-    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray]):
+    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray], rounding: str | None = None):
         self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int32))
         ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in manifest["layers"]]
-        self.layers = [EngineLayer(spec, arrays, ranges[i]) for i, spec in enumerate(manifest["layers"])]
+        scales = [manifest["input"]["scale"]] + [layer["output_scale"] for layer in manifest["layers"]]
+        self.layers = [EngineLayer(spec, arrays, ranges[i], scales[i], rounding or manifest["rounding"])
+                       for i, spec in enumerate(manifest["layers"])]
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         q = torch.take(self.lut, pixels.permute(0, 2, 3, 1).to(torch.int64))  # channels last: (N, H, W, C)

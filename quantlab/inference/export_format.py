@@ -2,16 +2,20 @@
 integer engine, the standalone runner). Standard library and NumPy only: the export stage copies this module
 into the runner.
 
-    manifest.json   format, version, model, provenance, activation_bits, input, layers, classes, sha256
+    manifest.json   format, version, model, provenance, rounding, activation_bits, input, layers, classes, onnx,
+                    sha256
     model.npz       the arrays the manifest names: per layer <name>.weight (int8), <name>.bias (int32,
                     where the layer has one), <name>.m0 and <name>.shift (int32, one per output channel); and
                     input.lut (int16), the quantized input of each of the 256 pixel values
+    model.onnx      the same network as an ONNX model (quantlab.inference.onnx_graph)
 
 `input` holds the image shape, the lookup table's name, the normalization, the input's scale and integer
 range. `layers` holds one record per conv/fc layer, in order, with the keys LAYER_KEYS: integer shapes, the
 names of its arrays, its scales, its fixed-point rescale (pre-shift, real multiplier), its accumulator bound,
-its output's integer range and clamp (the ReLU included), and its max pooling window (0: none). `sha256` is
-the checksum of the manifest's content and model.npz together.
+its output's integer range and clamp (the ReLU included), and its max pooling window (0: none). `rounding`
+is how the engine and the runner requantize (quantlab.inference.fixed_point.REQUANTIZATIONS); `onnx` names
+the ONNX model's file, opset and SHA-256. `sha256` is the checksum of the manifest's content and model.npz
+together.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "quantlab-integer-network"
-VERSION = 2
+VERSION = 3
 MANIFEST, ARRAYS = "manifest.json", "model.npz"
 INPUT_LUT = "input.lut"
 LAYER_KEYS = ("name", "kind", "input_shape", "output_shape", "weight", "weight_bits", "weight_scale", "bias",

@@ -4,6 +4,9 @@ arXiv:1712.05877, section 2.2), on int64 NumPy arrays or torch tensors holding i
 the int32 headroom the layer's worst case leaves (p = 0 is TFLite's arithmetic): the high multiply then keeps
 p more fractional bits, so it and the final rounding shift rarely round twice.
 
+ONNX Runtime requantizes differently, in float32 (`onnxruntime_multiplier`, `round_scaled`): the "onnxruntime"
+rounding of the engine and the runner, which predicts ONNX Runtime's integers exactly.
+
 The fixed-point engine and the standalone runner both use these functions. Standard library and NumPy only:
 the export stage copies this module into the runner.
 """
@@ -15,6 +18,9 @@ import math
 import numpy as np
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+# How accumulators become the next layer's integers: gemmlowp's M0 * 2^shift (TFLite, the default), or ONNX
+# Runtime's float32 multiplier with rounding half to even (onnxruntime_multiplier, round_scaled).
+GEMMLOWP, ONNXRUNTIME = REQUANTIZATIONS = ("gemmlowp", "onnxruntime")
 
 
 def quantize_multiplier(multiplier: float) -> tuple[int, int]:
@@ -97,6 +103,20 @@ def headroom_shift(bound: int, shift: np.ndarray) -> int:
     if bound == 0:
         return 0
     return max(0, min(int(np.floor(np.log2(INT32_MAX / bound))), 31 + int(np.min(shift))))
+
+
+def onnxruntime_multiplier(input_scale: float, weight_scale, output_scale: float) -> np.ndarray:
+    """ONNX Runtime's multiplier of a QLinearConv / QLinearMatMul: (S_in * S_W[o]) / S_out in float32, left to
+    right, from the float32 scales the ONNX model stores (`ComputeOutputScale`,
+    onnxruntime/core/providers/cpu/quantization/qlinearconv.cc)."""
+    return np.float32(input_scale) * np.asarray(weight_scale, np.float32) / np.float32(output_scale)
+
+
+def round_scaled(scaled, clamp: tuple[int, int]):
+    """The end of ONNX Runtime's requantization (`MlasRequantizeOutput`, onnxruntime/core/mlas/lib/
+    quantize.cpp) on float32 values float32(acc + bias) * M (a NumPy array or torch tensor): clamp to the
+    output's range, then round half to even (cvtps2dq). Integer-valued floats; the caller casts them."""
+    return scaled.clip(*clamp).round()
 
 
 def requantize(acc, m0, shift, pre_shift: int, clamp: tuple[int, int], name: str):

@@ -10,6 +10,8 @@ hardware computes it:
     layer       acc = sum_j q_W[o, j] * q_in[j] + q_bias[o]            int32, checked for overflow
     pooling     max pooling of the accumulators
     rescale     q_out = MultiplyByQuantizedMultiplier(acc << p, M0[o], shift[o] - p), M = M0 * 2^(shift - 31)
+                or, with the export's rounding "onnxruntime", q_out = round_half_even(float32(acc) * M[o]),
+                M = float32 (S_in * S_W[o]) / S_out, as ONNX Runtime computes it
     activation  clamp to the output's integer range; ReLU is a clamp at 0
 
 The export stage writes this file into export/<model>/runner.py together with the fixed-point arithmetic
@@ -24,7 +26,14 @@ import sys
 import numpy as np
 
 from quantlab.inference.export_format import INPUT_LUT, read
-from quantlab.inference.fixed_point import INT32_MAX, INT32_MIN, requantize
+from quantlab.inference.fixed_point import (
+    INT32_MAX,
+    INT32_MIN,
+    ONNXRUNTIME,
+    onnxruntime_multiplier,
+    requantize,
+    round_scaled,
+)
 
 
 def im2col(q: np.ndarray, k: int) -> np.ndarray:
@@ -64,8 +73,12 @@ def accumulate(layer: dict, arrays: dict[str, np.ndarray], q: np.ndarray) -> np.
     return acc
 
 
-def rescale(layer: dict, arrays: dict[str, np.ndarray], acc: np.ndarray) -> np.ndarray:
-    """The layer's fixed-point rescale and clamp of accumulators with the channels last."""
+def rescale(layer: dict, arrays: dict[str, np.ndarray], acc: np.ndarray, rounding: str,
+            input_scale: float) -> np.ndarray:
+    """The layer's rescale (fixed point, or ONNX Runtime's float32) and clamp of accumulators, channels last."""
+    if rounding == ONNXRUNTIME:
+        multiplier = onnxruntime_multiplier(input_scale, layer["weight_scale"], layer["output_scale"])
+        return round_scaled(acc.astype(np.float32) * multiplier.reshape(-1), layer["clamp"]).astype(np.int64)
     m0, shift = (arrays[layer[key]].astype(np.int64) for key in ("multiplier", "shift"))
     return requantize(acc, m0, shift, layer["pre_shift"], layer["clamp"], layer["name"])
 
@@ -87,13 +100,15 @@ def run(manifest: dict, arrays: dict[str, np.ndarray], images: np.ndarray, batch
     outputs = []
     for start in range(0, len(images), batch):
         q = lut[images[start:start + batch].transpose(0, 2, 3, 1)]
+        scale = manifest["input"]["scale"]
         for layer in manifest["layers"]:
             if layer["kind"] == "fc" and q.ndim == 4:
                 q = q.transpose(0, 3, 1, 2)  # flattened in the (C, H, W) order of the float model
             acc = accumulate(layer, arrays, q)
             if layer["pool"]:
                 acc = max_pool(acc, layer["pool"])
-            q = rescale(layer, arrays, acc)
+            q = rescale(layer, arrays, acc, manifest["rounding"], scale)
+            scale = layer["output_scale"]
         outputs.append(q)
     return np.concatenate(outputs) if outputs else np.zeros((0, manifest["layers"][-1]["output_shape"][0]), np.int64)
 

@@ -169,6 +169,16 @@ def setting_label(setting: str) -> str:
     return f"{width_label(width)} per {granularity}"
 
 
+def onnxruntime(differences: dict) -> pd.DataFrame:
+    """ONNX Runtime's quantizer: per setting and calibrator, the test accuracy (the choice on the validation
+    images marked with *) and the difference to float."""
+    return pd.DataFrame([{"setting": setting_label(setting), "calibrator": name,
+                          "test (%)": f"{record['test_accuracy']:.2f}{' *' if row['best'] == name else ''}",
+                          "− float [95 % CI]": difference(record)}
+                         for setting, row in differences["onnxruntime"].items()
+                         for name, record in row.items() if name not in ("best", "vs_project")])
+
+
 def techniques(results: dict[str, dict[str, float]], differences: dict) -> pd.DataFrame:
     """Test accuracy (%) of every combination of post-training techniques (rows) at every setting (columns),
     the one chosen on the validation images marked with *."""

@@ -1,0 +1,221 @@
+"""The exported integer network as an ONNX model, for ONNX Runtime and the tools that read ONNX.
+
+Built from an export (`quantlab.inference.export_format`), operator by operator, in the "QOperator" form
+ONNX Runtime runs with its integer kernels:
+
+    pixels (uint8, N x 3 x 32 x 32) -> Cast -> Gather(input LUT)       the input quantization, as the engine
+    conv layer   QLinearConv (int32 bias where the layer has one) -> Clip (the ReLU / a low-bit range)
+                 -> MaxPool
+    fc layer     QLinearMatMul -> Clip; with a bias: MatMulInteger -> Add(int32 bias) -> Cast(float)
+                 -> Mul(M) -> Clip -> Round -> Cast, the same arithmetic written out (QLinearMatMul has no bias)
+    logits       quantized_logits (the integers), and logits = DequantizeLinear(quantized_logits)
+
+ONNX Runtime requantizes with a float32 multiplier M = (S_in * S_W[o]) / S_out (evaluated in float32, as
+`ComputeOutputScale` in onnxruntime/core/providers/cpu/quantization/qlinearconv.cc), then
+q = round_half_even(clamp(float32(acc + bias) * M)) (`MlasRequantizeOutput` in onnxruntime/core/mlas/lib/
+quantize.cpp): the engine's "onnxruntime" rounding (`quantlab.inference.fixed_point.onnxruntime_multiplier`).
+
+Tensor types: ONNX Runtime's QLinearConv and QLinearMatMul take and give the same 8-bit type. A network whose
+activations are all signed uses int8 (zero point 0); one with unsigned activations uses uint8 everywhere, and
+its signed tensors (the input, the logits) carry the zero point 128, so that q = stored - 128 exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL
+from quantlab.errors import UserError
+from quantlab.inference.export_format import INPUT_LUT
+from quantlab.inference.fixed_point import onnxruntime_multiplier
+
+OPSET = 21
+PRODUCER = "quantlab"
+FILE = "model.onnx"
+SIGNED_ZERO_POINT = 128  # of a signed tensor stored as uint8
+# The x86 extensions among which ONNX Runtime's integer kernels (MLAS) choose; its results must not depend on them.
+CPU_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "amx_int8")
+
+
+class Graph:
+    """Nodes and initializers of a graph under construction; a tensor's quantization parameters are one
+    initializer, shared by the layer that writes the tensor and the one that reads it."""
+
+    def __init__(self):
+        self.nodes, self.initializers = [], {}
+
+    def constant(self, name: str, value) -> str:
+        self.initializers.setdefault(name, numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+
+def storage(manifest: dict) -> tuple[type, dict[str, int]]:
+    """The element type of every activation tensor, and each one's zero point (by tensor: input, conv1, ...)."""
+    ranges = {"input": manifest["input"]["range"], **{layer["name"]: layer["output_range"]
+                                                      for layer in manifest["layers"]}}
+    if all(high <= 127 for _, high in ranges.values()):
+        return np.int8, dict.fromkeys(ranges, 0)
+    return np.uint8, {name: SIGNED_ZERO_POINT if low < 0 else 0 for name, (low, high) in ranges.items()}
+
+
+def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The ONNX model of an export (its manifest and arrays), checked by onnx.checker."""
+    dtype, zero_points = storage(manifest)
+    info = np.iinfo(dtype)
+    graph = Graph()
+    x = graph.node("Cast", ["pixels"], "pixel_index", to=TensorProto.INT64)
+    lut = arrays[INPUT_LUT].astype(np.int64) + zero_points["input"]
+    x = graph.node("Gather", [graph.constant("input.lut", lut.astype(dtype)), x], "input")
+    previous, scale, spatial = "input", manifest["input"]["scale"], True
+    for layer in manifest["layers"]:
+        name = layer["name"]
+        if layer["kind"] == "fc" and spatial:  # (N, C, H, W) -> (N, C * H * W), the float model's order
+            x = graph.node("Flatten", [x], f"{name}.flat", axis=1)
+        spatial = layer["kind"] == "conv"
+        weight = arrays[layer["weight"]].astype(np.int8)
+        zero_point = zero_points[name]
+        low, high = (bound + zero_point for bound in layer["clamp"])
+        quantization = [graph.constant(f"{previous}.scale", np.float32(scale)),
+                        graph.constant(f"{previous}.zero_point", dtype(zero_points[previous]))]
+        weight_scale = np.asarray(layer["weight_scale"], np.float32).reshape(-1)
+        weight_scale = weight_scale if len(weight_scale) > 1 else weight_scale[0]
+        output_quantization = [graph.constant(f"{name}.scale", np.float32(layer["output_scale"])),
+                               graph.constant(f"{name}.zero_point", dtype(zero_point))]
+        bias = [graph.constant(f"{name}.bias", arrays[layer["bias"]].astype(np.int32))] if layer["bias"] else []
+        if layer["kind"] == "fc" and bias:
+            x = graph.node("MatMulInteger", [x, graph.constant(f"{name}.weight", weight.T.copy()),
+                                             quantization[1], graph.constant(f"{name}.weight.zero_point",
+                                                                             np.int8(0))], f"{name}.acc")
+            x = graph.node("Add", [x, bias[0]], f"{name}.acc_bias")
+            x = graph.node("Cast", [x], f"{name}.acc_float", to=TensorProto.FLOAT)
+            multiplier = onnxruntime_multiplier(scale, layer["weight_scale"], layer["output_scale"])
+            x = graph.node("Mul", [x, graph.constant(f"{name}.multiplier", multiplier)], f"{name}.scaled")
+            x = graph.node("Clip", [x, graph.constant(f"{name}.min", np.float32(layer["clamp"][0])),
+                                    graph.constant(f"{name}.max", np.float32(layer["clamp"][1]))], f"{name}.clipped")
+            x = graph.node("Round", [x], f"{name}.rounded")
+            if zero_point:
+                x = graph.node("Add", [x, graph.constant(f"{name}.offset", np.float32(zero_point))], f"{name}.shifted")
+            x = graph.node("Cast", [x], name, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+        else:
+            operands = [x, *quantization,
+                        graph.constant(f"{name}.weight", weight if layer["kind"] == "conv" else weight.T.copy()),
+                        graph.constant(f"{name}.weight.scale", weight_scale),
+                        graph.constant(f"{name}.weight.zero_point", np.int8(0)), *output_quantization, *bias]
+            op = "QLinearConv" if layer["kind"] == "conv" else "QLinearMatMul"
+            x = graph.node(op, operands, f"{name}.requantized")
+            if (low, high) != (info.min, info.max):
+                x = graph.node("Clip", [x, graph.constant(f"{name}.min", dtype(low)),
+                                        graph.constant(f"{name}.max", dtype(high))], name)
+        if layer["pool"]:
+            x = graph.node("MaxPool", [x], f"{name}.pool", kernel_shape=[layer["pool"]] * 2,
+                           strides=[layer["pool"]] * 2)
+        previous, scale = name, layer["output_scale"]
+    graph.nodes[-1].output[0] = "quantized_logits"
+    graph.node("DequantizeLinear", ["quantized_logits", *output_quantization], "logits")
+    classes = len(manifest["classes"])
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, f"{manifest['model']}_integer", [helper.make_tensor_value_info(
+            "pixels", TensorProto.UINT8, ["N", *manifest["input"]["shape"]])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
+             helper.make_tensor_value_info("quantized_logits", element, ["N", classes])],
+            list(graph.initializers.values())),
+        opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER, producer_version="1",
+        doc_string="Integer network exported by quantlab: uint8 pixels (N, 3, 32, 32) in, logits out.")
+    helper.set_model_props(model, {"classes": json.dumps(manifest["classes"]),
+                                   "provenance": json.dumps(manifest["provenance"], sort_keys=True),
+                                   "logit_zero_point": str(zero_points[manifest["layers"][-1]["name"]])})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def float_model(state: dict[str, np.ndarray], classes: int = 10) -> onnx.ModelProto:
+    """The float model as ONNX, from uint8 pixels (normalized in the graph, as quantlab.data.normalize) to its
+    logits: what ONNX Runtime's own quantizer (`quantize_static`) starts from."""
+    graph = Graph()
+    x = graph.node("Cast", ["pixels"], "pixels_float", to=TensorProto.FLOAT)
+    x = graph.node("Div", [x, graph.constant("half_range", np.float32(127.5))], "pixels_scaled")
+    x = graph.node("Sub", [x, graph.constant("one", np.float32(1.0))], "input")
+    for layer in LAYERS:
+        weights = [graph.constant(f"{layer.name}.{key}", state[f"{layer.name}.{key}"].astype(np.float32))
+                   for key in ("weight", "bias") if f"{layer.name}.{key}" in state]
+        if layer.kind == "conv":
+            x = graph.node("Conv", [x, *weights], layer.name)
+        else:
+            if x.endswith(".pool"):
+                x = graph.node("Flatten", [x], f"{layer.name}.flat", axis=1)
+            x = graph.node("Gemm", [x, *weights], layer.name, transB=1)
+        if layer.relu:
+            x = graph.node("Relu", [x], f"{layer.name}.relu")
+        if layer.pool:
+            x = graph.node("MaxPool", [x], f"{layer.name}.pool", kernel_shape=[POOL] * 2, strides=[POOL] * 2)
+    graph.nodes[-1].output[0] = "logits"
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "float", [helper.make_tensor_value_info(
+            "pixels", TensorProto.UINT8, ["N", *INPUT_SHAPE])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+            list(graph.initializers.values())),
+        opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER, producer_version="1")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def check(model: onnx.ModelProto, path: Path) -> None:
+    """onnx.checker, then this project's opset and producer; a UserError of one line otherwise."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise UserError(f"{path} is not a valid ONNX model ({str(error).splitlines()[0]}); export it again") from None
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    if opsets != {"ai.onnx": OPSET} or model.producer_name != PRODUCER:
+        raise UserError(f"{path} is an ONNX model of opset {opsets} by {model.producer_name!r}, not of opset "
+                         f"{OPSET} by {PRODUCER!r}; export it again with this version of the pipeline")
+
+
+def load(directory: str | Path, manifest: dict) -> bytes:
+    """The serialized ONNX model of an export, after checking it against the SHA-256 in the manifest and
+    with `check`."""
+    path = Path(directory) / manifest["onnx"]["file"]
+    payload = path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != manifest["onnx"]["sha256"]:
+        raise UserError(f"{path} does not match the SHA-256 in its manifest: it was edited or damaged; "
+                         f"export it again")
+    try:
+        model = onnx.load_from_string(payload)
+    except Exception as error:  # protobuf's DecodeError, whose module differs between protobuf builds
+        raise UserError(f"{path} is not an ONNX model ({error}); export it again") from None
+    check(model, path)
+    return payload
+
+
+def session(payload: bytes):
+    """An ONNX Runtime session on the CPU for a serialized model."""
+    import onnxruntime  # only running the model needs it, not the export
+
+    return onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
+
+
+def run(session, manifest: dict, pixels: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """The integer logits (int64) that ONNX Runtime's CPU kernels compute for uint8 images (N, 3, 32, 32) in a
+    `session` of the export's model."""
+    zero_point = storage(manifest)[1][manifest["layers"][-1]["name"]]
+    logits = [session.run(["quantized_logits"], {"pixels": pixels[start:start + batch]})[0]
+              for start in range(0, len(pixels), batch)]
+    return np.concatenate(logits).astype(np.int64) - zero_point
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS this machine's CPU has (Linux: /proc/cpuinfo; elsewhere an empty list)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text(encoding="utf-8").split()) if cpuinfo.exists() else set()
+    return [flag for flag in CPU_FLAGS if flag in flags]

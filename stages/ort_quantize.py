@@ -1,0 +1,88 @@
+"""Stage ort_quantize: ONNX Runtime's own post-training quantizer as a peer of this project's calibration
+methods. The trained float model, as ONNX (quantlab.inference.onnx_graph.float_model), is quantized by
+`onnxruntime.quantization.quantize_static` at 8/8 with each of its calibrators (MinMax, Entropy, Percentile),
+per tensor and per channel, on the same calibration images as the profile, with ONNX Runtime's defaults
+otherwise (QDQ format, int8 weights symmetric, int8 activations with a zero point). Each quantized model runs
+in ONNX Runtime on the validation and test images: predictions in evaluation/onnxruntime.npz (for the paired
+intervals of stage statistics), test accuracies in metrics/onnxruntime.json."""
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+
+from quantlab import paths
+from quantlab.config import load_params
+from quantlab.data import calibration_images
+from quantlab.errors import run_main
+from quantlab.evaluation import accuracy, evaluation_images, save_predictions
+from quantlab.inference import onnx_graph
+from quantlab.io import load_npz, save_json
+from quantlab.quantize.symmetric import width_name
+
+CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+GRANULARITIES = {"tensor": False, "channel": True}  # as stage techniques names its settings
+WIDTH = width_name(8, 8)
+BATCH = 500
+
+
+class Batches(CalibrationDataReader):
+    """The calibration images, BATCH at a time, as the float model's input."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.batches = iter([{"pixels": pixels[start:start + BATCH]} for start in range(0, len(pixels), BATCH)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def logits(model: Path, pixels: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["logits"], {"pixels": pixels[start:start + 1000]})[0]
+                           for start in range(0, len(pixels), 1000)])
+
+
+def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndarray, images: dict,
+                              folder: Path) -> dict[str, dict]:
+    """Predictions {"W8A8-tensor/minmax": {"validation": classes, "test": classes}, ...} of every calibrator at
+    every granularity; `folder` holds the ONNX files meanwhile."""
+    source = folder / "float.onnx"
+    onnx.save(onnx_graph.float_model(state), source)
+    predictions = {}
+    for granularity, per_channel in GRANULARITIES.items():
+        for name, method in CALIBRATORS.items():
+            target = folder / f"{granularity}-{name}.onnx"
+            with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+                quantize_static(str(source), str(target), Batches(calibration), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, calibrate_method=method)
+            predictions[f"{WIDTH}-{granularity}/{name}"] = {
+                split: torch.from_numpy(logits(target, split_images.x.numpy()).argmax(1))
+                for split, split_images in images.items()}
+    return predictions
+
+
+def main() -> None:
+    params = load_params()
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static advises pre-processing, irrelevant here
+    dataset = load_npz(paths.DATASET)
+    calibration = calibration_images(dataset, params.data.validation, params.seed, params.profile.calib_images,
+                                     params.profile.calib_selection)
+    images, _ = evaluation_images(params.data.validation, params.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        predictions = quantize_with_onnxruntime(load_npz(paths.model("float")), calibration, images, Path(folder))
+    save_predictions(paths.predictions("onnxruntime"), predictions)
+    save_json(paths.ONNXRUNTIME, {"version": onnxruntime.__version__,
+                                  **{cell: accuracy(classes["test"], images["test"].y)
+                                     for cell, classes in predictions.items()}})
+
+
+if __name__ == "__main__":
+    run_main(main)
