@@ -35,12 +35,14 @@ def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tenso
             "max_logit_diff_lsb": int(difference.max().item())}
 
 
-def deployment(test) -> dict:
-    """The float model's export in both roundings of the engine, and in ONNX Runtime: how far the roundings are
-    apart, and how closely ONNX Runtime follows the engine in its rounding."""
+def deployment(test, engine: torch.Tensor) -> dict:
+    """The float model's export in both roundings of the engine (`engine`: its logits in the export's own), and
+    in ONNX Runtime: how far the roundings are apart, and how closely ONNX Runtime follows the engine in its
+    rounding."""
     directory = paths.export("float")
     manifest, arrays = export_format.read(directory)
-    engines = {mode: outputs(FixedPointEngine(manifest, arrays, mode), test) for mode in REQUANTIZATIONS}
+    engines = {mode: engine if mode == manifest["rounding"] else outputs(FixedPointEngine(manifest, arrays, mode), test)
+               for mode in REQUANTIZATIONS}
     modes = agreement(engines[ONNXRUNTIME], engines[GEMMLOWP], test.y)
     session = onnx_graph.session(onnx_graph.load(directory, manifest))
     onnx_logits = torch.from_numpy(onnx_graph.run(session, manifest, test.x.numpy()))
@@ -67,7 +69,7 @@ def main() -> None:
     save_json(paths.ACCURACY, accuracies)
     save_json(paths.ENGINE, {"reference": ENGINE_REFERENCE,
                              **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
-                             **deployment(test)})
+                             **deployment(test, logits["integer_engine"])})
     save_class_plots("quant", predictions["quant_weights_activations"]["test"], test.y, classes)
     print("test accuracy (%):", ", ".join(f"{variant} {value:.2f}" for variant, value in accuracies.items()))
 

@@ -243,7 +243,7 @@ def test_params_out_of_what_the_code_serves(repo, changes, message):
 
 
 def test_the_runner_on_bad_output_paths_and_empty_input(tmp_path):
-    from test_engine import IMAGES, random_export  # one small exported network
+    from quant_fixture import IMAGES, random_export  # one small exported network
 
     directory, _ = random_export(tmp_path)
     np.save(tmp_path / "images.npy", IMAGES.numpy())
@@ -254,6 +254,9 @@ def test_the_runner_on_bad_output_paths_and_empty_input(tmp_path):
     np.save(tmp_path / "none.npy", IMAGES.numpy()[:0])
     result = subprocess.run([*runner, str(tmp_path / "none.npy")], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == ""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    result = subprocess.run([*runner, str(tmp_path / "empty.npy")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
     manifest = json.loads((directory / "manifest.json").read_text())
     for layer in manifest["layers"]:
         layer["clamp"] = [0, 1]  # an edited manifest changes predictions: refused by its checksum

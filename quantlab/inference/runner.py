@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = run(manifest, arrays, np.load(args.images, allow_pickle=False))
         if args.out:
             np.save(args.out, logits.astype(np.int32))
-    except (OSError, ValueError, KeyError, OverflowError) as error:
+    except (OSError, EOFError, ValueError, KeyError, OverflowError) as error:  # EOFError: an empty .npy
         print(f"error: {error}", file=sys.stderr)
         return 2
     for prediction in logits.argmax(axis=1):
