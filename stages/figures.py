@@ -1,5 +1,6 @@
 """Stage figures: the report's figures that no calibration choice changes (training curves, weight
-histograms, the calibration comparison, the QAT curves, the post-training techniques), as PDF and PNG. The
+histograms, the KL divergence of every threshold of one tensor, the calibration comparison, the QAT curves,
+the post-training techniques), as PDF and PNG. The
 activation histograms carry the chosen calibration's thresholds and are drawn by the report stage, so
 `dvc exp run -S calib=...` redraws only those."""
 
@@ -10,7 +11,8 @@ from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.io import load_json, require
 from quantlab.profiling import load_profiles
-from quantlab.quantize.symmetric import width_label, width_name
+from quantlab.quantize.calibration import calibrator
+from quantlab.quantize.symmetric import activation_signs, activation_widths, width_label, width_name
 from quantlab.report import figures
 
 
@@ -21,6 +23,12 @@ def main() -> None:
     figures.save(figures.training(histories), directory, "training")
     figures.save(figures.histograms(load_profiles(paths.profile("float"), "weights"), "weight value", log=False),
                  directory, "weights")
+    activations = load_profiles(paths.profile("float"), "activations")
+    tensor = figures.KL_TENSOR
+    bits = activation_widths(params.quant.activation_bits, params.quant.logit_bits)[tensor]
+    signed = activation_signs(params.quant.unsigned_activations)[tensor]
+    figures.save(figures.kl_curve(tensor, *calibrator("kl").divergences(activations[tensor], bits, signed),
+                                  activations[tensor].absmax), directory, "kl")
     float_accuracy = load_json(paths.FLOAT_ACCURACY)["float"]
     figures.save(figures.calibration(load_json(paths.CALIBRATION), float_accuracy), directory, "calibration")
     figures.save(figures.techniques(load_json(paths.TECHNIQUES), load_json(paths.CALIBRATION), float_accuracy),

@@ -6,8 +6,10 @@ to install, and everything before stays cached.
 """
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,9 +25,29 @@ INSTALL = (f"install TeX Live and the fonts: on Debian/Ubuntu `apt-get install {
 RECOVER = "`dvc checkout reports/build/report.pdf` brings back the last PDF built"
 
 
-def build_pdf(tex: Path) -> bytes:
+# What a reader sees as a layout fault: a line sticking out by more than OVERFULL_PT, an unresolved reference,
+# a float LaTeX could not place where asked.
+OVERFULL_PT = 5.0
+LAYOUT_FAULTS = (re.compile(r"^Overfull \\[hv]box \((?P<points>[\d.]+)pt too (wide|high)\)"),
+                 re.compile(r"(Reference|Citation) .* undefined"),
+                 re.compile(r"Float too large|Too many unprocessed floats|float specifier changed"))
+
+
+def layout_problems(lines: list[str]) -> list[str]:
+    """The lines of a LaTeX log that report a layout fault (overfull boxes up to OVERFULL_PT excepted)."""
+    problems = []
+    for line in lines:
+        for pattern in LAYOUT_FAULTS:
+            found = pattern.search(line)
+            if found and not ("points" in found.groupdict() and float(found["points"]) <= OVERFULL_PT):
+                problems.append(line.strip())
+    return problems
+
+
+def build_pdf(tex: Path) -> tuple[bytes, list[str]]:
     """The PDF of `tex`, compiled with LuaLaTeX (Unicode text: Greek, Cyrillic and CJK names) in a scratch folder
-    (figures are found relative to `tex`). A glyph missing from the fonts is an error, not a silent gap."""
+    (figures are found relative to `tex`), and the layout problems of its log. A glyph missing from the fonts
+    is an error, not a silent gap."""
     if shutil.which("lualatex") is None:
         raise UserError(f"lualatex not found: {INSTALL}")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(int(source_date().timestamp())), FORCE_SOURCE_DATE="1")
@@ -46,12 +68,15 @@ def build_pdf(tex: Path) -> bytes:
         missing = next((line for line in lines if line.startswith("Missing character")), None)
         if missing:
             raise UserError(f"{tex}: {missing} (a glyph the fonts lack); {RECOVER}")
-        return pdf.read_bytes()
+        return pdf.read_bytes(), layout_problems(lines)
 
 
 def main() -> None:
     tex = require(paths.REPORT / "report.tex")
-    save_bytes(paths.REPORT / "report.pdf", build_pdf(tex))
+    pdf, problems = build_pdf(tex)
+    save_bytes(paths.REPORT / "report.pdf", pdf)
+    for problem in problems:
+        print(f"warning: {tex}: {problem}", file=sys.stderr)
 
 
 if __name__ == "__main__":

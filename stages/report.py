@@ -14,7 +14,7 @@ from quantlab.io import load_json, load_npz, require, save_text
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, LEARNED_STEP, METHODS, calibrator
 from quantlab.quantize.network import QuantizedNetwork
-from quantlab.quantize.symmetric import int_range, width_label
+from quantlab.quantize.symmetric import activation_signs, activation_widths, int_range, width_label
 from quantlab.report import figures, tables
 from quantlab.report.render import code_version, render, source_date
 from quantlab.statistics import standard_error
@@ -27,8 +27,15 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
     weights = load_profiles(paths.profile("float"), "weights")
     activations = load_profiles(paths.profile("float"), "activations")
     calibration = load_json(paths.CALIBRATION)
+    layers = pd.read_csv(require(paths.CALIBRATION_LAYERS))
+    low_bits = tables.low_bit_activations(differences, layers)
+    qat_low, qat_high = tables.qat_extremes(differences)
     first_setting = next(iter(differences["techniques"]))
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
+    kl_bits = activation_widths(params.quant.activation_bits, params.quant.logit_bits)[figures.KL_TENSOR]
+    kl_signed = activation_signs(params.quant.unsigned_activations)[figures.KL_TENSOR]
+    held_in = len(dataset["train_y"]) - params.data.validation  # as training.training_subset takes a fraction
+    trained_on = held_in if params.train.fraction >= 1 else max(1, round(params.train.fraction * held_in))
     (qmin_w, qmax_w), (qmin_a, qmax_a) = int_range(params.quant.weight_bits), int_range(params.quant.activation_bits)
     return {
         "report": params.report, "params": params, "acc": accuracy, "diff": differences,
@@ -41,7 +48,14 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "methods": [(name, calibrator(name, params.quant.percentile).summary) for name in params.compare.methods],
         "qat_statistic": None if params.qat.ranges == LEARNED_STEP else METHODS[params.qat.ranges].batch_summary,
         "architecture": tables.architecture(),
-        "train_images": len(dataset["train_y"]), "test_images": len(dataset["test_y"]),
+        "train_images": trained_on, "test_images": len(dataset["test_y"]),
+        "qat_steps": params.qat.epochs * -(-trained_on // params.train.batch_size),
+        "factors": {name: tables.layer_factors(network, name) for name in ("conv1", "conv2")},
+        "kl_example": tables.kl_example(), "kl_tensor": figures.KL_TENSOR, "kl_bits": kl_bits,
+        "kl_threshold": calibrator("kl").threshold(activations[figures.KL_TENSOR], kl_bits, kl_signed),
+        "kl_absmax": activations[figures.KL_TENSOR].absmax,
+        "low_bits": low_bits, "qat_low": qat_low, "qat_high": qat_high,
+        "against": f"vs_best_{differences['choices_on']}",
         "weight_ranges": tables.ranges(weights, "layer"), "weight_verdicts": tables.sigma3_verdicts(weights),
         "weight_scales": tables.weight_scales(weights, network),
         "activation_ranges": tables.ranges(activations, "tensor"),
@@ -50,8 +64,8 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "qmax_w": qmax_w, "qmin_w": qmin_w, "qmax_a": qmax_a, "qmin_a": qmin_a,
         "calibration": tables.calibration(calibration),
         "chosen": [f"{row['best']} at {width_label(width)}" for width, row in differences["calibration"].items()],
-        "diagnostics": tables.diagnostics(pd.read_csv(require(paths.CALIBRATION_LAYERS)),
-                                          params.quant.activation_bits),
+        "diagnostics": tables.diagnostics(layers, low_bits["bits"] if low_bits else params.quant.activation_bits),
+        "diagnostics_bits": low_bits["bits"] if low_bits else params.quant.activation_bits,
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
         "engine": load_json(paths.ENGINE), "onnxruntime": tables.onnxruntime(differences),

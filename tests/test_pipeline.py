@@ -4,6 +4,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -18,7 +19,9 @@ from bench.sandbox import make_repo, run
 from quantlab.data import md5_of
 from quantlab.inference import export_format, onnx_graph
 from quantlab.inference.engine import FixedPointEngine
-from quantlab.report.tables import difference
+from quantlab.quantize.network import QuantizedNetwork
+from quantlab.report.tables import difference, layer_factors
+from stages.pdf import build_pdf
 
 from cifar_fixture import make_archive
 
@@ -130,6 +133,30 @@ def test_the_report_names_the_data_by_its_file_not_a_machine_path(repo):
         text = (repo / "reports/build" / name).read_text().replace(r"\allowbreak{}", "").replace("\\", "")
         assert str(archive.parent) not in text and str(repo) not in text, name
         assert "cifar-10-python.tar.gz" in text, name
+        assert ABSOLUTE_PATH.findall(text) == [], name
+
+
+# A path from the root: a slash after a space, a bracket, a quote or an equals sign (not a fraction such as 1/S,
+# nor a URL's //), then at least two path components.
+ABSOLUTE_PATH = re.compile(r"(?:^|(?<=[\s(\[{'\"=]))/[\w.-]+/[\w./-]+", re.MULTILINE)
+
+
+def test_the_report_is_laid_out_without_faults_and_states_the_labs_material(repo):
+    _, problems = build_pdf(repo / "reports/build/report.tex")
+    assert problems == []
+    pages = subprocess.run(["pdfinfo", str(repo / "reports/build/report.pdf")], capture_output=True, text=True,
+                           check=True).stdout
+    assert int(re.search(r"^Pages:\s+(\d+)", pages, re.MULTILINE)[1]) <= 10
+    text = pdf_text(repo)
+    for section in ("Introduction", "Results", "Discussion", "Conclusion"):  # numbered: "VIII. Results"
+        assert re.search(rf"\b[IVX]+\. {section}\b", text), section
+    assert "Appendix: the run" in text
+    assert "Q = [2, 0, 2, 2, 4, 4, 4, 4]" in text and "P = [1, 0, 2, 3, 5, 3, 1, 7]" in text
+    network = QuantizedNetwork.load(repo / "quant/float")
+    for layer in ("conv1", "conv2"):
+        factors = layer_factors(network, layer)
+        for key in ("n_w", "n_in", "n_out", "product"):
+            assert factors[key] in text, (layer, key)
 
 
 def pdf_text(repo) -> str:

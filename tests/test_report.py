@@ -112,7 +112,26 @@ def test_escaped_specials_compile_and_read_back(tmp_path):
     body = environment("latex").from_string("<< value >>").render(value=SPECIAL)
     tex.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\pagestyle{empty}\\begin{document}\n" + body +
                    "\n\\end{document}\n")
-    (tmp_path / "t.pdf").write_bytes(build_pdf(tex))
+    pdf, problems = build_pdf(tex)
+    (tmp_path / "t.pdf").write_bytes(pdf)
     text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
-    assert " ".join(text.split()) == SPECIAL
-    assert build_pdf(tex) == (tmp_path / "t.pdf").read_bytes()  # byte-reproducible
+    assert " ".join(text.split()) == SPECIAL and problems == []
+    assert build_pdf(tex)[0] == pdf  # byte-reproducible
+
+
+@pytest.mark.skipif(shutil.which("lualatex") is None, reason="needs TeX Live (make test installs them)")
+def test_layout_faults_in_the_latex_log_are_reported(tmp_path):
+    from stages.pdf import build_pdf, layout_problems
+
+    tex = tmp_path / "t.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\n"
+                   "\\hbox to 2in{" + "x" * 60 + "}\n"  # sticks out by far more than 5 pt
+                   "See Table~\\ref{nowhere}.\n"
+                   "\\begin{figure}[t]\\rule{1pt}{20in}\\end{figure}\n"  # taller than the page
+                   "\\end{document}\n")
+    _, problems = build_pdf(tex)
+    assert any(p.startswith("Overfull \\hbox") for p in problems)
+    assert any("Reference `nowhere' on page 1 undefined" in p for p in problems)
+    assert any("Float too large for page" in p for p in problems)
+    assert layout_problems(["Overfull \\hbox (4.9pt too wide) in paragraph at lines 3--4"]) == []
+    assert layout_problems(["Overfull \\vbox (5.1pt too high) has occurred while \\output is active"]) != []

@@ -134,12 +134,17 @@ class KL(Calibrator):
     summary = "TensorRT's entropy calibration, the least KL divergence between the histogram and its quantized copy"
 
     def threshold(self, profile, bits, signed=True):
+        candidates, divergences = self.divergences(profile, bits, signed)
+        return float(candidates[np.argmin(divergences)]) if len(candidates) else 0.0
+
+    def divergences(self, profile: TensorProfile, bits: int, signed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate threshold T and its KL(P || Q); none for a tensor of zeros."""
         h = profile.nonzero_abs_counts.astype(np.float64)
         levels = int_range(bits, signed)[1] + 1  # 128 quantized bins of |x| for 8-bit signed, 256 unsigned
         if h.sum() == 0:
-            return 0.0
+            return np.zeros(0), np.zeros(0)
         first = max(self.FIRST, levels)
-        return (first + int(np.argmin(kl_divergences(h, levels, first)))) * profile.absmax / profile.bins
+        return np.arange(first, len(h) + 1) * profile.absmax / profile.bins, kl_divergences(h, levels, first)
 
 
 def kl_divergences(h: np.ndarray, levels: int, first: int) -> np.ndarray:

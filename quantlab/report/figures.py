@@ -22,6 +22,7 @@ from quantlab.profiling import TensorProfile  # noqa: E402
 from quantlab.quantize.symmetric import width_label  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.16  # inches
+KL_TENSOR = "conv2"  # the tensor whose KL divergence per candidate threshold the report plots
 STYLE = {
     "font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.labelsize": 6.5,
     "legend.fontsize": 6.5, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "quantlab",
@@ -115,6 +116,21 @@ def histograms(profiles: dict[str, TensorProfile], xlabel: str, log: bool,
             ax.axis("off")
         figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=3,
                       frameon=False)
+        return figure
+
+
+def kl_curve(name: str, thresholds: np.ndarray, divergences: np.ndarray, absmax: float):
+    """KL(P || Q) of every candidate threshold of one tensor, the least one marked (the KL calibration's T)."""
+    finite = np.isfinite(divergences)
+    chosen = thresholds[np.argmin(divergences)]
+    with plt.rc_context(STYLE):
+        figure, ax = plt.subplots(figsize=(COLUMN, 1.6), layout="constrained")
+        ax.plot(thresholds[finite], divergences[finite], lw=1, color="C0")
+        ax.axvline(chosen, color="C3", lw=1.2, ls=":", label=f"least divergence: T = {chosen:.3g}")
+        ax.axvline(absmax, color="0.4", lw=0.8, ls="--", label=f"max |x| = {absmax:.3g}")
+        ax.set_yscale("log")
+        ax.set(xlabel=f"threshold T of {name}", ylabel="KL(P || Q)")
+        ax.legend(frameon=False, loc="upper right")
         return figure
 
 

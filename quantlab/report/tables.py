@@ -11,7 +11,7 @@ from quantlab.architecture import ACTIVATIONS, steps
 from quantlab.config import combination_label
 from quantlab.data import archive_name
 from quantlab.profiling import TensorProfile
-from quantlab.quantize.calibration import FINE_TUNED
+from quantlab.quantize.calibration import FINE_TUNED, merge_and_expand
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import width_label
 from quantlab.statistics import signed
@@ -86,6 +86,78 @@ def sigma3_verdicts(profiles: dict[str, TensorProfile]) -> dict[str, list[str]]:
 def scale_text(value: np.ndarray) -> str:
     """A scale or multiplier; per-channel ones as their range."""
     return f"{value:.4g}" if np.ndim(value) == 0 else f"{value.min():.3g} to {value.max():.3g}"
+
+
+def span_text(values, digits: int = 4) -> str:
+    """A number, or the range of per-channel numbers, to `digits` significant digits."""
+    values = np.asarray(values)
+    if values.size == 1 or values.min() == values.max():
+        return f"{values.max():.{digits}g}"
+    return f"{values.min():.{digits}g} to {values.max():.{digits}g}"
+
+
+def layer_factors(network: QuantizedNetwork, name: str) -> dict[str, str]:
+    """The lab's scaling factors of a layer (its equations (5), (6)), n = 1/S: n_W of its weights, n_In of the
+    activation entering it, n_Out = M the factor its accumulator is rescaled by, and their product 1/S_out."""
+    entering = ACTIVATIONS[ACTIVATIONS.index(name) - 1]
+    scales = {key: network.activations[key].scale for key in (entering, name)}
+    return {"n_w": span_text(1 / network.layers[name].scale), "n_in": span_text(1 / scales[entering]),
+            "n_out": span_text(network.multiplier(name)), "product": span_text(1 / scales[name]), "entering": entering}
+
+
+LAB_P = (1, 0, 2, 3, 5, 3, 1, 7)  # the lab's worked example of the KL calibration (its Fig. 5)
+
+
+def kl_example(p: tuple[int, ...] = LAB_P, levels: int = 2) -> dict[str, str]:
+    """The lab's worked example, computed by the calibration's own `merge_and_expand`: P merged into `levels`
+    bins, expanded back to Q, and KL(P || Q) of the two normalized (natural log)."""
+    reference = np.asarray(p, dtype=np.float64)
+    q = merge_and_expand(reference, reference, levels)
+    merged = [reference[i * len(p) // levels:(i + 1) * len(p) // levels].sum() for i in range(levels)]
+    kept = reference > 0  # 0 log 0 = 0; Q is non-zero wherever P is
+    p_norm, q_norm = reference[kept] / reference.sum(), q[kept] / q.sum()
+    kl = float(np.sum(p_norm * np.log(p_norm / q_norm)))
+
+    def listed(values) -> str:
+        return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+    return {"p": listed(reference), "merged": listed(merged), "q": listed(q), "kl": f"{kl:.4f}", "levels": levels,
+            "bins": len(p)}
+
+
+def low_bit_activations(differences: dict, layers: pd.DataFrame) -> dict | None:
+    """At the comparison's width with the fewest activation bits (the most weight bits among those): minmax,
+    the method chosen on validation and its difference to minmax, and the tensor where that method keeps the
+    least signal (lowest SQNR) with minmax's SQNR for it. None when every width has 8-bit activations, or
+    minmax is not compared, or it is the chosen method."""
+    widths = [w for w, row in differences["calibration"].items() if int(w.split("A")[1]) < 8 and "minmax" in row]
+    if not widths:
+        return None
+    width = min(widths, key=lambda w: (int(w.split("A")[1]), -int(w[1:].split("A")[0])))
+    row, bits = differences["calibration"][width], int(width.split("A")[1])
+    if row["best"] == "minmax":  # nothing to set against minmax
+        return None
+    at = layers[(layers.activation_bits == bits) & (layers.tensor != "input")].set_index(["method", "tensor"])
+    worst = at.loc[row["best"]]["sqnr_db"].idxmin()
+    return {"width": width_label(width), "bits": bits, "chosen": row["best"], "row": row,
+            "tensor": worst, "sqnr": f"{at.loc[(row['best'], worst), 'sqnr_db']:.1f}",
+            "clipped": f"{100 * at.loc[(row['best'], worst), 'clipped']:.2f}",
+            "minmax_sqnr": f"{at.loc[('minmax', worst), 'sqnr_db']:.1f}",
+            "best_sqnr": f"{at.loc[row['best']]['sqnr_db'].max():.1f}"}
+
+
+def qat_extremes(differences: dict) -> tuple[dict | None, dict | None]:
+    """The QAT cells at the comparison's fewest and most bits (weights plus activations): its width and record."""
+    widths = [w for w, row in differences["calibration"].items() if FINE_TUNED in row]
+    if not widths:
+        return None, None
+
+    def bits(width: str) -> int:
+        return sum(int(part) for part in width[1:].split("A"))
+
+    low, high = min(widths, key=bits), max(widths, key=bits)
+    cells = [{"width": width_label(w), "record": differences["calibration"][w][FINE_TUNED]} for w in (low, high)]
+    return cells[0], cells[1] if high != low else None
 
 
 def weight_scales(profiles: dict[str, TensorProfile], network: QuantizedNetwork) -> pd.DataFrame:
