@@ -215,7 +215,7 @@ def test_changing_a_report_template_reruns_only_the_report_stages(repo):
     template.write_text(original.replace('f.section("Results")', 'f.section("Results of this run")'))
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
     assert r"\section{Results of this run}" in (repo / "reports/build/report.tex").read_text()
-    assert "## VII. Results of this run" in (repo / "reports/build/report.md").read_text()
+    assert re.search(r"^## [IVX]+\. Results of this run$", (repo / "reports/build/report.md").read_text(), re.MULTILINE)
     template.write_text(original)
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
     assert stages_run(run(repo, "dvc", "repro").stdout) == []

@@ -58,15 +58,13 @@ def saturating_rounding_doubling_high_mul(a, b):
 
 def rounding_divide_by_pot(x, exponent):
     """gemmlowp's RoundingDivideByPOT of int64 arrays (NumPy or torch): x / 2^exponent rounded to nearest,
-    ties away from zero; 0 <= exponent <= 31."""
+    ties away from zero; 0 <= exponent <= 31. As floor((x + 2^(e-1) - [x < 0]) / 2^e) for e > 0: half of the
+    divisor added, one less for a negative x, so that its ties go down, away from zero; x itself for e = 0."""
     if (exponent < 0).any() or (exponent > 31).any():
         raise ValueError("rounding_divide_by_pot needs 0 <= exponent <= 31")
-    mask = (1 << exponent) - 1
-    excess = x & mask  # the remainder, less the threshold (mask >> 1) + (x < 0) that it must exceed to round up
-    excess -= (mask >> 1) + 1
-    excess += x >= 0
-    quotient = x >> exponent
-    quotient += excess > 0
+    quotient = x + ((1 << exponent) >> 1)
+    quotient -= ((x < 0) & (exponent > 0)) * 1  # as integers: torch subtracts no bools
+    quotient >>= exponent
     return quotient
 
 
