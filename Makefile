@@ -4,6 +4,8 @@
 #   make pipeline DATA=path.tar.gz DATA_MD5=<md5>  the same on a local archive, as a DVC experiment
 #   make test                                      the test suite
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
+#   make push [REMOTE=...]                         the DVC cache and run-cache to a remote (default: a local folder)
+#   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage it can
 VENV := .venv
 STAMP := $(VENV)/.installed
 TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex \
@@ -13,8 +15,13 @@ export DVC_NO_ANALYTICS := 1
 
 N := 5
 J := 2
+# The default DVC remote: a folder outside the project that needs no account. Any DVC remote URL works too
+# (s3://bucket/path, gs://..., ssh://host/path, with its dvc extra installed).
+REMOTE := $(HOME)/.cache/quantlab/dvc-remote
+LOCAL_REMOTE = $(if $(findstring ://,$(REMOTE)),,yes)
+REMOTE_URL = $(if $(LOCAL_REMOTE),$(abspath $(REMOTE)),$(REMOTE))
 
-.PHONY: pipeline test tex seeds
+.PHONY: pipeline test tex seeds remote push pull
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -46,3 +53,21 @@ test: $(STAMP) tex
 
 seeds: $(STAMP) tex
 	python -m bench.seeds --seeds $(N) --jobs $(J)
+
+# The remote goes into .dvc/config.local (not committed): each clone names its own.
+remote: $(STAMP)
+	dvc remote add --local --force --default shared "$(REMOTE_URL)"
+
+push: remote
+ifeq ($(LOCAL_REMOTE),yes)
+	mkdir -p "$(REMOTE_URL)"
+endif
+	dvc push --run-cache
+
+pull: $(STAMP)
+ifeq ($(LOCAL_REMOTE),yes)
+	@test -d "$(REMOTE_URL)" || { echo "error: the DVC remote $(REMOTE_URL) does not exist: run make push there first, or pass REMOTE=<folder or URL>" >&2; exit 2; }
+endif
+	dvc remote add --local --force --default shared "$(REMOTE_URL)"
+	dvc pull --run-cache
+	dvc repro

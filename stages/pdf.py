@@ -16,7 +16,7 @@ from pathlib import Path
 from quantlab import paths
 from quantlab.errors import UserError, run_main
 from quantlab.io import require, save_bytes
-from quantlab.report.render import source_date
+from quantlab.report.provenance import source_date
 
 PACKAGES = ("texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex "
             "fonts-freefont-otf fonts-noto-cjk")

@@ -16,7 +16,8 @@ from quantlab.quantize.calibration import FINE_TUNED, LEARNED_STEP, METHODS, cal
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import activation_signs, activation_widths, int_range, width_label
 from quantlab.report import figures, tables
-from quantlab.report.render import code_version, render, source_date
+from quantlab.report.provenance import code_version, source_date
+from quantlab.report.render import render
 from quantlab.statistics import standard_error
 
 

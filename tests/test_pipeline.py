@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 
@@ -35,7 +36,7 @@ KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bi
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     archive = make_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
-    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", extra=["bench"],
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", extra=["bench", "Makefile", "requirements.txt"],
                      data__url=str(archive), data__md5=md5_of(archive), data__validation=200,
                      train__epochs=3, train__batch_size=50, profile__calib_images=200, qat__start=5,
                      compare__widths=[[8, 8], [4, 4]], techniques__widths=[[4, 8], [8, 8]],
@@ -342,3 +343,26 @@ def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
     template.write_text(original)
     run(repo, "dvc", "repro")
     assert (repo / "reports/build/report.pdf").read_bytes() == pdf and "up to date" in run(repo, "dvc", "status").stdout
+
+
+def make(repo, *arguments: str, check: bool = True):
+    """`make` in a sandbox, with this interpreter's environment standing in for the project's .venv."""
+    return run(repo, "make", "--no-print-directory", "-o", ".venv/.installed", *arguments, check=check)
+
+
+def test_a_fresh_clone_restores_the_run_from_the_remote_alone(repo, tmp_path):
+    """make push on one clone, then on a fresh clone elsewhere make pull: nothing runs, the same bytes."""
+    remote = tmp_path / "remote"
+    run(repo, "git", "add", "-A")  # dvc.lock and the small outputs, as after any run
+    run(repo, "git", "commit", "-qm", "the run")
+    make(repo, "push", f"REMOTE={remote}")
+    clone = tmp_path / "elsewhere" / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    start = time.perf_counter()
+    pulled = make(clone, "pull", f"REMOTE={remote}")
+    assert time.perf_counter() - start <= 30 and stages_run(pulled.stdout) == []
+    assert output_digests(clone) == output_digests(repo)
+    assert "up to date" in run(clone, "dvc", "status").stdout
+    missing = make(clone, "pull", f"REMOTE={tmp_path / 'nowhere'}", check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert f"error: the DVC remote {tmp_path / 'nowhere'} does not exist" in missing.stderr.splitlines()[0]

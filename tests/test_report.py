@@ -10,9 +10,9 @@ from markupsafe import Markup
 
 from quantlab.profiling import profile_tensor
 from quantlab.report import figures
+from quantlab.report.provenance import code_version
 from quantlab.report.render import (
     TEMPLATES,
-    code_version,
     environment,
     latex_escape,
     latex_table,

@@ -8,11 +8,7 @@ prints goes through the format's escaping unless it is markup built on purpose (
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import jinja2
@@ -22,9 +18,6 @@ from markupsafe import Markup
 from quantlab.config import CJK, within
 
 TEMPLATES = Path("reports")
-# The code whose version the report states: everything that computes or renders a number.
-CODE = ("dvc.yaml", "quantlab", "stages", "reports")
-CODE_SUFFIXES = (".py", ".j2", ".yaml")
 
 # Quotes and runs of hyphens too: a value prints as typed, not as TeX's ligatures (curly quotes, dashes).
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -134,26 +127,3 @@ def render(template: str, context: dict, fmt: str, directory: Path = TEMPLATES) 
     first = Numbering()
     environment(fmt, first, directory).get_template(template).render(**context)
     return environment(fmt, Numbering(first.found), directory).get_template(template).render(**context)
-
-
-def code_version(root: Path = Path(".")) -> str:
-    """The first 12 hex digits of the SHA-256 of the pipeline's source files (paths and contents)."""
-    digest = hashlib.sha256()
-    files = sorted(p for name in CODE for p in ([root / name] if (root / name).is_file() else
-                                                 (root / name).rglob("*")) if p.suffix in CODE_SUFFIXES)
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def source_date() -> dt.datetime:
-    """The report's date: SOURCE_DATE_EPOCH if set, else the time of the last git commit, so the same
-    inputs give the same report; the Unix epoch outside a git repository."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is None:
-        try:
-            epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True,
-                                   check=True).stdout.strip() or "0"
-        except (OSError, subprocess.CalledProcessError):
-            epoch = "0"
-    return dt.datetime.fromtimestamp(int(epoch), dt.UTC)
