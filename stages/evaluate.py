@@ -62,14 +62,14 @@ def main() -> None:
         logits[variant] = outputs(forward, test)  # the engine's agreement compares logits
         predictions[variant] = {name: outputs(forward, split).argmax(1) if name != "test"
                                 else logits[variant].argmax(1) for name, split in images.items()}
+    engine = {"reference": ENGINE_REFERENCE, **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
+              **deployment(test, logits["integer_engine"])}  # before any output: a refused ONNX file writes none
     save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),
                 **{variant: accuracy(p["test"], test.y) for variant, p in predictions.items()}}
     accuracies = {variant: measured[variant] for variant in VARIANTS}
     save_json(paths.ACCURACY, accuracies)
-    save_json(paths.ENGINE, {"reference": ENGINE_REFERENCE,
-                             **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
-                             **deployment(test, logits["integer_engine"])})
+    save_json(paths.ENGINE, engine)
     save_class_plots("quant", predictions["quant_weights_activations"]["test"], test.y, classes)
     print("test accuracy (%):", ", ".join(f"{variant} {value:.2f}" for variant, value in accuracies.items()))
 
