@@ -25,8 +25,6 @@ from quantlab.inference.fixed_point import (
     onnxruntime_multiplier,
     requantize,
     round_scaled,
-    rounding_divide_by_pot,
-    saturating_rounding_doubling_high_mul,
 )
 from quantlab.model import max_pool
 
@@ -60,11 +58,7 @@ class EngineLayer:
         self.weight_t = torch.from_numpy(columns.T.astype(np.int8)).contiguous()
         self.bias = torch.from_numpy(bias + self.offset * flat.sum(axis=1))  # int64, added to int32 sums
         self.m0, self.shift = (torch.from_numpy(arrays[spec[key]].astype(np.int64)) for key in ("multiplier", "shift"))
-        # (acc << p) * M0 = acc * (M0 << p): where `worst` << p fits in int32, as the export's pre-shift p makes it,
-        # one high multiply by M0 << p does the pre-shift too, with no overflow check per batch; the same integers
-        pre_shift = spec["pre_shift"]
-        self.fused = worst << pre_shift <= INT32_MAX and bool((self.shift <= pre_shift).all())
-        self.m0_shifted, self.right_shift = self.m0 << pre_shift, pre_shift - self.shift
+        self.bound = worst  # no accumulator can exceed it: requantize need not measure them
         self.multiplier = torch.from_numpy(onnxruntime_multiplier(input_scale, spec["weight_scale"],
                                                                   spec["output_scale"]).reshape(-1))
 
@@ -85,11 +79,8 @@ class EngineLayer:
         acc = self.bias + acc  # int64
         if self.rounding == ONNXRUNTIME:
             return round_scaled(acc.to(torch.float32) * self.multiplier, self.spec["clamp"]).int()
-        if self.fused:
-            high = saturating_rounding_doubling_high_mul(acc, self.m0_shifted)
-            return rounding_divide_by_pot(high, self.right_shift).clip_(*self.spec["clamp"]).int()
         return requantize(acc, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
-                          self.spec["name"]).int()
+                          self.spec["name"], self.bound).int()
 
 
 def padded_channels(channels: int) -> int:

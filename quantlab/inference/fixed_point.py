@@ -117,8 +117,18 @@ def round_scaled(scaled, clamp: tuple[int, int]):
     return scaled.clip(*clamp).round()
 
 
-def requantize(acc, m0, shift, pre_shift: int, clamp: tuple[int, int], name: str):
+def requantize(acc, m0, shift, pre_shift: int, clamp: tuple[int, int], name: str, bound: int | None = None):
     """The fixed-point rescale of int32 accumulators (an int64 NumPy array or torch tensor) to the output's
-    scale, then the clamp (which is also the ReLU); `m0` and `shift` broadcast against `acc`."""
-    shifted = shift_left(acc, pre_shift, f"{name}'s pre-shift by {pre_shift}")
-    return multiply_by_quantized_multiplier(shifted, m0, shift - pre_shift).clip(*clamp)
+    scale, then the clamp (which is also the ReLU); `m0` and `shift` broadcast against `acc`. `bound`: a known
+    largest |acc| (the layer's worst case), which spares measuring the accumulators for the overflow check.
+
+    Where M <= 2^p (shift <= p), (acc << p) * M0 = acc * (M0 << p) once acc << p fits in int32: one high
+    multiply by M0 << p does the pre-shift too, the same integers in fewer passes."""
+    if bound is None:
+        bound = int(max(-acc.min(), acc.max())) if math.prod(acc.shape) else 0
+    if bound << pre_shift > INT32_MAX:
+        raise OverflowError(f"int32 overflow in {name}'s pre-shift by {pre_shift}")
+    if (shift > pre_shift).any():  # M > 2^p: the reference's own left shift, with its overflow check
+        return multiply_by_quantized_multiplier(acc << pre_shift, m0, shift - pre_shift).clip(*clamp)
+    high = saturating_rounding_doubling_high_mul(acc, m0 << pre_shift)
+    return rounding_divide_by_pot(high, pre_shift - shift).clip(*clamp)
