@@ -58,6 +58,16 @@ class Graph:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
         return output
 
+    def model(self, name: str, outputs: list, doc_string: str = "") -> onnx.ModelProto:
+        """The checked model of this graph, from uint8 pixels (N, 3, 32, 32) to `outputs` (value infos), at
+        this project's opset and producer."""
+        pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", *INPUT_SHAPE])
+        body = helper.make_graph(self.nodes, name, [pixels], outputs, list(self.initializers.values()))
+        model = helper.make_model(body, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER,
+                                  producer_version="1", **({"doc_string": doc_string} if doc_string else {}))
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
 
 def storage(manifest: dict) -> tuple[type, dict[str, int]]:
     """The element type of every activation tensor, and each one's zero point (by tensor: input, conv1, ...)."""
@@ -124,18 +134,13 @@ def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     graph.node("DequantizeLinear", ["quantized_logits", *output_quantization], "logits")
     classes = len(manifest["classes"])
     element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    model = helper.make_model(
-        helper.make_graph(graph.nodes, f"{manifest['model']}_integer", [helper.make_tensor_value_info(
-            "pixels", TensorProto.UINT8, ["N", *manifest["input"]["shape"]])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
-             helper.make_tensor_value_info("quantized_logits", element, ["N", classes])],
-            list(graph.initializers.values())),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER, producer_version="1",
-        doc_string="Integer network exported by quantlab: uint8 pixels (N, 3, 32, 32) in, logits out.")
+    model = graph.model(f"{manifest['model']}_integer",
+                        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
+                         helper.make_tensor_value_info("quantized_logits", element, ["N", classes])],
+                        "Integer network exported by quantlab: uint8 pixels (N, 3, 32, 32) in, logits out.")
     helper.set_model_props(model, {"classes": json.dumps(manifest["classes"]),
                                    "provenance": json.dumps(manifest["provenance"], sort_keys=True),
                                    "logit_zero_point": str(zero_points[manifest["layers"][-1]["name"]])})
-    onnx.checker.check_model(model, full_check=True)
     return model
 
 
@@ -160,14 +165,7 @@ def float_model(state: dict[str, np.ndarray], classes: int = 10) -> onnx.ModelPr
         if layer.pool:
             x = graph.node("MaxPool", [x], f"{layer.name}.pool", kernel_shape=[POOL] * 2, strides=[POOL] * 2)
     graph.nodes[-1].output[0] = "logits"
-    model = helper.make_model(
-        helper.make_graph(graph.nodes, "float", [helper.make_tensor_value_info(
-            "pixels", TensorProto.UINT8, ["N", *INPUT_SHAPE])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-            list(graph.initializers.values())),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER, producer_version="1")
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return graph.model("float", [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])])
 
 
 def check(model: onnx.ModelProto, path: Path) -> None:
