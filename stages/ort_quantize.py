@@ -45,8 +45,7 @@ class Batches(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def logits(model: Path, pixels: np.ndarray) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+def logits(session, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(["logits"], {"pixels": pixels[start:start + 1000]})[0]
                            for start in range(0, len(pixels), 1000)])
 
@@ -65,9 +64,11 @@ def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndar
                 quantize_static(str(source), str(target), Batches(calibration), quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, calibrate_method=method)
             # the same model bytes give the same predictions (Entropy, with quantize_static's bins, is MinMax)
-            digest = hashlib.sha256(target.read_bytes()).hexdigest()
+            payload = target.read_bytes()
+            digest = hashlib.sha256(payload).hexdigest()
             if digest not in by_model:
-                by_model[digest] = {split: torch.from_numpy(logits(target, split_images.x.numpy()).argmax(1))
+                session = onnx_graph.session(payload)
+                by_model[digest] = {split: torch.from_numpy(logits(session, split_images.x.numpy()).argmax(1))
                                     for split, split_images in images.items()}
             predictions[f"{WIDTH}-{granularity}/{name}"] = by_model[digest]
     return predictions
