@@ -102,3 +102,7 @@ def test_a_tampered_or_foreign_onnx_file_fails_with_one_line(tmp_path):
     rewrite(directory, manifest, b"\x08" * 40)
     with pytest.raises(UserError, match="model.onnx is not"):
         onnx_graph.load(directory, manifest)
+
+    (directory / onnx_graph.FILE).unlink()
+    with pytest.raises(UserError, match="missing upstream output .*model.onnx: run `dvc repro`"):
+        onnx_graph.load(directory, manifest)

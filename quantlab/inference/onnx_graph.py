@@ -34,6 +34,7 @@ from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL
 from quantlab.errors import UserError
 from quantlab.inference.export_format import INPUT_LUT
 from quantlab.inference.fixed_point import onnxruntime_multiplier
+from quantlab.io import require
 
 OPSET = 21
 PRODUCER = "quantlab"
@@ -183,7 +184,7 @@ def check(model: onnx.ModelProto, path: Path) -> None:
 def load(directory: str | Path, manifest: dict) -> bytes:
     """The serialized ONNX model of an export, after checking it against the SHA-256 in the manifest and
     with `check`."""
-    path = Path(directory) / manifest["onnx"]["file"]
+    path = require(Path(directory) / manifest["onnx"]["file"])
     payload = path.read_bytes()
     if hashlib.sha256(payload).hexdigest() != manifest["onnx"]["sha256"]:
         raise UserError(f"{path} does not match the SHA-256 in its manifest: it was edited or damaged; "
