@@ -15,9 +15,12 @@ ONNX Runtime requantizes with a float32 multiplier M = (S_in * S_W[o]) / S_out (
 q = round_half_even(clamp(float32(acc + bias) * M)) (`MlasRequantizeOutput` in onnxruntime/core/mlas/lib/
 quantize.cpp): the engine's "onnxruntime" rounding (`quantlab.inference.fixed_point.onnxruntime_multiplier`).
 
-Tensor types: ONNX Runtime's QLinearConv and QLinearMatMul take and give the same 8-bit type. A network whose
-activations are all signed uses int8 (zero point 0); one with unsigned activations uses uint8 everywhere, and
-its signed tensors (the input, the logits) carry the zero point 128, so that q = stored - 128 exactly.
+Tensor types: every 8-bit tensor is uint8, "U8U8" in ONNX Runtime's terms. A signed one (an activation, a
+weight) carries the zero point 128, so that q = stored - 128 exactly; an unsigned activation the zero point 0.
+ONNX Runtime's quantization guide ("Data type selection") says why: its x86 kernels are built for uint8
+activations (int8 ones ran twice as slowly here), and with int8 weights (U8S8) AVX2 and AVX-512 without VNNI
+multiply with VPMADDUBSW, whose pairwise int16 sums saturate (onnxruntime/core/mlas/lib/intrinsics/avx2/
+saturation_check_avx2.cpp detects exactly that). U8U8 sums exactly on every x86 CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from quantlab.io import require
 OPSET = 21
 PRODUCER = "quantlab"
 FILE = "model.onnx"
-SIGNED_ZERO_POINT = 128  # of a signed tensor stored as uint8
+SIGNED_ZERO_POINT = 128  # of a signed tensor (stored as uint8)
 # The x86 extensions among which ONNX Runtime's integer kernels (MLAS) choose; its results must not depend on them.
 CPU_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "amx_int8")
 
@@ -70,43 +73,45 @@ class Graph:
         return model
 
 
-def storage(manifest: dict) -> tuple[type, dict[str, int]]:
-    """The element type of every activation tensor, and each one's zero point (by tensor: input, conv1, ...)."""
+def zero_points(manifest: dict) -> dict[str, int]:
+    """The zero point of every activation tensor (by tensor: input, conv1, ...), stored as uint8."""
     ranges = {"input": manifest["input"]["range"], **{layer["name"]: layer["output_range"]
                                                       for layer in manifest["layers"]}}
-    if all(high <= 127 for _, high in ranges.values()):
-        return np.int8, dict.fromkeys(ranges, 0)
-    return np.uint8, {name: SIGNED_ZERO_POINT if low < 0 else 0 for name, (low, high) in ranges.items()}
+    return {name: SIGNED_ZERO_POINT if low < 0 else 0 for name, (low, high) in ranges.items()}
+
+
+def stored(q: np.ndarray, zero_point: int) -> np.ndarray:
+    """Integers as uint8 with `zero_point` (stored - zero_point = q)."""
+    return (q.astype(np.int64) + zero_point).astype(np.uint8)
 
 
 def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The ONNX model of an export (its manifest and arrays), checked by onnx.checker."""
-    dtype, zero_points = storage(manifest)
-    info = np.iinfo(dtype)
+    zero_point_of = zero_points(manifest)
     graph = Graph()
     x = graph.node("Cast", ["pixels"], "pixel_index", to=TensorProto.INT64)
-    lut = arrays[INPUT_LUT].astype(np.int64) + zero_points["input"]
-    x = graph.node("Gather", [graph.constant("input.lut", lut.astype(dtype)), x], "input")
+    x = graph.node("Gather", [graph.constant("input.lut", stored(arrays[INPUT_LUT], zero_point_of["input"])), x],
+                   "input")
     previous, scale, spatial = "input", manifest["input"]["scale"], True
     for layer in manifest["layers"]:
         name = layer["name"]
         if layer["kind"] == "fc" and spatial:  # (N, C, H, W) -> (N, C * H * W), the float model's order
             x = graph.node("Flatten", [x], f"{name}.flat", axis=1)
         spatial = layer["kind"] == "conv"
-        weight = arrays[layer["weight"]].astype(np.int8)
-        zero_point = zero_points[name]
+        weight = stored(arrays[layer["weight"]], SIGNED_ZERO_POINT)
+        weight_zero_point = graph.constant(f"{name}.weight.zero_point", np.uint8(SIGNED_ZERO_POINT))
+        zero_point = zero_point_of[name]
         low, high = (bound + zero_point for bound in layer["clamp"])
         quantization = [graph.constant(f"{previous}.scale", np.float32(scale)),
-                        graph.constant(f"{previous}.zero_point", dtype(zero_points[previous]))]
+                        graph.constant(f"{previous}.zero_point", np.uint8(zero_point_of[previous]))]
         weight_scale = np.asarray(layer["weight_scale"], np.float32).reshape(-1)
         weight_scale = weight_scale if len(weight_scale) > 1 else weight_scale[0]
         output_quantization = [graph.constant(f"{name}.scale", np.float32(layer["output_scale"])),
-                               graph.constant(f"{name}.zero_point", dtype(zero_point))]
+                               graph.constant(f"{name}.zero_point", np.uint8(zero_point))]
         bias = [graph.constant(f"{name}.bias", arrays[layer["bias"]].astype(np.int32))] if layer["bias"] else []
         if layer["kind"] == "fc" and bias:
-            x = graph.node("MatMulInteger", [x, graph.constant(f"{name}.weight", weight.T.copy()),
-                                             quantization[1], graph.constant(f"{name}.weight.zero_point",
-                                                                             np.int8(0))], f"{name}.acc")
+            x = graph.node("MatMulInteger", [x, graph.constant(f"{name}.weight", weight.T.copy()), quantization[1],
+                                             weight_zero_point], f"{name}.acc")
             x = graph.node("Add", [x, bias[0]], f"{name}.acc_bias")
             x = graph.node("Cast", [x], f"{name}.acc_float", to=TensorProto.FLOAT)
             multiplier = onnxruntime_multiplier(scale, layer["weight_scale"], layer["output_scale"])
@@ -116,17 +121,17 @@ def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
             x = graph.node("Round", [x], f"{name}.rounded")
             if zero_point:
                 x = graph.node("Add", [x, graph.constant(f"{name}.offset", np.float32(zero_point))], f"{name}.shifted")
-            x = graph.node("Cast", [x], name, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+            x = graph.node("Cast", [x], name, to=TensorProto.UINT8)
         else:
             operands = [x, *quantization,
                         graph.constant(f"{name}.weight", weight if layer["kind"] == "conv" else weight.T.copy()),
                         graph.constant(f"{name}.weight.scale", weight_scale),
-                        graph.constant(f"{name}.weight.zero_point", np.int8(0)), *output_quantization, *bias]
+                        weight_zero_point, *output_quantization, *bias]
             op = "QLinearConv" if layer["kind"] == "conv" else "QLinearMatMul"
             x = graph.node(op, operands, f"{name}.requantized")
-            if (low, high) != (info.min, info.max):
-                x = graph.node("Clip", [x, graph.constant(f"{name}.min", dtype(low)),
-                                        graph.constant(f"{name}.max", dtype(high))], name)
+            if (low, high) != (0, 255):
+                x = graph.node("Clip", [x, graph.constant(f"{name}.min", np.uint8(low)),
+                                        graph.constant(f"{name}.max", np.uint8(high))], name)
         if layer["pool"]:
             x = graph.node("MaxPool", [x], f"{name}.pool", kernel_shape=[layer["pool"]] * 2,
                            strides=[layer["pool"]] * 2)
@@ -134,14 +139,13 @@ def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     graph.nodes[-1].output[0] = "quantized_logits"
     graph.node("DequantizeLinear", ["quantized_logits", *output_quantization], "logits")
     classes = len(manifest["classes"])
-    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     model = graph.model(f"{manifest['model']}_integer",
                         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
-                         helper.make_tensor_value_info("quantized_logits", element, ["N", classes])],
+                         helper.make_tensor_value_info("quantized_logits", TensorProto.UINT8, ["N", classes])],
                         "Integer network exported by quantlab: uint8 pixels (N, 3, 32, 32) in, logits out.")
     helper.set_model_props(model, {"classes": json.dumps(manifest["classes"]),
                                    "provenance": json.dumps(manifest["provenance"], sort_keys=True),
-                                   "logit_zero_point": str(zero_points[manifest["layers"][-1]["name"]])})
+                                   "logit_zero_point": str(zero_point_of[manifest["layers"][-1]["name"]])})
     return model
 
 
@@ -207,7 +211,7 @@ def session(payload: bytes):
 def run(session, manifest: dict, pixels: np.ndarray, batch: int = 1000) -> np.ndarray:
     """The integer logits (int64) that ONNX Runtime's CPU kernels compute for uint8 images (N, 3, 32, 32) in a
     `session` of the export's model."""
-    zero_point = storage(manifest)[1][manifest["layers"][-1]["name"]]
+    zero_point = zero_points(manifest)[manifest["layers"][-1]["name"]]
     logits = [session.run(["quantized_logits"], {"pixels": pixels[start:start + batch]})[0]
               for start in range(0, len(pixels), batch)]
     return np.concatenate(logits).astype(np.int64) - zero_point
