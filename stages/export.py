@@ -1,4 +1,4 @@
-"""Stage export@<model>: the quantized network as an integer-only artifact in export/<model>/ (the format of
+"""Stage export: each model's quantized network as an integer-only artifact in export/<model>/ (the format of
 quantlab.inference.export_format): model.npz (int8 weights, int32 biases, fixed-point multipliers M0 and
 shifts, the input lookup table), manifest.json (layer order, shapes, bit widths, scales, integer ranges, the
 engine's rounding, the SHA-256 of the arrays and of the ONNX model), model.onnx (the same network for ONNX
@@ -6,13 +6,12 @@ Runtime, quantlab.inference.onnx_graph) and runner.py, the standalone NumPy runn
 
 import ast
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from quantlab import paths
-from quantlab.architecture import INPUT_SHAPE, LAYERS, POOL, model_name_argument, steps
+from quantlab.architecture import INPUT_SHAPE, LAYERS, MODELS, POOL, steps
 from quantlab.config import load_params
 from quantlab.errors import run_main
 from quantlab.inference import export_format, fixed_point, onnx_graph, runner
@@ -81,22 +80,33 @@ def standalone_runner() -> str:
     return f"{docstring}\n\nfrom __future__ import annotations\n\n" + "\n\n".join(bodies)
 
 
-def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+def built(manifest: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, bytes, bytes]:
+    """An export's manifest, completed with the ONNX model's and the arrays' checksums, the arrays (.npz) and
+    the ONNX model."""
     payload, model = npz_bytes(arrays), onnx_graph.build(manifest, arrays).SerializeToString()
     manifest = {**manifest, "onnx": {"file": onnx_graph.FILE, "opset": onnx_graph.OPSET,
                                      "sha256": hashlib.sha256(model).hexdigest()}}
+    return {**manifest, "sha256": export_format.checksum(manifest, payload)}, payload, model
+
+
+def save(directory: Path, manifest: dict, payload: bytes, model: bytes) -> None:
     save_bytes(directory / export_format.ARRAYS, payload)
     save_bytes(directory / onnx_graph.FILE, model)
-    save_json(directory / export_format.MANIFEST, {**manifest, "sha256": export_format.checksum(manifest, payload)})
+    save_json(directory / export_format.MANIFEST, manifest)
     save_text(directory / "runner.py", standalone_runner())
 
 
+def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    save(directory, *built(manifest, arrays))
+
+
 def main() -> None:
-    model_name = model_name_argument(sys.argv, "export")
     params = load_params()
-    network = QuantizedNetwork.load(paths.quantized(model_name))
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
-    write(paths.export(model_name), *export(network, classes, params.export.headroom, params.export.rounding))
+    exports = {name: built(*export(QuantizedNetwork.load(paths.quantized(name)), classes, params.export.headroom,
+                                   params.export.rounding)) for name in MODELS}  # all built before any is written
+    for name, files in exports.items():
+        save(paths.export(name), *files)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Stage quantize@<model>: the model's quantized network, decided here once and saved as the artifact every
-later stage reads (quantlab.quantize.network). The lab's three steps:
+"""Stage quantize: each model's quantized network (quant/float/, quant/bias/), decided here once and saved as the
+artifact every later stage reads (quantlab.quantize.network). The lab's three steps:
 
 - weights (section III): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1) at
   `quant.weight_bits`, per tensor or, with `quant.per_channel`, per output channel;
@@ -14,11 +14,9 @@ calibration images: equalization (and the activations profiled again), then the 
 `ptq.rounding` says and the biases corrected, layer by layer.
 """
 
-import sys
-
 from quantlab import paths
-from quantlab.architecture import load_state, model_name_argument
-from quantlab.config import QuantParams, load_params
+from quantlab.architecture import MODELS, load_state
+from quantlab.config import Params, QuantParams, load_params
 from quantlab.data import calibration_images
 from quantlab.errors import run_main
 from quantlab.io import load_json, load_npz
@@ -36,9 +34,8 @@ def quantize(state: dict, profiles: dict[str, TensorProfile], method: Calibrator
     return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance)
 
 
-def main() -> None:
-    model_name = model_name_argument(sys.argv, "quantize")
-    params = load_params()
+def quantized(model_name: str, params: Params) -> QuantizedNetwork:
+    """The quantized network of one model (`model_name` in MODELS), as the params say."""
     quant = params.quant
     fine_tune = paths.qat(model_name, width_name(quant.weight_bits, quant.activation_bits))
     weights = METHODS[params.calib].weights  # the float weights the method's thresholds belong to
@@ -48,19 +45,24 @@ def main() -> None:
     profiles = load_profiles(paths.profile(model_name), "activations")
     provenance = Provenance(model_name, params.calib, weights, source.as_posix(), list(params.ptq.techniques))
     if not params.ptq.techniques:
-        network = quantize(state, profiles, method, quant, provenance)
-    else:
-        from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
+        return quantize(state, profiles, method, quant, provenance)
+    from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
-        images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
-                                    params.profile.calib_images, params.profile.calib_selection)
-        widths = activation_widths(quant.activation_bits, quant.logit_bits)
-        ready = apply_techniques(prepare(state, images, profiles, params.ptq.equalize, params.profile.bins), method,
-                                 widths, activation_signs(quant.unsigned_activations), quant.weight_bits,
-                                 quant.per_channel, params.ptq, params.seed)
-        network = quantize_network(ready.state, ready.activations, quant.weight_bits, quant.per_channel, provenance,
-                                   ready.integers)
-    network.save(paths.quantized(model_name))
+    images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
+                                params.profile.calib_images, params.profile.calib_selection)
+    widths = activation_widths(quant.activation_bits, quant.logit_bits)
+    ready = apply_techniques(prepare(state, images, profiles, params.ptq.equalize, params.profile.bins), method,
+                             widths, activation_signs(quant.unsigned_activations), quant.weight_bits,
+                             quant.per_channel, params.ptq, params.seed)
+    return quantize_network(ready.state, ready.activations, quant.weight_bits, quant.per_channel, provenance,
+                            ready.integers)
+
+
+def main() -> None:
+    params = load_params()
+    networks = {name: quantized(name, params) for name in MODELS}  # all decided before any is written
+    for name, network in networks.items():
+        network.save(paths.quantized(name))
 
 
 if __name__ == "__main__":

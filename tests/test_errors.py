@@ -56,12 +56,12 @@ def test_missing_archive(repo, tmp_path):
 
 def test_unknown_calib(repo):
     set_params(repo, calib="kll")
-    fails_cleanly(repo, "stages.quantize", "float", message="calib is 'kll'; valid: minmax")
+    fails_cleanly(repo, "stages.quantize", message="calib is 'kll'; valid: minmax")
     assert not (repo / "quant").exists()
 
 
 def test_missing_upstream_output(repo):
-    fails_cleanly(repo, "stages.quantize", "bias", message="missing upstream output models/bias.npz")
+    fails_cleanly(repo, "stages.quantize", message="missing upstream output models/float.npz")
     assert not (repo / "quant").exists()
     figure = repo / "reports/build/figures/training.png"  # the committed figure, left as it was
     before = figure.read_bytes()
@@ -96,7 +96,7 @@ def test_offline_without_a_local_archive(repo):
 @pytest.mark.parametrize("bits", [0, 1, 17])
 def test_bits_out_of_range(repo, bits):
     set_params(repo, quant__weight_bits=bits)
-    fails_cleanly(repo, "stages.quantize", "float",
+    fails_cleanly(repo, "stages.quantize",
                   message=f"quant.weight_bits must be between 2 and 8 bits, got {bits}")
 
 
@@ -110,7 +110,7 @@ def test_checkpoint_with_nan_weights(repo):
     state = state_to_arrays(Net())
     state["fc1.weight"][0, 0] = np.nan
     save_npz(repo / "models" / "float.npz", state)
-    fails_cleanly(repo, "stages.quantize", "float", message="models/float.npz: fc1.weight holds NaN")
+    fails_cleanly(repo, "stages.quantize", message="models/float.npz: fc1.weight holds NaN")
     assert not (repo / "quant").exists()
 
 
@@ -154,7 +154,7 @@ def test_a_model_that_does_not_fit_the_architecture(repo, edit, message):
     state = state_to_arrays(Net())
     edit(state)
     save_npz(repo / "models" / "float.npz", state)
-    fails_cleanly(repo, "stages.quantize", "float", message=f"models/float.npz: {message}")
+    fails_cleanly(repo, "stages.quantize", message=f"models/float.npz: {message}")
     assert not (repo / "quant").exists()
 
 
@@ -162,7 +162,7 @@ def test_a_damaged_model_file(repo):
     save_npz(repo / "models" / "float.npz", state_to_arrays(Net()))
     payload = (repo / "models" / "float.npz").read_bytes()
     (repo / "models" / "float.npz").write_bytes(payload[: len(payload) // 2])
-    fails_cleanly(repo, "stages.quantize", "float", message="models/float.npz is damaged or incomplete")
+    fails_cleanly(repo, "stages.quantize", message="models/float.npz is damaged or incomplete")
 
 
 def test_weights_that_overflow_the_float_forward(repo, tmp_path):

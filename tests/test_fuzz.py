@@ -146,7 +146,7 @@ def test_malformed_model_files(tmp_path):
     for i, payload in enumerate(files):
         (repo / "models").mkdir(exist_ok=True)
         (repo / "models" / "float.npz").write_bytes(payload)
-        fails_in_one_line(repo, "stages.quantize", "float", case=f"model file {i}")
+        fails_in_one_line(repo, "stages.quantize", case=f"model file {i}")
 
 
 def fails_in_one_line(repo: Path, *command: str, case) -> None:
