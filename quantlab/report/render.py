@@ -125,5 +125,7 @@ def render(template: str, context: dict, fmt: str, directory: Path = TEMPLATES) 
     """`template` in format `fmt` ("latex" or "markdown"; its macros: <fmt>.j2 beside it), rendered twice so
     that the second pass knows every section's, table's, figure's and reference's number."""
     first = Numbering()
-    environment(fmt, first, directory).get_template(template).render(**context)
-    return environment(fmt, Numbering(first.found), directory).get_template(template).render(**context)
+    env = environment(fmt, first, directory)
+    env.get_template(template).render(**context)
+    env.globals["numbers"] = Numbering(first.found)  # the compiled templates are kept: compiling is the costly part
+    return env.get_template(template).render(**context)
