@@ -74,8 +74,11 @@ def mcnemar(b: int, c: int) -> float:
     m = b + c
     if m == 0:
         return 1.0
-    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m
-    return min(1.0, 2 * tail)
+    term = total = 1  # C(m, 0); then C(m, k + 1) = C(m, k) (m - k) / (k + 1), exactly, in Python's integers
+    for k in range(min(b, c)):
+        term = term * (m - k) // (k + 1)
+        total += term
+    return min(1.0, 2 * (total / 2 ** m))
 
 
 def standard_error(accuracy: float, n: int) -> float:
