@@ -35,10 +35,9 @@ class Split:
 
 
 def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 250) -> torch.Tensor:
-    """The outputs (logits) of `forward` for every image, computed in batches small enough for the integer
-    forwards' intermediates to stay in the cache (twice as fast as 1000 for the engine); on the uint8 pixels
-    where the forward `reads_pixels`, else on normalized inputs in channels-last layout (several times faster
-    for the 3-channel conv1 on CPUs)."""
+    """The outputs (logits) of `forward` for every image, computed `batch_size` images at a time (their
+    intermediates then stay small); on the uint8 pixels where the forward `reads_pixels`, else on normalized
+    inputs in channels-last layout (several times faster for the 3-channel conv1 on CPUs)."""
     pixels = getattr(forward, "reads_pixels", False)
 
     def prepare(images):

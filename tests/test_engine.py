@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from quantlab.evaluation import Split, outputs
+from quantlab.inference import engine as engine_module
 from quantlab.inference import export_format, runner
-from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.engine import EngineLayer, FixedPointEngine
 from quantlab.inference.fixed_point import (
     INT32_MAX,
     INT32_MIN,
@@ -120,11 +121,18 @@ def test_left_shift_overflow_fails_loudly():
     (8, False, False, True, None), (8, True, False, True, None), (8, False, True, True, None),
     (4, True, True, True, None), (4, True, True, True, 8), (6, False, False, False, None),
     (8, False, False, False, None)])
-def test_engine_runner_and_float_rescale_agree(tmp_path, bits, per_channel, unsigned, headroom, logit_bits):
+def test_engine_runner_and_float_rescale_agree(tmp_path, monkeypatch, bits, per_channel, unsigned, headroom,
+                                               logit_bits):
     directory, reference = random_export(tmp_path, bits, per_channel, unsigned, headroom, logit_bits=logit_bits)
     manifest, arrays = export_format.read(directory)
-    engine_logits = FixedPointEngine(manifest, arrays)(IMAGES)
+    engine = FixedPointEngine(manifest, arrays)
+    engine_logits = engine(IMAGES)
     assert engine_logits.dtype == torch.int32
+    assert engine.layers[0].table is not None  # conv1 looks its rescale up
+    monkeypatch.setattr(engine_module, "TABLE_LIMIT", 0)  # every layer computes its rescale instead
+    computed = FixedPointEngine(manifest, arrays)
+    assert all(layer.table is None for layer in computed.layers)
+    np.testing.assert_array_equal(computed(IMAGES).numpy(), engine_logits.numpy())
     np.testing.assert_array_equal(runner.run(manifest, arrays, IMAGES.numpy()), engine_logits.numpy())
     split = Split(IMAGES, torch.zeros(len(IMAGES), dtype=torch.int64))
     float_rescale = outputs(reference, split, batch_size=16)
@@ -145,6 +153,16 @@ def test_accumulator_overflow_fails_loudly(tmp_path):
         FixedPointEngine(manifest, arrays)
     with pytest.raises(OverflowError, match="fc3"):
         runner.run(manifest, arrays, IMAGES.numpy())
+
+
+def test_engine_refuses_convolution_sums_beyond_float32(tmp_path):
+    """oneDNN hands the convolutions' sums over as float32: a layer whose sums could pass 2^24 is refused."""
+    directory, _ = random_export(tmp_path)
+    manifest, arrays = export_format.read(directory)
+    spec = dict(manifest["layers"][1], weight="wide", multiplier="m0", shift="shift")
+    wide = {"wide": np.full((2, 600, 3, 3), 127, np.int8), "m0": np.full(2, 2 ** 30), "shift": np.zeros(2)}
+    with pytest.raises(OverflowError, match=f"conv2: the convolution.s sums can reach {5400 * 127 * 255}, beyond 2"):
+        EngineLayer(spec, wide, (0, 255), 1.0, "gemmlowp", (torch.uint8, 0), (600, 14, 14))
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv"])

@@ -1,15 +1,27 @@
 """The fixed-point engine: an exported integer network (`quantlab.inference.export_format`), run fast and bit-exact.
 
-Only integer tensors from the pixels to the logits: an input lookup table, int8 x int8 matrix products with
-int32 accumulation (`torch._int_mm`, oneDNN's int8 GEMM), int32 biases, the fixed-point rescale of
-`quantlab.inference.fixed_point` (M0, shift per layer or per channel), ReLU as a clamp, max pooling on
-integers. Its logits are the standalone runner's, bit for bit.
+Only integer values from the pixels to the logits:
+- an input lookup table of the 256 pixel values;
+- the convolutions in oneDNN's int8 kernels (`torch.ops.onednn.qconv2d_pointwise`: uint8 activations with a
+  zero point, int8 weights, int32 sums; VNNI where the CPU has it), which hand the sums over as float32. That
+  is exact: every sum is an integer below 2^24 in magnitude, where float32 still holds every integer (checked
+  when the engine is built, naming the layer);
+- the fully connected layers as int8 x int8 products with int32 sums (`torch._int_mm`), which no 2^24 bound
+  limits;
+- int32 biases, max pooling of the sums, and the requantization of `quantlab.inference.fixed_point`.
+Its logits are the standalone runner's, bit for bit.
 
-The int32 accumulators cannot be checked after an int8 GEMM (it wraps), so they are checked before: for
-every output channel, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| must fit in int32, or building the engine
-fails, naming the layer. Max pooling is applied to the accumulators, before the rescale: the fixed-point
-rescale and the clamp are monotonic non-decreasing (M0 > 0), so they commute with max (the runner pools
-after, as the reference graphs do; the tests hold the two to the same logits).
+The int32 sums cannot be checked after an int8 kernel (it wraps), so they are checked before: for every output
+channel, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| must fit in int32, or building the engine fails. Max pooling
+is applied to the sums, before the rescale, and the rescale is a lookup: rescale and clamp are monotonic
+non-decreasing in the sum v (M0 > 0), so they commute with max, and they are constant below and above the
+few hundred sums where the output steps. `requantization_table` tabulates that stretch once per distinct
+multiplier with the fixed_point functions themselves; a layer then clamps v into it and gathers. The table
+holds the next layer's input already encoded (`input_encoding`). Where it would pass TABLE_LIMIT entries (a
+tiny multiplier, per channel), the layer computes the rescale instead.
+
+oneDNN's int8 kernels can saturate on x86 CPUs without VNNI ("Nuances of int8 Computations", oneDNN's
+developer guide): there the agreement in metrics/engine.json and the tests would show a difference.
 """
 
 from __future__ import annotations
@@ -28,79 +40,108 @@ from quantlab.inference.fixed_point import (
 )
 from quantlab.model import max_pool
 
-# Inputs with values above 127 (unsigned 8-bit) are shifted by -128 into int8 for the GEMM; the shift is
-# added back exactly as 128 * sum_j q_W[o, j].
-UNSIGNED_OFFSET = 128
+FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of smaller magnitude
+TABLE_LIMIT = 2 ** 22  # entries of a layer's requantization table
+LOGITS = (torch.int32, 0)
+
+
+def input_encoding(kind: str, value_range: tuple[int, int]) -> tuple[torch.dtype, int]:
+    """How a layer takes its integer inputs q: as (dtype, shift), the stored value being q + shift. oneDNN's
+    convolutions take uint8 with the zero point `shift` (128 for signed q); `torch._int_mm` takes int8, so
+    unsigned q above 127 are stored as q - 128 and the shift is taken back through the bias."""
+    if kind == "conv":
+        return torch.uint8, 128 if value_range[0] < 0 else 0
+    return torch.int8, -128 if value_range[1] > 127 else 0
 
 
 class EngineLayer:
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int], input_scale: float,
-                 rounding: str):
-        self.spec, self.rounding = spec, rounding
-        weight = arrays[spec["weight"]].astype(np.int64)
-        self.kernel = weight.shape[-1] if spec["kind"] == "conv" else 0
-        flat = weight.reshape(len(weight), -1)
-        self.offset = UNSIGNED_OFFSET if input_range[1] > 127 else 0
+                 rounding: str, output_encoding: tuple[torch.dtype, int], input_shape: tuple[int, ...]):
+        self.spec, self.rounding, self.output_encoding = spec, rounding, output_encoding
+        weight = arrays[spec["weight"]]
+        flat = weight.astype(np.int64).reshape(len(weight), -1)
+        self.input_encoding = input_encoding(spec["kind"], input_range)
+        shift = self.input_encoding[1]
         bias = arrays[spec["bias"]].astype(np.int64) if spec["bias"] else np.zeros(len(flat), np.int64)
-        # the final sums, and the GEMM's own partial sums on the offset inputs, must both fit in int32
-        shifted_range = (input_range[0] - self.offset, input_range[1] - self.offset)
-        worst = max(accumulator_bound(flat, input_range, bias), accumulator_bound(flat, shifted_range))
+        if spec["kind"] == "conv":  # oneDNN takes the zero point back itself; scales 1: the sums themselves
+            self.unit_scales = torch.ones(len(weight)), torch.zeros(len(weight), dtype=torch.int64)
+            self.weight = torch.ops.onednn.qconv_prepack(torch.from_numpy(weight.astype(np.int8)), self.unit_scales[0],
+                                                         1.0, shift, [1, 1], [0, 0], [1, 1], 1, None)
+        else:  # (K, O), columns in the order of the input: (H, W, C) after a convolution's channels-last output
+            columns = flat.reshape(len(flat), *input_shape).transpose(0, *range(2, len(input_shape) + 1), 1)
+            self.weight = torch.from_numpy(columns.reshape(len(flat), -1).T.astype(np.int8)).contiguous()
+            bias = bias - shift * flat.sum(axis=1)
+        # the true sums with their bias, the kernel's own sums on the stored inputs, and that bias must fit
+        stored_range = (input_range[0] + shift, input_range[1] + shift)
+        self.bound = accumulator_bound(flat, input_range, arrays[spec["bias"]] if spec["bias"] else None)
+        worst = max(self.bound, accumulator_bound(flat, stored_range), int(np.abs(bias).max()))
         if worst > INT32_MAX:
             raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {worst} > "
                                 f"{INT32_MAX}); use fewer bits or smaller ranges")
-        # (K, O) for _int_mm; a conv's columns ordered (kh, kw, C), as `windows` lays out the input, with zero
-        # weights for the channels it pads to a multiple of 4
-        columns = flat
-        if self.kernel:
-            channels_last = weight.transpose(0, 2, 3, 1)
-            padding = [(0, 0)] * 3 + [(0, padded_channels(weight.shape[1]) - weight.shape[1])]
-            columns = np.pad(channels_last, padding).reshape(len(weight), -1)
-        self.weight_t = torch.from_numpy(columns.T.astype(np.int8)).contiguous()
-        self.bias = torch.from_numpy(bias + self.offset * flat.sum(axis=1))  # int64, added to int32 sums
+        if spec["kind"] == "conv" and worst >= FLOAT32_EXACT:
+            raise OverflowError(f"{spec['name']}: the convolution's sums can reach {worst}, beyond 2^24, where "
+                                f"oneDNN's float32 output stops being exact; use fewer bits or smaller ranges")
+        self.bias = torch.from_numpy(bias)
         self.m0, self.shift = (torch.from_numpy(arrays[spec[key]].astype(np.int64)) for key in ("multiplier", "shift"))
-        self.bound = worst  # no accumulator can exceed it: requantize need not measure them
         self.multiplier = torch.from_numpy(onnxruntime_multiplier(input_scale, spec["weight_scale"],
                                                                   spec["output_scale"]).reshape(-1))
+        self.table = self.requantization_table()
+
+    def rescale(self, v: torch.Tensor, channels=slice(None)) -> torch.Tensor:
+        """The rescale and clamp of int64 sums v (..., channels) to the output's integers, encoded for the next
+        layer, as the engine's rounding says."""
+        if self.rounding == ONNXRUNTIME:
+            q = round_scaled(v.to(torch.float32) * self.multiplier[channels], self.spec["clamp"]).long()
+        else:
+            q = requantize(v, self.m0[channels], self.shift[channels], self.spec["pre_shift"], self.spec["clamp"],
+                           self.spec["name"], self.bound)
+        dtype, shift = self.output_encoding
+        return (q + shift).to(dtype)
+
+    def requantization_table(self) -> dict[str, torch.Tensor] | None:
+        """The rescale of every sum v from `first` to `last` of each channel (where it steps, with a step of
+        margin each side), one row per distinct multiplier, flattened: a channel's sums without their bias are
+        looked up at clamp(acc, low, high) + offset. None where it would exceed TABLE_LIMIT entries."""
+        real = (self.multiplier.double() if self.rounding == ONNXRUNTIME
+                else self.m0 * torch.pow(2.0, self.shift.double() - 31)).numpy()
+        clamp = np.array(self.spec["clamp"])
+        with np.errstate(divide="ignore"):
+            ends = np.floor((clamp[0] - 1) / real) - 1, np.ceil((clamp[1] + 1) / real) + 1
+        first, last = (np.clip(end, -self.bound, self.bound).astype(np.int64) for end in ends)
+        _, channel_of_row, row = np.unique(real, return_index=True, return_inverse=True)
+        length = int((last - first).max()) + 1
+        if len(channel_of_row) * length > TABLE_LIMIT:
+            return None
+        sums = np.minimum(first[channel_of_row, None] + np.arange(length), last[channel_of_row, None])
+        values = self.rescale(torch.from_numpy(sums.T), torch.from_numpy(channel_of_row)).T  # (rows, length)
+        # by monotonicity, sums beyond a row's ends give its end values: the clamp's, unless nothing lies beyond
+        reached = values[:, [0, -1]].long().numpy() - self.output_encoding[1] == clamp
+        if not (reached | (np.stack([first, last], 1) == [-self.bound, self.bound])[channel_of_row]).all():
+            raise ArithmeticError(f"{self.spec['name']}: the requantization table misses a step of the rescale")
+        bias = self.bias.numpy()
+        lookup = {"low": first - bias, "high": last - bias, "offset": row * length - first + bias}
+        if any(np.abs(array).max() > INT32_MAX for array in lookup.values()):
+            return None
+        return {"values": values.reshape(-1).contiguous(),
+                **{key: torch.from_numpy(array).int() for key, array in lookup.items()}}
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """int32 activations, channels last (N, H, W, C) or (N, C) -> the next activations."""
-        if self.offset:
-            q = q - self.offset
-        q = q.to(torch.int8)
-        if self.kernel:
-            n, h, w, _ = q.shape
-            k = self.kernel
-            acc = torch._int_mm(windows(q, k), self.weight_t).reshape(n, h - k + 1, w - k + 1, -1)
-            if self.spec["pool"]:  # on the int32 accumulators, channels last
-                acc = max_pool(acc.permute(0, 3, 1, 2), self.spec["pool"]).permute(0, 2, 3, 1)
+        """Encoded inputs, channels last (N, H, W, C) or (N, C) -> the next layer's encoded inputs."""
+        if self.spec["kind"] == "conv":
+            acc = torch.ops.onednn.qconv2d_pointwise(q.permute(0, 3, 1, 2), 1.0, self.input_encoding[1], self.weight,
+                                                     *self.unit_scales, None, [1, 1],
+                                                     [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
+            if self.spec["pool"]:
+                acc = max_pool(acc, self.spec["pool"])
+            acc = acc.permute(0, 2, 3, 1).to(torch.int32)
         else:
-            acc = torch._int_mm(q, self.weight_t)
-        # the bias after the pooling: a per-channel constant commutes with max, and there are fewer sums
-        acc = self.bias + acc  # int64
-        if self.rounding == ONNXRUNTIME:
-            return round_scaled(acc.to(torch.float32) * self.multiplier, self.spec["clamp"]).int()
-        return requantize(acc, self.m0, self.shift, self.spec["pre_shift"], self.spec["clamp"],
-                          self.spec["name"], self.bound).int()
-
-
-def padded_channels(channels: int) -> int:
-    return -(-channels // 4) * 4
-
-
-def windows(q: torch.Tensor, k: int) -> torch.Tensor:
-    """im2col of a channels-last int8 (N, H, W, C) tensor for a k x k convolution (stride 1, no padding): one row
-    per output position, columns ordered (kh, kw, C), C zero-padded to a multiple of 4. Each pixel's channels
-    are then moved as int32 words, and for each kh a window's row is k * C / 4 neighbouring words: the strided
-    copy (the costly part) moves a quarter as many elements (conv1's 3 channels, padded to 4: a 5x5 window is
-    25 words instead of 75 bytes)."""
-    n, h, w, c = q.shape
-    padded = padded_channels(c)
-    if padded != c:
-        q = torch.nn.functional.pad(q, (0, padded - c))
-    words = q.contiguous().view(torch.int32)  # (N, H, W, padded / 4)
-    c = padded // 4
-    view = words.as_strided((n, h - k + 1, w - k + 1, k, k * c), (h * w * c, w * c, c, w * c, 1))
-    return view.reshape(-1, k * k * c).view(torch.int8)
+            acc = torch._int_mm(q.reshape(len(q), -1), self.weight)
+        if self.table is None:
+            return self.rescale(acc.long() + self.bias)
+        # sums below `low` (above `high`) give the table's first (last) value: the bias is in the bounds
+        index = acc.clamp_(self.table["low"], self.table["high"])
+        index += self.table["offset"]
+        return torch.index_select(self.table["values"], 0, index.reshape(-1)).view(index.shape)
 
 
 class FixedPointEngine:
@@ -110,16 +151,25 @@ class FixedPointEngine:
     reads_pixels = True
 
     def __init__(self, manifest: dict, arrays: dict[str, np.ndarray], rounding: str | None = None):
-        self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int32))
-        ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in manifest["layers"]]
-        scales = [manifest["input"]["scale"]] + [layer["output_scale"] for layer in manifest["layers"]]
-        self.layers = [EngineLayer(spec, arrays, ranges[i], scales[i], rounding or manifest["rounding"])
-                       for i, spec in enumerate(manifest["layers"])]
+        specs = manifest["layers"]
+        ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in specs]
+        scales = [manifest["input"]["scale"]] + [layer["output_scale"] for layer in specs]
+        encodings = [input_encoding(spec["kind"], ranges[i]) for i, spec in enumerate(specs)] + [LOGITS]
+        shapes = [tuple(manifest["input"]["shape"])] + [pooled_shape(spec) for spec in specs]
+        dtype, shift = encodings[0]
+        self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int64) + shift).to(dtype)
+        self.layers = [EngineLayer(spec, arrays, ranges[i], scales[i], rounding or manifest["rounding"],
+                                   encodings[i + 1], shapes[i]) for i, spec in enumerate(specs)]
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        q = torch.take(self.lut, pixels.permute(0, 2, 3, 1).to(torch.int64))  # channels last: (N, H, W, C)
+        channels_last = pixels.permute(0, 2, 3, 1)  # (N, H, W, C)
+        q = torch.index_select(self.lut, 0, channels_last.reshape(-1).int()).view(channels_last.shape)
         for layer in self.layers:
-            if not layer.kernel and q.ndim == 4:
-                q = q.permute(0, 3, 1, 2).reshape(len(q), -1)  # flatten in (C, H, W) order, as the model
             q = layer(q)
         return q
+
+
+def pooled_shape(spec: dict) -> tuple[int, ...]:
+    """A layer's output shape after its pooling: (C, H, W) or (C,)."""
+    channels, *size = spec["output_shape"]
+    return (channels, *(side // spec["pool"] for side in size)) if spec["pool"] else (channels, *size)
