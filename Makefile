@@ -5,7 +5,7 @@
 #   make test                                      the test suite
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
 #   make push [REMOTE=...]                         the DVC cache and run-cache to a remote (default: a local folder)
-#   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage it can
+#   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage run there
 VENV := .venv
 STAMP := $(VENV)/.installed
 TEX_PACKAGES := texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex \
@@ -69,5 +69,5 @@ ifeq ($(LOCAL_REMOTE),yes)
 	@test -d "$(REMOTE_URL)" || { echo "error: the DVC remote $(REMOTE_URL) does not exist: run make push there first, or pass REMOTE=<folder or URL>" >&2; exit 2; }
 endif
 	dvc remote add --local --force --default shared "$(REMOTE_URL)"
-	dvc pull --run-cache
-	dvc repro
+	dvc pull --run-cache --allow-missing  # the run-cache; the outputs too, where dvc.lock is committed
+	dvc repro --pull  # each stage run there comes back from the run-cache, its outputs from the remote

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ["dvc.yaml", "params.yaml", "stages", "quantlab", "reports", ".gitignore"]
+PROJECT = ["dvc.yaml", "params.yaml", "stages", "quantlab", "reports", ".gitignore", ".dvcignore"]
 
 
 def environment() -> dict:
