@@ -49,7 +49,8 @@ def make_repo(path: Path, extra: list[str] | tuple[str, ...] = (), **params) -> 
     for name in [*PROJECT, *extra]:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            # not reports/build: what a run rendered here is no part of the project
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
         elif source.exists():
             shutil.copy2(source, path / name)
     set_params(path, **params)
