@@ -6,6 +6,7 @@ Run after `dvc repro` (it reads profile/<model>/): python -m bench.calibration
 
 import time
 
+from bench import verdict
 from quantlab import paths
 from quantlab.architecture import MODELS
 from quantlab.config import load_params
@@ -38,7 +39,7 @@ def main() -> None:
     for method, seconds in per_method.items():
         print(f"  {method:<10} {seconds * 1000:8.1f} ms")
     print(f"  {'total':<10} {total * 1000:8.1f} ms   goal < {GOAL_SECONDS * 1000:.0f} ms: "
-          f"{'met' if total < GOAL_SECONDS else 'MISSED'}")
+          f"{verdict(total < GOAL_SECONDS)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from bench import verdict
 from quantlab import paths
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, outputs
@@ -59,10 +60,6 @@ def main() -> None:
           f"(CPU: {', '.join(onnx_graph.cpu_flags()) or 'no AVX2'})")
     print(f"  standalone NumPy runner  {runner_time:6.2f} s   (once) goal <= {RUNNER_GOAL_S:.0f} s: "
           f"{verdict(runner_time <= RUNNER_GOAL_S)}, logits identical to the engine's: {same}")
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":

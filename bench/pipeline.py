@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import verdict
 from bench.sandbox import ROOT, make_repo, run, set_params
 from quantlab.errors import run_main
 
@@ -94,10 +95,6 @@ def main() -> None:
             for fraction in (0.25, 0.5)}
     scaling[1.0] = results["cold"]
     ratio = results["cold"] / results["one_process"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
     print(f"{'cold dvc repro':<40} {results['cold']:7.1f} s")
     print(f"{'the same work in one process':<40} {results['one_process']:7.1f} s   ratio {ratio:.2f}, "
           f"goal <= {GOALS['ratio']}: {verdict(ratio <= GOALS['ratio'])}")

@@ -54,6 +54,12 @@ def input_encoding(kind: str, value_range: tuple[int, int]) -> tuple[torch.dtype
     return torch.int8, -128 if value_range[1] > 127 else 0
 
 
+def encoded(q: torch.Tensor, encoding: tuple[torch.dtype, int]) -> torch.Tensor:
+    """Integers q (int64) stored as `input_encoding` says."""
+    dtype, shift = encoding
+    return (q + shift).to(dtype)
+
+
 class EngineLayer:
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int], input_scale: float,
                  rounding: str, output_encoding: tuple[torch.dtype, int], input_shape: tuple[int, ...]):
@@ -95,8 +101,7 @@ class EngineLayer:
         else:
             q = requantize(v, self.m0[channels], self.shift[channels], self.spec["pre_shift"], self.spec["clamp"],
                            self.spec["name"], self.bound)
-        dtype, shift = self.output_encoding
-        return (q + shift).to(dtype)
+        return encoded(q, self.output_encoding)
 
     def requantization_table(self) -> dict[str, torch.Tensor] | None:
         """The rescale of every sum v from `first` to `last` of each channel (where it steps, with a step of
@@ -156,8 +161,7 @@ class FixedPointEngine:
         scales = [manifest["input"]["scale"]] + [layer["output_scale"] for layer in specs]
         encodings = [input_encoding(spec["kind"], ranges[i]) for i, spec in enumerate(specs)] + [LOGITS]
         shapes = [tuple(manifest["input"]["shape"])] + [pooled_shape(spec) for spec in specs]
-        dtype, shift = encodings[0]
-        self.lut = torch.from_numpy(arrays[INPUT_LUT].astype(np.int64) + shift).to(dtype)
+        self.lut = encoded(torch.from_numpy(arrays[INPUT_LUT].astype(np.int64)), encodings[0])
         self.layers = [EngineLayer(spec, arrays, ranges[i], scales[i], rounding or manifest["rounding"],
                                    encodings[i + 1], shapes[i]) for i, spec in enumerate(specs)]
 
