@@ -44,15 +44,14 @@ def set_params(repo: Path, **changes) -> None:
 
 
 def make_repo(path: Path, extra: list[str] | tuple[str, ...] = (), **params) -> Path:
-    """A git + DVC repository at `path` with the project's files (and the `extra` ones), params changed."""
+    """A git + DVC repository at `path` with the project's files (and the `extra` ones) as git sees them here,
+    tracked or new but never ignored (so no output of a run here, no __pycache__), params changed."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in [*PROJECT, *extra]:
-        source = ROOT / name
-        if source.is_dir():
-            # not reports/build: what a run rendered here is no part of the project
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
-        elif source.exists():
-            shutil.copy2(source, path / name)
+    listed = run(ROOT, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *PROJECT, *extra)
+    for name in filter(None, listed.stdout.split("\0")):
+        if (ROOT / name).is_file():  # not a tracked file deleted here
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
     set_params(path, **params)
     run(path, "git", "init", "-q", "-b", "main")
     run(path, "dvc", "init", "-q")
