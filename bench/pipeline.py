@@ -9,8 +9,8 @@ tree with this workspace's params.yaml (so the same data source). Prints:
     `dvc exp run -S calib=kl` after the full run                 goal <= 20 s
     cold `dvc repro` on 1/4 and 1/2 of the training images       (train.fraction)
 
-Run: python -m bench.pipeline [--quick] [--repeat N]   (about 28 minutes on 2 cores; --quick skips the
-scaling runs, about 17 minutes)
+Run: python -m bench.pipeline [--quick] [--repeat N]   (about 36 minutes on 2 cores; --quick skips the
+scaling runs, about 26 minutes)
 """
 
 import argparse
@@ -95,8 +95,8 @@ def paired_runs(tmp: Path, repeat: int, changes: dict) -> dict[str, list[tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the runs on 1/4 and 1/2 of the images")
-    parser.add_argument("--repeat", type=int, default=2, metavar="N",
-                        help="cold runs and one-process runs each (default 2); the ratio compares the best of each")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N",
+                        help="cold runs and one-process runs each (default 3); the ratio compares the best of each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a param for every run, as `dvc exp run -S` takes it (data.validation=0)")
     args = parser.parse_args()
