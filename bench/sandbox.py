@@ -1,8 +1,6 @@
 """Throw-away copies of this project, each its own git + DVC repository, where tests and benchmarks run the
 real `dvc` commands without touching the working copy."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import subprocess

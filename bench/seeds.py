@@ -10,8 +10,6 @@ seeds/summary.png. DVC's queue has known hangs (treeverse/dvc#8165, #10398, #104
 finish in time, or an experiment that fails, is one line `error: …` and exit status 2.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import re
@@ -102,7 +100,7 @@ def results(names: dict[str, int]) -> dict[int, dict[str, float]]:
 def summary(by_seed: dict[int, dict[str, float]]) -> dict:
     keys = list(next(iter(by_seed.values())))
     return {"seeds": list(by_seed), "values": {key: [by_seed[seed][key] for seed in by_seed] for key in keys},
-            "spread": {key: vars(spread([by_seed[seed][key] for seed in by_seed])) for key in keys}}
+            "spread": {key: spread([by_seed[seed][key] for seed in by_seed]) for key in keys}}
 
 
 def markdown(result: dict, seconds: float) -> str:

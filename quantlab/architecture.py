@@ -5,8 +5,6 @@ Kept free of PyTorch so that the stages that only handle numbers (calibration, q
 a fraction of a second; `quantlab.model` builds the network from this table.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,21 +43,17 @@ LAYERS = (
 LAYER_NAMES = tuple(layer.name for layer in LAYERS)
 # Activation tensors, in order: the network input, then every layer's output after its ReLU.
 ACTIVATIONS = ("input", *LAYER_NAMES)
-# Which model has a bias in fc3: the lab trains both.
-MODELS = {"float": False, "bias": True}
+# The models the lab trains, and the layers that have a bias in each: fc3 in the "bias" model.
+MODELS = {"float": frozenset(), "bias": frozenset({LAYERS[-1].name})}
 POOL = 2  # the max pools' window and stride
-
-
-def state_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of a model's float weights: every layer's, and fc3's bias in the `bias` model."""
-    shapes = {f"{layer.name}.weight": layer.weight_shape for layer in LAYERS}
-    return shapes | ({f"{LAYERS[-1].name}.bias": (LAYERS[-1].outputs,)} if MODELS[model_name] else {})
 
 
 def load_state(path: str | Path, model_name: str) -> dict[str, np.ndarray]:
     """The float weights of model `model_name` (.npz), checked once, here, against the architecture: exactly
     its layers' names and shapes, float32, and finite (a diverged or damaged checkpoint is refused)."""
-    state, expected = load_npz(path), state_shapes(model_name)
+    state = load_npz(path)
+    expected = {f"{layer.name}.weight": layer.weight_shape for layer in LAYERS}
+    expected |= {f"{layer.name}.bias": (layer.outputs,) for layer in LAYERS if layer.name in MODELS[model_name]}
     for name, array in state.items():
         if name not in expected or array.shape != expected[name] or array.dtype != np.float32:
             layout = ", ".join(f"{key} {shape}" for key, shape in expected.items())
@@ -89,9 +83,9 @@ class Step(NamedTuple):
     relu: bool
 
 
-def steps(input_shape: tuple[int, ...] = INPUT_SHAPE) -> list[Step]:
+def steps() -> list[Step]:
     """Every layer and max pool in order, with integer shapes: (C, H, W) for images, (features,) for fc."""
-    rows, shape = [], input_shape
+    rows, shape = [], INPUT_SHAPE
     for layer in LAYERS:
         size = shape[-1] - layer.kernel + 1
         output = (layer.outputs, size, size) if layer.kind == "conv" else (layer.outputs,)

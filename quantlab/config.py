@@ -4,8 +4,6 @@ Every stage calls `load_params()`: a typo such as `train.epoch` or `calib: kll` 
 one line that names the key and lists what is valid, instead of silently running with a default.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 import re
@@ -237,10 +235,9 @@ class ReportParams:
 # What the report's fonts have glyphs for (FreeSerif; Noto Serif CJK for Chinese, Japanese and Korean; checked
 # with fc-query): Latin, Greek, Cyrillic, punctuation, currency and letterlike symbols, CJK ideographs, kana,
 # Hangul and full-width forms; no control, invisible or unassigned characters.
-TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x37E), (0x384, 0x527), (0x1E00, 0x1FFF), (0x2010, 0x205E),
-           (0x20A0, 0x20B9), (0x2100, 0x213C), (0x3000, 0x30FF), (0x3400, 0x4DB5), (0x4E00, 0x9FEA),
-           (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
 CJK = ((0x3000, 0x30FF), (0x3400, 0x4DB5), (0x4E00, 0x9FEA), (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
+TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x37E), (0x384, 0x527), (0x1E00, 0x1FFF), (0x2010, 0x205E),
+           (0x20A0, 0x20B9), (0x2100, 0x213C), *CJK)
 MAX_TEXT = 200  # characters of a title, name or affiliation
 
 
@@ -296,8 +293,7 @@ def _build(cls, raw, prefix: str):
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise UserError(f"{PARAMS_FILE}: {where} must be a mapping of keys to values")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields = typing.get_type_hints(cls)  # name: type, in the order the dataclass declares them
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise UserError(f"{PARAMS_FILE}: unknown key {prefix}{unknown[0]}; valid keys in {where}: "
@@ -307,7 +303,7 @@ def _build(cls, raw, prefix: str):
         raise UserError(f"{PARAMS_FILE}: missing key {prefix}{missing[0]}; add it (see the README)")
     values = {}
     for name in fields:
-        kind, value = hints[name], raw[name]
+        kind, value = fields[name], raw[name]
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, f"{prefix}{name}.")
         elif not _matches(value, kind):

@@ -5,8 +5,6 @@ extracted to disk by member name (so no member can write outside a folder), and 
 that can build nothing but NumPy arrays, so a tampered archive cannot run code.
 """
 
-from __future__ import annotations
-
 import gzip
 import hashlib
 import io
@@ -20,20 +18,18 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from quantlab import paths
+from quantlab.config import Params
 from quantlab.errors import UserError
+from quantlab.io import load_npz
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGE_SHAPE = (3, 32, 32)
 MAX_MEMBER = 64 * 2 ** 20  # bytes of one batch member: each official batch is 30 MiB, checked before reading
-
-
-def is_remote(url: str) -> bool:
-    return urlparse(url).scheme in ("http", "https", "ftp")
 
 
 def archive_name(url: str) -> str:
@@ -43,11 +39,8 @@ def archive_name(url: str) -> str:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
@@ -56,7 +49,7 @@ def fetch_archive(url: str, md5: str, download_dir: Path) -> Path:
     A download is reused when a file of the right md5 is already there; a file whose md5 differs is never
     overwritten, it is an error.
     """
-    if is_remote(url):
+    if urlparse(url).scheme in ("http", "https", "ftp"):
         from torchvision.datasets.utils import download_url
 
         path = download_dir / archive_name(url)
@@ -111,13 +104,6 @@ def _unpickle(payload: bytes, member: str) -> dict:
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    parts = Path(member.name).parts
-    if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
-        raise UserError(f"archive {archive} has an unsafe member {member.name!r} (absolute path, '..' or link): "
-                        f"refusing to read it; re-download the archive from {OFFICIAL_URL}")
-
-
 def _images(batch: dict, member: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get("labels")
     integers = isinstance(labels, list) and all(type(label) is int and 0 <= label <= 9 for label in labels)
@@ -135,8 +121,10 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
-                _check_member(member, archive)
                 name = Path(member.name)
+                if member.name.startswith("/") or ".." in name.parts or not (member.isfile() or member.isdir()):
+                    raise UserError(f"archive {archive} has an unsafe member {member.name!r} (absolute path, '..' or "
+                                    f"link): refusing to read it; re-download the archive from {OFFICIAL_URL}")
                 if member.isfile() and name.parent.as_posix() == FOLDER and name.name in wanted:
                     if name.name in payloads or member.size > MAX_MEMBER:
                         problem = "a second" if name.name in payloads else f"an oversized ({member.size} bytes)"
@@ -204,12 +192,12 @@ def calibration_indices(labels: np.ndarray, size: int, selection: str, seed: int
     return np.sort(generator.permutation(picked)[:size])
 
 
-def calibration_images(dataset: dict[str, np.ndarray], validation: int, seed: int, size: int,
-                       selection: str) -> np.ndarray:
-    """The calibration images (uint8): `size` training images that are not held out for validation, chosen
-    as `selection` says (see calibration_indices)."""
-    dataset = without_validation(dataset, validation, seed)
-    return dataset["train_x"][calibration_indices(dataset["train_y"], size, selection, seed)]
+def calibration_images(params: Params) -> np.ndarray:
+    """The calibration images (uint8): `profile.calib_images` training images that are not held out for
+    validation, chosen as `profile.calib_selection` says (see calibration_indices)."""
+    dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
+    return dataset["train_x"][calibration_indices(dataset["train_y"], params.profile.calib_images,
+                                                  params.profile.calib_selection, params.seed)]
 
 
 def normalize(images):

@@ -1,8 +1,6 @@
 """One exception for every mistake a user can fix, and the wrapper every stage runs in: it turns that exception
 into a one-line error, and sets the process up (and down) for speed."""
 
-from __future__ import annotations
-
 import ctypes
 import gc
 import sys

@@ -1,7 +1,5 @@
 """Test-set evaluation shared by training, the evaluate and compare stages: predictions and accuracy."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,6 @@ from quantlab import paths
 from quantlab.data import normalize, split
 from quantlab.io import load_npz, save_csv, save_npz
 
-CHANNELS_LAST = torch.channels_last
 # The variants that quantization does not touch, by the model they evaluate (their own stage evaluates them).
 FLOAT_VARIANTS = {"float": "float", "bias_float": "bias"}
 
@@ -39,17 +36,15 @@ def outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch
     intermediates then stay small); on the uint8 pixels where the forward `reads_pixels`, else on normalized
     inputs in channels-last layout (several times faster for the 3-channel conv1 on CPUs)."""
     pixels = getattr(forward, "reads_pixels", False)
-
-    def prepare(images):
-        return images if pixels else normalize(images).contiguous(memory_format=CHANNELS_LAST)
-
+    batches = (split.x[i:i + batch_size] for i in range(0, len(split), batch_size))
     with torch.no_grad():
-        return torch.cat([forward(prepare(split.x[i:i + batch_size])) for i in range(0, len(split), batch_size)])
+        return torch.cat([forward(x if pixels else normalize(x).contiguous(memory_format=torch.channels_last))
+                          for x in batches])
 
 
-def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = 250) -> torch.Tensor:
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split) -> torch.Tensor:
     """Predicted class of every image (see `outputs`)."""
-    return outputs(forward, split, batch_size).argmax(1)
+    return outputs(forward, split).argmax(1)
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -6,8 +6,6 @@ always gives the same bytes (JSON with fixed formatting, .npz archives with fixe
 pandas), so DVC never sees a change that is not one.
 """
 
-from __future__ import annotations
-
 import contextlib
 import io
 import json

@@ -15,16 +15,15 @@ quantization-aware training all walk `LAYERS` through `walk()`, so they cannot d
 ReLU, pooling and flattening.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
+from functools import reduce
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantlab.architecture import LAYERS, MODELS, POOL, Layer
+from quantlab.architecture import LAYERS, POOL, Layer
 
 
 def max_pool(x: torch.Tensor, size: int = POOL) -> torch.Tensor:
@@ -34,13 +33,13 @@ def max_pool(x: torch.Tensor, size: int = POOL) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return F.max_pool2d(x, size)
     height, width = x.shape[-2] // size * size, x.shape[-1] // size * size
-    rows = x[..., 0:height:size, :width]
-    for i in range(1, size):
-        rows = torch.maximum(rows, x[..., i:height:size, :width])
-    out = rows[..., 0::size]
-    for j in range(1, size):
-        out = torch.maximum(out, rows[..., j::size])
-    return out
+    rows = reduce(torch.maximum, (x[..., i:height:size, :width] for i in range(size)))
+    return reduce(torch.maximum, (rows[..., j::size] for j in range(size)))
+
+
+def layer_output(layer: Layer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A conv or fc layer's output before its ReLU."""
+    return (F.conv2d if layer.kind == "conv" else F.linear)(x, weight, bias)
 
 
 def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
@@ -65,7 +64,7 @@ def walk(x: torch.Tensor, apply: Callable[[Layer, torch.Tensor], torch.Tensor],
 
 class Net(nn.Module):
     """The layers of `LAYERS`, as torch modules of the same names; a bias in the layers named in `biased`
-    (fc3 in the "bias" model; every layer whose bias a post-training correction set)."""
+    (`MODELS` names them for the trained models; every layer whose bias a post-training correction set)."""
 
     def __init__(self, biased: frozenset[str] = frozenset()):
         super().__init__()
@@ -76,11 +75,6 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
         return walk(x, lambda layer, h: getattr(self, layer.name)(h), tap)
-
-
-def biased_layers(model_name: str) -> frozenset[str]:
-    """The layers with a bias in a trained model: fc3 in the "bias" model, none in "float"."""
-    return frozenset({LAYERS[-1].name}) if MODELS[model_name] else frozenset()
 
 
 def state_to_arrays(model: Net) -> dict[str, np.ndarray]:

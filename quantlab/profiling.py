@@ -6,8 +6,6 @@ not depend on batch size or order, and folding the two halves gives the histogra
 `bins` bins that the calibration methods read (TensorRT's 2048-bin |x| histogram by default).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,6 @@ class TensorProfile:
 
     @property
     def sigma3(self) -> tuple[float, float]:
-        """The 3-sigma range [mean - 3 std, mean + 3 std]."""
         return (self.mean - 3 * self.std, self.mean + 3 * self.std)
 
     @property
@@ -128,10 +125,7 @@ def profile_activations(run: Callable[[Callable], None], names: Iterable[str], b
     `tap(name, x)` called at every activation (x: an array), each time it is called (once per pass)."""
     accumulators = {name: Accumulator(bins) for name in names}
     for observe in (Accumulator.observe_range, Accumulator.observe_counts):
-        def tap(name, x, observe=observe):
-            observe(accumulators[name], x)
-            return x
-        run(tap)
+        run(lambda name, x, observe=observe: observe(accumulators[name], x))
         overflow = next((name for name, a in accumulators.items() if not np.isfinite([a.min, a.max]).all()), None)
         if overflow is not None:
             raise UserError(f"the activations of {overflow} are not finite: the float forward overflows (are the "

@@ -16,10 +16,7 @@ b = images A gets right and B wrong, c = the reverse; their accuracy difference 
 - Over seeds: mean, sample standard deviation and the 95 % Student-t interval of the mean.
 """
 
-from __future__ import annotations
-
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,36 +24,14 @@ RESAMPLES = 10_000
 LEVEL = 0.95
 
 
-@dataclass(frozen=True)
-class Difference:
-    """Accuracy of A minus accuracy of B, in percentage points, with its 95 % interval and McNemar's p."""
-
-    delta: float
-    low: float
-    high: float
-    p: float
-    discordant: tuple[int, int]  # (b, c): images only A gets right, images only B gets right
-
-    @property
-    def within_noise(self) -> bool:
-        return self.low <= 0 <= self.high
-
-    def text(self) -> str:
-        """As the report prints it: "−0.26 [−0.55, +0.03]" (minus signs, points)."""
-        return f"{signed(self.delta)} [{signed(self.low)}, {signed(self.high)}]"
-
-    def record(self) -> dict:
-        """The numbers of metrics/differences.json."""
-        return {"delta": self.delta, "ci_low": self.low, "ci_high": self.high, "p": self.p,
-                "only_a_right": self.discordant[0], "only_b_right": self.discordant[1]}
-
-
 def signed(value: float) -> str:
     return f"{value:+.2f}".replace("-", "\u2212")
 
 
-def paired(a_right: np.ndarray, b_right: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> Difference:
-    """The difference of two classifiers' accuracies on the same images, from their per-image correctness."""
+def paired(a_right: np.ndarray, b_right: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> dict:
+    """The difference of two classifiers' accuracies on the same images, from their per-image correctness, as
+    metrics/differences.json records it: accuracy of A minus accuracy of B in percentage points, its 95 %
+    interval, McNemar's p, and the discordant counts b and c (images only A, only B gets right)."""
     a_right, b_right = np.asarray(a_right, bool), np.asarray(b_right, bool)
     if a_right.shape != b_right.shape or a_right.ndim != 1 or not len(a_right):
         raise ValueError("paired needs two equally long, non-empty vectors of per-image correctness")
@@ -65,8 +40,8 @@ def paired(a_right: np.ndarray, b_right: np.ndarray, seed: int = 0, resamples: i
     cells = np.random.default_rng(seed).multinomial(n, [b / n, c / n, 1 - (b + c) / n], size=resamples)
     deltas = 100.0 * (cells[:, 0] - cells[:, 1]) / n
     low, high = np.quantile(deltas, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Difference(round(100.0 * (b - c) / n, 2), round(float(low), 2), round(float(high), 2),
-                      mcnemar(b, c), (b, c))
+    return {"delta": round(100.0 * (b - c) / n, 2), "ci_low": round(float(low), 2), "ci_high": round(float(high), 2),
+            "p": mcnemar(b, c), "only_a_right": b, "only_b_right": c}
 
 
 def mcnemar(b: int, c: int) -> float:
@@ -87,24 +62,16 @@ def standard_error(accuracy: float, n: int) -> float:
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
-@dataclass(frozen=True)
-class Spread:
-    """A metric over seeds: mean, sample standard deviation, 95 % t-interval of the mean."""
-
-    mean: float
-    sd: float
-    low: float
-    high: float
-    n: int
-
-
-def spread(values: list[float]) -> Spread:
+def spread(values: list[float]) -> dict:
+    """A metric over seeds: mean, sample standard deviation ("sd"), 95 % t-interval of the mean ("low",
+    "high") and the number of seeds."""
     values = np.asarray(values, np.float64)
     n = len(values)
     mean = float(values.mean())
     sd = float(values.std(ddof=1)) if n > 1 else 0.0
     half = t_quantile((1 + LEVEL) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else 0.0
-    return Spread(round(mean, 3), round(sd, 3), round(mean - half, 3), round(mean + half, 3), n)
+    return {"mean": round(mean, 3), "sd": round(sd, 3), "low": round(mean - half, 3), "high": round(mean + half, 3),
+            "n": n}
 
 
 def t_cdf(t: float, df: int) -> float:

@@ -5,8 +5,6 @@ from generators seeded here, data is read from in-memory tensors (no DataLoader 
 PyTorch is asked for deterministic kernels.
 """
 
-from __future__ import annotations
-
 import os
 
 import torch
@@ -52,9 +50,8 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
         model.train()
         order = torch.randperm(len(train), generator=generator, device=train.x.device)
         epoch_sums, interval_sums = [0.0, 0, 0], [0.0, 0, 0]  # loss * n, correct, n
-        bar = tqdm(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}", unit="batch",
-                   leave=False, mininterval=1.0)
-        for start in bar:
+        for start in tqdm(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}", unit="batch",
+                          leave=False, mininterval=1.0):
             index = order[start:start + batch_size]
             x = normalize(train.x[index])
             if flip:
@@ -73,8 +70,7 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
             step += 1
             batch = (loss.item() * len(index), (logits.argmax(1) == y).sum().item(), len(index))
             for sums in (epoch_sums, interval_sums):
-                for i, value in enumerate(batch):
-                    sums[i] += value
+                sums[:] = [total + value for total, value in zip(sums, batch, strict=True)]
             if log_every and step % log_every == 0 and step % steps_per_epoch:
                 history.append(_row(epoch - 1 + (start + len(index)) / len(train), step, interval_sums))
                 interval_sums = [0.0, 0, 0]

@@ -14,8 +14,6 @@ The quantized variants read only the quantized networks (quant/<model>/) and the
 the quantize stage decided: with calib=ema, for example, the quantization-aware fine-tunes.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import torch

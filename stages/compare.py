@@ -33,9 +33,8 @@ def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[st
 
     def tested(cell: str, state: dict, thresholds: dict, weight_bits: int, activation_bits: int,
                provenance: Provenance) -> float:
-        network = quantize_network(state, activations_of(thresholds, widths[activation_bits], signs), weight_bits,
-                                   quant.per_channel, provenance)
-        forward = FloatRescaleNet(network)
+        forward = FloatRescaleNet(quantize_network(state, activations_of(thresholds, widths[activation_bits], signs),
+                                                   weight_bits, quant.per_channel, provenance))
         predictions[cell] = {name: predict(forward, split) for name, split in images.items()}
         return accuracy(predictions[cell]["test"], images["test"].y)
 

@@ -11,14 +11,7 @@ import torch
 from quantlab import paths
 from quantlab.config import load_params
 from quantlab.errors import run_main
-from quantlab.evaluation import (
-    FLOAT_VARIANTS,
-    accuracy,
-    evaluation_images,
-    outputs,
-    save_class_plots,
-    save_predictions,
-)
+from quantlab.evaluation import FLOAT_VARIANTS, accuracy, evaluation_images, outputs, save_class_plots, save_predictions
 from quantlab.inference import export_format, onnx_graph
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME, REQUANTIZATIONS
@@ -43,12 +36,11 @@ def deployment(test, engine: torch.Tensor) -> dict:
     manifest, arrays = export_format.read(directory)
     engines = {mode: engine if mode == manifest["rounding"] else outputs(FixedPointEngine(manifest, arrays, mode), test)
                for mode in REQUANTIZATIONS}
-    modes = agreement(engines[ONNXRUNTIME], engines[GEMMLOWP], test.y)
     session = onnx_graph.session(onnx_graph.load(directory, manifest))
     onnx_logits = torch.from_numpy(onnx_graph.run(session, manifest, test.x.numpy()))
     return {"rounding": manifest["rounding"],
-            "rounding_modes": {"accuracy": {mode: accuracy(engines[mode].argmax(1), test.y) for mode in engines},
-                               **{key: value for key, value in modes.items() if key != "accuracy"}},
+            "rounding_modes": {**agreement(engines[ONNXRUNTIME], engines[GEMMLOWP], test.y),
+                               "accuracy": {mode: accuracy(engines[mode].argmax(1), test.y) for mode in engines}},
             "onnxruntime": {"version": onnxruntime.__version__, "cpu_flags": onnx_graph.cpu_flags(),
                             **agreement(onnx_logits, engines[ONNXRUNTIME], test.y)}}
 

@@ -65,15 +65,15 @@ def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True,
 
 def standalone_runner() -> str:
     """runner.py of an export: the runner with the fixed-point arithmetic and the export format it imports,
-    in one file that needs NumPy only, under the runner's docstring (their own docstrings and the imports
-    of __future__ and quantlab left out)."""
+    in one file that needs NumPy only, under the runner's docstring (their own docstrings and quantlab
+    imports left out; the `__future__` import lets it run on Pythons older than the project's)."""
     bodies = []
     for module in (fixed_point, export_format, runner):
         source = Path(module.__file__).read_text(encoding="utf-8")
         tree = ast.parse(source)
         dropped = {line for node in tree.body
-                   if node is tree.body[0] or isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in
-                   ("__future__", "quantlab") for line in range(node.lineno - 1, node.end_lineno)}
+                   if node is tree.body[0] or isinstance(node, ast.ImportFrom) and node.module.startswith("quantlab.")
+                   for line in range(node.lineno - 1, node.end_lineno)}
         kept = "".join(line for i, line in enumerate(source.splitlines(keepends=True)) if i not in dropped)
         bodies.append(f"# --- {module.__name__} ".ljust(110, "-") + "\n" + kept.strip("\n") + "\n")
     docstring = ast.get_source_segment(source, tree.body[0])  # the runner's, the last module
@@ -94,10 +94,6 @@ def save(directory: Path, manifest: dict, payload: bytes, model: bytes) -> None:
     save_bytes(directory / onnx_graph.FILE, model)
     save_json(directory / export_format.MANIFEST, manifest)
     save_text(directory / "runner.py", standalone_runner())
-
-
-def write(directory: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
-    save(directory, *built(manifest, arrays))
 
 
 def main() -> None:

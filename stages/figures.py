@@ -1,8 +1,7 @@
 """Stage figures: the report's figures that no calibration choice changes (training curves, weight
 histograms, the KL divergence of every threshold of one tensor, the calibration comparison, the QAT curves,
-the post-training techniques), as PDF and PNG. The
-activation histograms carry the chosen calibration's thresholds and are drawn by the report stage, so
-`dvc exp run -S calib=...` redraws only those."""
+the post-training techniques), as PDF and PNG. The activation histograms carry the chosen calibration's
+thresholds and are drawn by the report stage, so `dvc exp run -S calib=...` redraws only those."""
 
 import pandas as pd
 
@@ -29,10 +28,9 @@ def main() -> None:
     signed = activation_signs(params.quant.unsigned_activations)[tensor]
     figures.save(figures.kl_curve(tensor, *calibrator("kl").divergences(activations[tensor], bits, signed),
                                   activations[tensor].absmax), directory, "kl")
-    float_accuracy = load_json(paths.FLOAT_ACCURACY)["float"]
-    figures.save(figures.calibration(load_json(paths.CALIBRATION), float_accuracy), directory, "calibration")
-    figures.save(figures.techniques(load_json(paths.TECHNIQUES), load_json(paths.CALIBRATION), float_accuracy),
-                 directory, "techniques")
+    float_accuracy, calibration = load_json(paths.FLOAT_ACCURACY)["float"], load_json(paths.CALIBRATION)
+    figures.save(figures.calibration(calibration, float_accuracy), directory, "calibration")
+    figures.save(figures.techniques(load_json(paths.TECHNIQUES), calibration, float_accuracy), directory, "techniques")
     widths = [width_name(*width) for width in params.compare.widths]
     figures.save(figures.fine_tuning({width_label(width): pd.read_csv(require(paths.qat_history("float", width)))
                                       for width in widths}), directory, "qat")

@@ -7,7 +7,6 @@ in ONNX Runtime on the validation and test images: predictions in evaluation/onn
 intervals of stage statistics), test accuracies in metrics/onnxruntime.json."""
 
 import contextlib
-import hashlib
 import io
 import logging
 import tempfile
@@ -45,11 +44,6 @@ class Batches(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def logits(session, pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([session.run(["logits"], {"pixels": pixels[start:start + 1000]})[0]
-                           for start in range(0, len(pixels), 1000)])
-
-
 def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndarray, images: dict,
                               folder: Path) -> dict[str, dict]:
     """Predictions {"W8A8-tensor/minmax": {"validation": classes, "test": classes}, ...} of every calibrator at
@@ -65,20 +59,19 @@ def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndar
                                 per_channel=per_channel, calibrate_method=method)
             # the same model bytes give the same predictions (Entropy, with quantize_static's bins, is MinMax)
             payload = target.read_bytes()
-            digest = hashlib.sha256(payload).hexdigest()
-            if digest not in by_model:
+            if payload not in by_model:
                 session = onnx_graph.session(payload)
-                by_model[digest] = {split: torch.from_numpy(logits(session, split_images.x.numpy()).argmax(1))
-                                    for split, split_images in images.items()}
-            predictions[f"{WIDTH}-{granularity}/{name}"] = by_model[digest]
+                by_model[payload] = {split: torch.from_numpy(onnx_graph.outputs(session, split_images.x.numpy(),
+                                                                                "logits").argmax(1))
+                                     for split, split_images in images.items()}
+            predictions[f"{WIDTH}-{granularity}/{name}"] = by_model[payload]
     return predictions
 
 
 def main() -> None:
     params = load_params()
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static advises pre-processing, irrelevant here
-    calibration = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
-                                     params.profile.calib_images, params.profile.calib_selection)
+    calibration = calibration_images(params)
     images, _ = evaluation_images(params.data.validation, params.seed)
     with tempfile.TemporaryDirectory() as folder:
         predictions = quantize_with_onnxruntime(load_npz(paths.model("float")), calibration, images, Path(folder))

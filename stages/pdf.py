@@ -35,13 +35,8 @@ LAYOUT_FAULTS = (re.compile(r"^Overfull \\[hv]box \((?P<points>[\d.]+)pt too (wi
 
 def layout_problems(lines: list[str]) -> list[str]:
     """The lines of a LaTeX log that report a layout fault (overfull boxes up to OVERFULL_PT excepted)."""
-    problems = []
-    for line in lines:
-        for pattern in LAYOUT_FAULTS:
-            found = pattern.search(line)
-            if found and not ("points" in found.groupdict() and float(found["points"]) <= OVERFULL_PT):
-                problems.append(line.strip())
-    return problems
+    return [line.strip() for line in lines for pattern in LAYOUT_FAULTS if (found := pattern.search(line))
+            and not ("points" in found.groupdict() and float(found["points"]) <= OVERFULL_PT)]
 
 
 def build_pdf(tex: Path) -> tuple[bytes, list[str]]:

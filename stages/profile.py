@@ -10,7 +10,6 @@ from quantlab.architecture import load_state, model_name_argument
 from quantlab.config import ProfileParams, load_params
 from quantlab.data import calibration_images, normalize
 from quantlab.errors import run_main
-from quantlab.io import load_npz
 from quantlab.model import load_model
 from quantlab.profiling import profile_model, save_profiles
 
@@ -20,10 +19,8 @@ def main() -> None:
     params = load_params()
     p: ProfileParams = params.profile
     model = load_model(load_state(paths.model(model_name), model_name))
-    images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed, p.calib_images,
-                                p.calib_selection)
     with torch.no_grad():
-        profiles = profile_model(model, normalize(torch.from_numpy(images)), p.bins)
+        profiles = profile_model(model, normalize(torch.from_numpy(calibration_images(params))), p.bins)
     save_profiles(paths.profile(model_name), profiles,
                   {"calibration": {"images": p.calib_images, "selection": p.calib_selection, "bins": p.bins}})
 

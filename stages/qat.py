@@ -41,17 +41,16 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     model = load_model(load_state(paths.model(model_name), model_name)).to(on)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
-    initial = calibrator(INITIAL).thresholds(load_profiles(paths.profile(model_name), "activations"), widths,
-                                             activation_signs(quant.unsigned_activations)) \
+    signs = activation_signs(quant.unsigned_activations)
+    initial = calibrator(INITIAL).thresholds(load_profiles(paths.profile(model_name), "activations"), widths, signs) \
         if qat.ranges == LEARNED_STEP else None
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,
                      qat.decay, qat.start, qat.ranges, params.seed, initial).to(on)
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
                   desc=f"qat@{model_name} {width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
-    learned = {"thresholds": network.learned_thresholds(), "bits": widths,
-               "signed": activation_signs(quant.unsigned_activations), "weight_bits": weight_bits,
-               "fake_quant_test_accuracy": history[-1]["test_accuracy"]}
+    learned = {"thresholds": network.learned_thresholds(), "bits": widths, "signed": signs,
+               "weight_bits": weight_bits, "fake_quant_test_accuracy": history[-1]["test_accuracy"]}
     return state_to_arrays(model.cpu()), learned, history
 
 

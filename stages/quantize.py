@@ -16,22 +16,14 @@ calibration images: equalization (and the activations profiled again), then the 
 
 from quantlab import paths
 from quantlab.architecture import MODELS, load_state
-from quantlab.config import Params, QuantParams, load_params
+from quantlab.config import Params, load_params
 from quantlab.data import calibration_images
 from quantlab.errors import run_main
-from quantlab.io import load_json, load_npz
-from quantlab.profiling import TensorProfile, load_profiles
-from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, Calibrator, calibrator
+from quantlab.io import load_json
+from quantlab.profiling import load_profiles
+from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
-
-
-def quantize(state: dict, profiles: dict[str, TensorProfile], method: Calibrator, quant: QuantParams,
-             provenance: Provenance) -> QuantizedNetwork:
-    widths = activation_widths(quant.activation_bits, quant.logit_bits)
-    signs = activation_signs(quant.unsigned_activations)
-    activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
-    return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance)
 
 
 def quantized(model_name: str, params: Params) -> QuantizedNetwork:
@@ -44,18 +36,16 @@ def quantized(model_name: str, params: Params) -> QuantizedNetwork:
     method = calibrator(params.calib, quant.percentile, load_json(fine_tune.with_suffix(".json"))["thresholds"])
     profiles = load_profiles(paths.profile(model_name), "activations")
     provenance = Provenance(model_name, params.calib, weights, source.as_posix(), list(params.ptq.techniques))
+    widths = activation_widths(quant.activation_bits, quant.logit_bits)
+    signs = activation_signs(quant.unsigned_activations)
     if not params.ptq.techniques:
-        return quantize(state, profiles, method, quant, provenance)
+        activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
+        return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance)
     from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
-    images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
-                                params.profile.calib_images, params.profile.calib_selection)
-    widths = activation_widths(quant.activation_bits, quant.logit_bits)
-    ready = apply_techniques(prepare(state, images, profiles, params.ptq.equalize, params.profile.bins), method,
-                             widths, activation_signs(quant.unsigned_activations), quant.weight_bits,
-                             quant.per_channel, params.ptq, params.seed)
-    return quantize_network(ready.state, ready.activations, quant.weight_bits, quant.per_channel, provenance,
-                            ready.integers)
+    start = prepare(state, calibration_images(params), profiles, params.ptq.equalize, params.profile.bins)
+    return apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, params.ptq,
+                            params.seed, provenance)[0]
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
     calibration = load_json(paths.CALIBRATION)
     layers = pd.read_csv(require(paths.CALIBRATION_LAYERS))
     low_bits = tables.low_bit_activations(differences, layers)
+    diagnostics_bits = low_bits["bits"] if low_bits else params.quant.activation_bits
     qat_low, qat_high = tables.qat_extremes(differences)
     first_setting = next(iter(differences["techniques"]))
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
@@ -41,8 +42,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
     return {
         "report": params.report, "params": params, "acc": accuracy, "diff": differences,
         "variants": tables.variants(accuracy, differences), "delta": tables.difference, "verdict": tables.verdict,
-        "p_value": tables.p_value,
-        "standard_error": standard_error, "choices": tables.choices(differences),
+        "p_value": tables.p_value, "standard_error": standard_error, "choices": tables.choices(differences),
         "against_minmax": tables.against_baseline(differences),
         "calib": network.provenance.calib, "fine_tuned": network.provenance.weights == FINE_TUNED,
         "techniques": [TECHNIQUES[name] for name in network.provenance.techniques],
@@ -65,8 +65,7 @@ def context(params: Params, network: QuantizedNetwork, bias_network: QuantizedNe
         "qmax_w": qmax_w, "qmin_w": qmin_w, "qmax_a": qmax_a, "qmin_a": qmin_a,
         "calibration": tables.calibration(calibration),
         "chosen": [f"{row['best']} at {width_label(width)}" for width, row in differences["calibration"].items()],
-        "diagnostics": tables.diagnostics(layers, low_bits["bits"] if low_bits else params.quant.activation_bits),
-        "diagnostics_bits": low_bits["bits"] if low_bits else params.quant.activation_bits,
+        "diagnostics": tables.diagnostics(layers, diagnostics_bits), "diagnostics_bits": diagnostics_bits,
         "s_bias": float(np.max(bias_network.bias_scale("fc3"))), "q_bias": bias_network.layers["fc3"].q_bias.tolist(),
         "fixed_point": tables.fixed_point(*export_format.read(paths.export("float"))),
         "engine": load_json(paths.ENGINE), "onnxruntime": tables.onnxruntime(differences),

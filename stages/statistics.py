@@ -46,7 +46,7 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
     predictions = {**predictions, **techniques, **peers}
 
     def compared(a: str, b: str) -> dict:
-        return paired(predictions[f"{a}/test"] == labels["test"], predictions[f"{b}/test"] == labels["test"]).record()
+        return paired(predictions[f"{a}/test"] == labels["test"], predictions[f"{b}/test"] == labels["test"])
 
     def measured(name: str, reference: str) -> dict:
         chosen = {f"{images}_accuracy": accuracy(predictions[f"{name}/{images}"], labels[images]) for images in labels}
@@ -54,8 +54,7 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
 
     result = {"images": {images: len(y) for images, y in labels.items()}, "choices_on": choose_on,
               "variants": {variant: {"reference": reference, **measured(variant, reference)}
-                           for variant, reference in REFERENCES.items()},
-              "calibration": {}, "techniques": {}}
+                           for variant, reference in REFERENCES.items()}}
 
     def rows(keys, baseline: str) -> dict[str, dict]:
         """Per group ("W4A8", "W4A8-tensor"), every cell against float and, but the baseline, against the

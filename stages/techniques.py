@@ -14,15 +14,15 @@ import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import load_state
-from quantlab.config import NEAREST, PTQParams, TechniquesParams, load_params
+from quantlab.config import NEAREST, Params, load_params
 from quantlab.data import calibration_images
 from quantlab.errors import run_main
 from quantlab.evaluation import Split, accuracy, evaluation_images, predict, save_predictions
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.io import load_npz, save_csv, save_json
+from quantlab.io import save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator
-from quantlab.quantize.network import Provenance, quantize_network
+from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import apply_techniques, prepare
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
 
@@ -32,49 +32,38 @@ COMBINATIONS = ((), ("equalize",), ("bias_correction",), ("adaround",), ("equali
 LOGIT_BITS = 8
 
 
-def setting_name(weight_bits: int, activation_bits: int, per_channel: bool) -> str:
-    """"W4A8-tensor", "W4A8-channel"."""
-    return f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
-
-
-def combination_name(combination: tuple[str, ...]) -> str:
-    """"nearest", "adaround", "adaround+bias_correction", ..."""
-    return "+".join(combination) or NEAREST
-
-
 def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
-                       splits: dict[str, Split], settings: TechniquesParams, ptq: PTQParams, bins: int,
-                       seed: int, percentile: float = 99.99) -> tuple[dict, pd.DataFrame, dict]:
+                       splits: dict[str, Split], params: Params) -> tuple[dict, pd.DataFrame, dict]:
     """Test accuracy {setting: {combination: %}}, the per-layer diagnostics of every cell, and every cell's
-    predictions on every set of `splits` ({"W4A8-tensor/adaround": {"test": classes, ...}, ...}). `images`:
-    the calibration images (uint8), `profiles` the float model's activation profiles; `percentile` that of
-    calib=percentile."""
-    method = calibrator(settings.calib, percentile)
+    predictions on every set of `splits` ({"W4A8-tensor/adaround": {"test": classes, ...}, ...}), as
+    `params.techniques` says. `images`: the calibration images (uint8), `profiles` the float model's
+    activation profiles."""
+    settings = params.techniques
+    method = calibrator(settings.calib, params.quant.percentile)
     signs = activation_signs(settings.unsigned_activations)
-    starts = {equalized: prepare(state, images, profiles, equalized, bins) for equalized in (False, True)}
+    starts = {equalized: prepare(state, images, profiles, equalized, params.profile.bins)
+              for equalized in (False, True)}
     results, rows, predictions = {}, [], {}
     for weight_bits, activation_bits in settings.widths:
         widths = activation_widths(activation_bits, LOGIT_BITS)
         for per_channel in settings.per_channel:
-            setting = setting_name(weight_bits, activation_bits, per_channel)
+            setting = f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
             results[setting] = {}
             for combination in COMBINATIONS:
                 began = time.perf_counter()
-                chosen = dataclasses.replace(ptq, equalize="equalize" in combination,
+                chosen = dataclasses.replace(params.ptq, equalize="equalize" in combination,
                                              bias_correction="bias_correction" in combination,
                                              rounding="adaround" if "adaround" in combination else NEAREST,
                                              iterations=settings.iterations)
-                ready = apply_techniques(starts[chosen.equalize], method, widths, signs, weight_bits, per_channel,
-                                         chosen, seed)
-                network = quantize_network(ready.state, ready.activations, weight_bits, per_channel,
-                                           Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
-                                                      list(combination)), ready.integers)
-                name, forward = combination_name(combination), FloatRescaleNet(network)
+                network, diagnostics = apply_techniques(
+                    starts[chosen.equalize], method, widths, signs, weight_bits, per_channel, chosen, params.seed,
+                    Provenance("float", method.name, TRAINED, paths.model("float").as_posix(), list(combination)))
+                name, forward = "+".join(combination) or NEAREST, FloatRescaleNet(network)
                 cell = f"{setting}/{name}"
                 predictions[cell] = {part: predict(forward, split) for part, split in splits.items()}
                 results[setting][name] = accuracy(predictions[cell]["test"], splits["test"].y)
                 rows += [{"setting": setting, "techniques": name, "layer": layer, **values}
-                         for layer, values in ready.diagnostics.items()]
+                         for layer, values in diagnostics.items()]
                 print(f"{cell:<45} test {results[setting][name]:6.2f}  {time.perf_counter() - began:5.1f} s",
                       flush=True)
     return results, pd.DataFrame(rows), predictions
@@ -82,12 +71,11 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
 
 def main() -> None:
     params = load_params()
-    images = calibration_images(load_npz(paths.DATASET), params.data.validation, params.seed,
-                                params.profile.calib_images, params.profile.calib_selection)
+    images = calibration_images(params)
     splits, _ = evaluation_images(params.data.validation, params.seed)
-    results, layers, predictions = compare_techniques(
-        load_state(paths.model("float"), "float"), images, load_profiles(paths.profile("float"), "activations"),
-        splits, params.techniques, params.ptq, params.profile.bins, params.seed, params.quant.percentile)
+    results, layers, predictions = compare_techniques(load_state(paths.model("float"), "float"), images,
+                                                      load_profiles(paths.profile("float"), "activations"), splits,
+                                                      params)
     save_predictions(paths.predictions("techniques"), predictions)
     save_json(paths.TECHNIQUES, results)
     save_csv(paths.TECHNIQUES_LAYERS, layers)

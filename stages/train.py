@@ -5,13 +5,13 @@ import sys
 import pandas as pd
 
 from quantlab import paths
-from quantlab.architecture import model_name_argument
+from quantlab.architecture import MODELS, model_name_argument
 from quantlab.config import TrainParams, load_params
 from quantlab.data import without_validation
 from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_npz
-from quantlab.model import Net, biased_layers, state_to_arrays
+from quantlab.model import Net, state_to_arrays
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 
@@ -19,10 +19,9 @@ def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tup
     """A model trained deterministically for `seed`, and its per-epoch loss and accuracies."""
     make_deterministic(seed)
     on = device()
-    model = Net(biased_layers(model_name)).to(on)
+    model = Net(MODELS[model_name]).to(on)
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.fraction, seed)
-    history = fit(model, train,
-                  Split.of(dataset["test_x"], dataset["test_y"], on),
+    history = fit(model, train, Split.of(dataset["test_x"], dataset["test_y"], on),
                   epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                   weight_decay=params.weight_decay, flip=params.flip, seed=seed, desc=f"train@{model_name}")
     return model.cpu(), history

@@ -1,7 +1,5 @@
 """Small CIFAR-10 archives in the official layout, with classes a small CNN learns in a few epochs."""
 
-from __future__ import annotations
-
 import io
 import pickle
 import tarfile

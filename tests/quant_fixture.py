@@ -4,12 +4,13 @@ thresholds measured on random inputs."""
 import numpy as np
 import torch
 
+from quantlab.architecture import MODELS
 from quantlab.inference.fixed_point import GEMMLOWP
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.model import Net, biased_layers, state_to_arrays
+from quantlab.model import Net, state_to_arrays
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths
-from stages.export import export, write
+from stages.export import built, export, save
 
 IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
 
@@ -31,7 +32,7 @@ def random_network(bits: int = 8, per_channel: bool = False, unsigned: bool = Fa
                    model: str = "bias", seed: int = 0) -> tuple[Net, QuantizedNetwork]:
     """A randomly initialized model and its quantized network, minmax-calibrated on 64 random images."""
     torch.manual_seed(seed)
-    net = Net(biased_layers(model))
+    net = Net(MODELS[model])
     x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     activations = activations_of(minmax_thresholds(net, x), activation_widths(bits, logit_bits),
                                  activation_signs(unsigned))
@@ -45,5 +46,5 @@ def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=
     """A random network exported to tmp_path/export, and its float-rescale forward."""
     _, network = random_network(bits, per_channel, unsigned, logit_bits, model, seed)
     directory = tmp_path / "export"
-    write(directory, *export(network, [str(c) for c in range(10)], headroom, rounding))
+    save(directory, *built(*export(network, [str(c) for c in range(10)], headroom, rounding)))
     return directory, FloatRescaleNet(network)

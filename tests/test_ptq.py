@@ -14,13 +14,13 @@ from quantlab.errors import UserError
 from quantlab.inference import export_format
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.float_rescale import FloatRescaleNet
-from quantlab.model import Net, load_model, state_to_arrays, walk
+from quantlab.model import Net, layer_output, load_model, state_to_arrays, walk
 from quantlab.profiling import profile_model
 from quantlab.quantize.calibration import calibrator
-from quantlab.quantize.network import Provenance, quantize_network
-from quantlab.quantize.ptq import adaround, apply_techniques, equalize, layer_output, prepare, range_spread
+from quantlab.quantize.network import Provenance
+from quantlab.quantize.ptq import adaround, apply_techniques, equalize, prepare, range_spread
 from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
-from stages.export import export, write
+from stages.export import built, export, save
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
 PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01,
@@ -72,20 +72,22 @@ def activations_for(state):
 
 
 def techniques(state, ptq, weight_bits=4, activation_bits=8, per_channel=False):
+    """The network the techniques of `ptq` quantize (without their diagnostics)."""
     profiles = activations_for(state)
     widths, signs = activation_widths(activation_bits, 8), activation_signs(True)
     return apply_techniques(prepare(state, IMAGES, profiles, ptq.equalize, 256), calibrator("mse"), widths, signs,
-                            weight_bits, per_channel, ptq, seed=0)
+                            weight_bits, per_channel, ptq, 0, Provenance("float", "mse", "trained", "random",
+                                                                         list(ptq.techniques)))[0]
 
 
 def test_learned_rounding_picks_the_floor_or_the_ceiling_of_every_weight():
     state = unbalanced_state(1)
-    ready = techniques(state, dataclasses.replace(PTQ, rounding="adaround"), weight_bits=3, per_channel=True)
+    network = techniques(state, dataclasses.replace(PTQ, rounding="adaround"), weight_bits=3, per_channel=True)
     changed = 0
     for layer in LAYERS:
         weight = state[f"{layer.name}.weight"].astype(np.float64)
         ratio = weight / channel_shaped(weight_scale(weight, 3, True), weight.ndim, 0)
-        q = ready.integers[layer.name]
+        q = network.layers[layer.name].weight
         assert np.all((q == np.floor(ratio)) | (q == np.ceil(ratio))), layer.name
         changed += int((q != np.round(ratio)).sum())
     assert changed > 0  # it learned something other than nearest rounding
@@ -125,8 +127,9 @@ def pre_activations(state, apply_weight, tap=None) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("rounding", ["nearest", "adaround"])
 def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
     state = unbalanced_state(2)
-    ready = techniques(state, dataclasses.replace(PTQ, bias_correction=True, rounding=rounding))
-    assert all(f"{layer.name}.bias" in ready.state for layer in LAYERS)
+    network = techniques(state, dataclasses.replace(PTQ, bias_correction=True, rounding=rounding))
+    corrected = network.dequantized_state()
+    assert all(f"{layer.name}.bias" in corrected for layer in LAYERS)
     float_outputs = pre_activations(state, lambda layer: torch.from_numpy(state[f"{layer.name}.weight"]))
     weights = {layer.name: quantize(torch.from_numpy(state[f"{layer.name}.weight"]).double(),
                                     channel_shaped(torch.as_tensor(weight_scale(state[f"{layer.name}.weight"], 4)),
@@ -134,18 +137,19 @@ def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
     scales = {layer.name: float(weight_scale(state[f"{layer.name}.weight"], 4)) for layer in LAYERS}
 
     def fake_quantize(name, x):
-        a = ready.activations[name]
+        a = network.activations[name]
         return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
 
     quant_outputs = pre_activations(
-        ready.state, lambda layer: torch.from_numpy(ready.integers[layer.name]).float() * scales[layer.name],
+        corrected, lambda layer: torch.from_numpy(network.layers[layer.name].weight).float() * scales[layer.name],
         fake_quantize)
     for layer in LAYERS:
         error = (quant_outputs[layer.name] - float_outputs[layer.name]).transpose(0, 1).flatten(1).mean(1)
         scale = float_outputs[layer.name].abs().mean()
         assert float(error.abs().max()) <= 1e-4 * float(scale), layer.name
         if rounding == "nearest":  # the integers are the nearest ones: only the bias changed
-            np.testing.assert_array_equal(ready.integers[layer.name], weights[layer.name].numpy().astype(np.int8))
+            np.testing.assert_array_equal(network.layers[layer.name].weight,
+                                          weights[layer.name].numpy().astype(np.int8))
 
 
 @pytest.mark.parametrize("settings", [
@@ -153,11 +157,10 @@ def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
     dict(equalize=True, bias_correction=True, rounding="adaround")])
 def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settings):
     state = unbalanced_state(3)
-    ready = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=8, per_channel=True)
-    network = quantize_network(ready.state, ready.activations, 4, True,
-                               Provenance("float", "mse", "trained", "random", ["test"]), ready.integers)
+    network = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=8,
+                         per_channel=True)
     directory = tmp_path / "export"
-    write(directory, *export(network, [str(c) for c in range(10)], True))
+    save(directory, *built(*export(network, [str(c) for c in range(10)], True)))
     engine = FixedPointEngine(*export_format.read(directory))
     images = torch.from_numpy(IMAGES)
     reference = FloatRescaleNet(network)(images)

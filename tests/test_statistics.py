@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from quantlab.report.tables import difference as printed
+from quantlab.report.tables import verdict
 from quantlab.statistics import mcnemar, paired, spread, standard_error, t_cdf, t_quantile
 from stages.statistics import differences
 
@@ -26,8 +28,9 @@ def correctness(n: int, both: int, only_a: int, only_b: int) -> tuple[np.ndarray
 def test_identical_predictions_differ_by_nothing():
     a = RNG.random(1000) < 0.7
     difference = paired(a, a)
-    assert (difference.delta, difference.low, difference.high, difference.p) == (0.0, 0.0, 0.0, 1.0)
-    assert difference.within_noise and difference.text() == "+0.00 [+0.00, +0.00]"
+    assert (difference["delta"], difference["ci_low"], difference["ci_high"], difference["p"]) == (0.0, 0.0, 0.0, 1.0)
+    assert verdict(difference) == "within noise"
+    assert printed(difference) == "+0.00 [+0.00, +0.00]"
 
 
 def test_a_hand_computed_table():
@@ -35,11 +38,12 @@ def test_a_hand_computed_table():
     # discordant, P(X <= 2 | Bin(12, 1/2)) = (1 + 12 + 66) / 4096, two-sided 158 / 4096.
     a, b = correctness(100, both=60, only_a=10, only_b=2)
     difference = paired(a, b)
-    assert difference.delta == 8.0 and difference.discordant == (10, 2)
-    assert difference.p == pytest.approx(158 / 4096, rel=1e-12)
+    assert difference["delta"] == 8.0 and (difference["only_a_right"], difference["only_b_right"]) == (10, 2)
+    assert difference["p"] == pytest.approx(158 / 4096, rel=1e-12)
     assert mcnemar(2, 10) == mcnemar(10, 2) and mcnemar(0, 0) == 1.0 and mcnemar(5, 5) == 1.0
-    assert difference.low < 8.0 < difference.high and difference.low > 0  # 10 against 2 is a real difference
-    assert paired(b, a).delta == -8.0 and paired(b, a).text().startswith("\u22128.00 [")
+    assert 0 < difference["ci_low"] < 8.0 < difference["ci_high"]  # 10 against 2 is a real difference
+    assert verdict(difference) == "higher" and verdict(paired(b, a)) == "lower"
+    assert paired(b, a)["delta"] == -8.0 and printed(paired(b, a)).startswith("\u22128.00 [")
 
 
 def newcombe(n: int, both: int, only_a: int, only_b: int) -> tuple[float, float]:
@@ -66,7 +70,7 @@ def test_bootstrap_interval_agrees_with_newcombes_score_interval(cells):
     a, b = correctness(10_000, *cells)
     difference = paired(a, b)
     low, high = newcombe(10_000, *cells)
-    assert difference.low == pytest.approx(low, abs=0.06) and difference.high == pytest.approx(high, abs=0.06)
+    assert (difference["ci_low"], difference["ci_high"]) == pytest.approx((low, high), abs=0.06)
 
 
 def test_the_interval_covers_the_true_difference_95_percent_of_the_time():
@@ -76,7 +80,7 @@ def test_the_interval_covers_the_true_difference_95_percent_of_the_time():
         a_only, b_only = np.random.default_rng(seed + 1000).multinomial(n, cells)[1:3]
         a, b = correctness(n, both=0, only_a=a_only, only_b=b_only)
         difference = paired(a, b)
-        covered += difference.low <= 1.0 <= difference.high
+        covered += difference["ci_low"] <= 1.0 <= difference["ci_high"]
     assert 0.92 <= covered / 300 <= 0.98
 
 
@@ -92,8 +96,8 @@ def test_student_t_against_closed_forms_and_the_spread_over_seeds():
     assert t_quantile(0.975, 10_000) == pytest.approx(1.96, abs=1e-3)  # the normal limit
     result = spread([1.0, 2.0, 3.0, 4.0, 5.0])
     half = t_quantile(0.975, 4) * math.sqrt(2.5) / math.sqrt(5)
-    assert (result.mean, result.sd, result.n) == (3.0, round(math.sqrt(2.5), 3), 5)
-    assert result.low == pytest.approx(3 - half, abs=1e-3) and result.high == pytest.approx(3 + half, abs=1e-3)
+    assert (result["mean"], result["sd"], result["n"]) == (3.0, round(math.sqrt(2.5), 3), 5)
+    assert result["low"] == pytest.approx(3 - half, abs=1e-3) and result["high"] == pytest.approx(3 + half, abs=1e-3)
 
 
 def synthetic(seed: int = 0) -> tuple[dict, dict, dict, dict]:

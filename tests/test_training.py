@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.architecture import steps
+from quantlab.architecture import MODELS, steps
 from quantlab.config import TrainParams
 from quantlab.errors import UserError
 from quantlab.evaluation import Split
-from quantlab.model import Net, biased_layers, max_pool
+from quantlab.model import Net, max_pool
 from quantlab.report.tables import architecture
 from quantlab.training import training_subset
 from stages.train import train
@@ -37,7 +37,7 @@ def test_architecture_is_the_labs_table_and_the_models_shapes():
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     assert shapes == [(step.input, step.output) for step in steps() if step.kind != "pool"]
-    assert Net().fc3.bias is None and Net(biased_layers("bias")).fc3.bias is not None
+    assert Net().fc3.bias is None and Net(MODELS["bias"]).fc3.bias is not None
     assert all(getattr(Net(), name).bias is None for name in ("conv1", "conv2", "fc1", "fc2"))
 
 

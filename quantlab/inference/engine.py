@@ -24,8 +24,6 @@ oneDNN's int8 kernels can saturate on x86 CPUs without VNNI ("Nuances of int8 Co
 developer guide): there the agreement in metrics/engine.json and the tests would show a difference.
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 
@@ -69,6 +67,7 @@ class EngineLayer:
         self.input_encoding = input_encoding(spec["kind"], input_range)
         shift = self.input_encoding[1]
         bias = arrays[spec["bias"]].astype(np.int64) if spec["bias"] else np.zeros(len(flat), np.int64)
+        self.bound = accumulator_bound(flat, input_range, bias)  # before the fc's bias takes the shift back
         if spec["kind"] == "conv":  # oneDNN takes the zero point back itself; scales 1: the sums themselves
             self.unit_scales = torch.ones(len(weight)), torch.zeros(len(weight), dtype=torch.int64)
             self.weight = torch.ops.onednn.qconv_prepack(torch.from_numpy(weight.astype(np.int8)), self.unit_scales[0],
@@ -79,7 +78,6 @@ class EngineLayer:
             bias = bias - shift * flat.sum(axis=1)
         # the true sums with their bias, the kernel's own sums on the stored inputs, and that bias must fit
         stored_range = (input_range[0] + shift, input_range[1] + shift)
-        self.bound = accumulator_bound(flat, input_range, arrays[spec["bias"]] if spec["bias"] else None)
         worst = max(self.bound, accumulator_bound(flat, stored_range), int(np.abs(bias).max()))
         if worst > INT32_MAX:
             raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {worst} > "

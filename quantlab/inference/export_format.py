@@ -18,8 +18,6 @@ the ONNX model's file, opset and SHA-256. `sha256` is the checksum of the manife
 together.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from pathlib import Path

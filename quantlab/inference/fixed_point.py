@@ -11,8 +11,6 @@ The fixed-point engine and the standalone runner both use these functions. Stand
 the export stage copies this module into the runner.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np

@@ -8,14 +8,11 @@ partial sum from its actual integer weights and uses float32 only where that bou
 (exact to 2^53) elsewhere.
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from quantlab.architecture import LAYERS, Layer, input_of
-from quantlab.model import max_pool, walk
+from quantlab.model import layer_output, max_pool, walk
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import channel_shaped
 
@@ -30,8 +27,7 @@ def accumulation_dtype(q_weight: torch.Tensor, max_abs_input: int) -> torch.dtyp
 
 def integer_layer(layer: Layer, q_x: torch.Tensor, q_weight: torch.Tensor) -> torch.Tensor:
     """The exact integer accumulator sum_j q_W[o, j] * q_x[j] of a conv or fc layer."""
-    op = F.conv2d if layer.kind == "conv" else F.linear
-    return op(q_x.to(q_weight.dtype), q_weight)
+    return layer_output(layer, q_x.to(q_weight.dtype), q_weight, None)
 
 
 def requantize(acc: torch.Tensor, multiplier: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -68,12 +64,11 @@ class FloatRescaleNet:
             max_abs_input = max(abs(v) for v in network.activations[input_of(layer.name)].range)
             q = q.to(accumulation_dtype(q, max_abs_input))
             self.q_weights[layer.name] = q.contiguous(memory_format=torch.channels_last) if q.ndim == 4 else q
-            ndim = 4 if layer.kind == "conv" else 2  # of the accumulator: (N, C, H, W) or (N, features)
             multiplier = torch.as_tensor(network.multiplier(layer.name), dtype=torch.float64)
-            self.multipliers[layer.name] = channel_shaped(multiplier, ndim, 1)
+            self.multipliers[layer.name] = channel_shaped(multiplier, q.ndim, 1)  # the accumulator has q's ndim
             value = {"int32": quantized.q_bias, "raw": quantized.bias, "none": None}[bias]
             if value is not None:
-                self.biases[layer.name] = channel_shaped(torch.as_tensor(value.astype(np.float64)), ndim, 1)
+                self.biases[layer.name] = channel_shaped(torch.as_tensor(value.astype(np.float64)), q.ndim, 1)
 
     def _apply(self, layer: Layer, q_x: torch.Tensor) -> torch.Tensor:
         acc = integer_layer(layer, q_x, self.q_weights[layer.name])

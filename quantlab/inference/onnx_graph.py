@@ -23,8 +23,6 @@ multiply with VPMADDUBSW, whose pairwise int16 sums saturate (onnxruntime/core/m
 saturation_check_avx2.cpp detects exactly that). U8U8 sums exactly on every x86 CPU.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from pathlib import Path
@@ -98,20 +96,19 @@ def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
         if layer["kind"] == "fc" and spatial:  # (N, C, H, W) -> (N, C * H * W), the float model's order
             x = graph.node("Flatten", [x], f"{name}.flat", axis=1)
         spatial = layer["kind"] == "conv"
-        weight = stored(arrays[layer["weight"]], SIGNED_ZERO_POINT)
         weight_zero_point = graph.constant(f"{name}.weight.zero_point", np.uint8(SIGNED_ZERO_POINT))
         zero_point = zero_point_of[name]
         low, high = (bound + zero_point for bound in layer["clamp"])
         quantization = [graph.constant(f"{previous}.scale", np.float32(scale)),
                         graph.constant(f"{previous}.zero_point", np.uint8(zero_point_of[previous]))]
-        weight_scale = np.asarray(layer["weight_scale"], np.float32).reshape(-1)
-        weight_scale = weight_scale if len(weight_scale) > 1 else weight_scale[0]
+        weight_scale = np.asarray(layer["weight_scale"], np.float32).squeeze()  # a scalar for one scale
         output_quantization = [graph.constant(f"{name}.scale", np.float32(layer["output_scale"])),
                                graph.constant(f"{name}.zero_point", np.uint8(zero_point))]
         bias = [graph.constant(f"{name}.bias", arrays[layer["bias"]].astype(np.int32))] if layer["bias"] else []
+        weight = stored(arrays[layer["weight"]], SIGNED_ZERO_POINT)
+        weight = graph.constant(f"{name}.weight", weight if layer["kind"] == "conv" else weight.T.copy())
         if layer["kind"] == "fc" and bias:
-            x = graph.node("MatMulInteger", [x, graph.constant(f"{name}.weight", weight.T.copy()), quantization[1],
-                                             weight_zero_point], f"{name}.acc")
+            x = graph.node("MatMulInteger", [x, weight, quantization[1], weight_zero_point], f"{name}.acc")
             x = graph.node("Add", [x, bias[0]], f"{name}.acc_bias")
             x = graph.node("Cast", [x], f"{name}.acc_float", to=TensorProto.FLOAT)
             multiplier = onnxruntime_multiplier(scale, layer["weight_scale"], layer["output_scale"])
@@ -123,9 +120,7 @@ def build(manifest: dict, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
                 x = graph.node("Add", [x, graph.constant(f"{name}.offset", np.float32(zero_point))], f"{name}.shifted")
             x = graph.node("Cast", [x], name, to=TensorProto.UINT8)
         else:
-            operands = [x, *quantization,
-                        graph.constant(f"{name}.weight", weight if layer["kind"] == "conv" else weight.T.copy()),
-                        graph.constant(f"{name}.weight.scale", weight_scale),
+            operands = [x, *quantization, weight, graph.constant(f"{name}.weight.scale", weight_scale),
                         weight_zero_point, *output_quantization, *bias]
             op = "QLinearConv" if layer["kind"] == "conv" else "QLinearMatMul"
             x = graph.node(op, operands, f"{name}.requantized")
@@ -208,13 +203,17 @@ def session(payload: bytes):
     return onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
 
 
+def outputs(session, pixels: np.ndarray, output: str, batch: int = 1000) -> np.ndarray:
+    """The output `output` of a `session`'s model for uint8 images (N, 3, 32, 32), `batch` images at a time."""
+    return np.concatenate([session.run([output], {"pixels": pixels[start:start + batch]})[0]
+                           for start in range(0, len(pixels), batch)])
+
+
 def run(session, manifest: dict, pixels: np.ndarray, batch: int = 1000) -> np.ndarray:
     """The integer logits (int64) that ONNX Runtime's CPU kernels compute for uint8 images (N, 3, 32, 32) in a
     `session` of the export's model."""
     zero_point = zero_points(manifest)[manifest["layers"][-1]["name"]]
-    logits = [session.run(["quantized_logits"], {"pixels": pixels[start:start + batch]})[0]
-              for start in range(0, len(pixels), batch)]
-    return np.concatenate(logits).astype(np.int64) - zero_point
+    return outputs(session, pixels, "quantized_logits", batch).astype(np.int64) - zero_point
 
 
 def cpu_flags() -> list[str]:

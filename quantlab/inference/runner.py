@@ -18,8 +18,6 @@ The export stage writes this file into export/<model>/runner.py together with th
 (quantlab.inference.fixed_point) and the export format (quantlab.inference.export_format) it uses.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 

@@ -11,20 +11,18 @@ threshold, and the post-ReLU outputs are 50-80 % zeros, a spike that would other
 (it halves the 3-sigma range and dominates KL's divergence). Tensors without zeros are unaffected.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 from quantlab.errors import UserError
 from quantlab.profiling import TensorProfile
 from quantlab.quantize.symmetric import int_range, squared_errors
 
-METHODS: dict[str, type[Calibrator]] = {}
+METHODS: dict[str, type["Calibrator"]] = {}
 # The float weights a method's thresholds belong to; "qat" also names the fine-tunes' row of the comparison.
 TRAINED, FINE_TUNED = "trained", "qat"
 
 
-def register(cls: type[Calibrator]) -> type[Calibrator]:
+def register(cls: type["Calibrator"]) -> type["Calibrator"]:
     cls.name = cls.__name__.lower()
     METHODS[cls.name] = cls
     return cls
@@ -149,20 +147,18 @@ class KL(Calibrator):
 
 def kl_divergences(h: np.ndarray, levels: int, first: int) -> np.ndarray:
     """KL(P || Q) of every candidate i = first .. len(h) (see KL); inf where q = 0 < p."""
-    n_bins = len(h)
     total = h.sum()
-    candidates = np.arange(first, n_bins + 1)[:, None]  # (C, 1)
+    candidates = np.arange(first, len(h) + 1)[:, None]  # (C, 1)
     cum = np.concatenate([[0.0], np.cumsum(h)])
     cum_nonzero = np.concatenate([[0], np.cumsum(h > 0)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h_log_h = np.where(h > 0, h * np.log(h), 0.0)
-    cum_h_log_h = np.concatenate([[0.0], np.cumsum(h_log_h)])
-
     outliers = total - cum[candidates[:, 0]]  # (C,)
     last = h[candidates[:, 0] - 1] + outliers  # P's last bin
+
     # sum_k P_k log P_k, then p = P / N gives sum p log p = (sum P log P) / N - log N
     with np.errstate(divide="ignore", invalid="ignore"):
+        h_log_h = np.where(h > 0, h * np.log(h), 0.0)
         last_log = np.where(last > 0, last * np.log(last), 0.0)
+    cum_h_log_h = np.concatenate([[0.0], np.cumsum(h_log_h)])
     p_log_p = (cum_h_log_h[candidates[:, 0] - 1] + last_log) / total - np.log(total)
 
     size = candidates // levels  # bins per merged level, (C, 1)

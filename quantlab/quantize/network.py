@@ -12,12 +12,11 @@ technique) writes these two files with `QuantizedNetwork.save`; the export, the 
 them with `QuantizedNetwork.load`, which checks them against the architecture, and read nothing else.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -82,8 +81,8 @@ class QuantizedNetwork:
 
     def multiplier(self, layer_name: str) -> np.ndarray:
         """M = S_in * S_W / S_out of a layer: S_in the scale of the activation entering it, S_out its own."""
-        scales = {name: activation.scale for name, activation in self.activations.items()}
-        return scales[input_of(layer_name)] * self.layers[layer_name].scale / scales[layer_name]
+        return (self.activations[input_of(layer_name)].scale * self.layers[layer_name].scale
+                / self.activations[layer_name].scale)
 
     def bias_scale(self, layer_name: str) -> np.ndarray:
         """S_bias = S_W * S_in: the unit of the layer's integer accumulator."""
@@ -106,17 +105,15 @@ class QuantizedNetwork:
         return state
 
     def save(self, directory: Path) -> None:
-        arrays = {}
-        for name, layer in self.layers.items():
-            arrays |= {f"{name}.{key}": value for key, value in vars(layer).items() if value is not None}
-        save_npz(directory / FILES[1], arrays)
+        save_npz(directory / FILES[1], {f"{name}.{key}": value for name, layer in self.layers.items()
+                                        for key, value in vars(layer).items() if value is not None})
         save_json(directory / FILES[0], {
             "format": FORMAT, "provenance": dataclasses.asdict(self.provenance), "weight_bits": self.weight_bits,
             "per_channel": self.per_channel,
             "activations": {name: {**dataclasses.asdict(a), "scale": a.scale} for name, a in self.activations.items()}})
 
     @classmethod
-    def load(cls, directory: Path) -> QuantizedNetwork:
+    def load(cls, directory: Path) -> Self:
         """The network saved in `directory`, checked against the architecture: a damaged or hand-edited file
         is one clear error, never a silently different network."""
         meta, arrays = load_json(directory / FILES[0]), load_npz(directory / FILES[1])

@@ -24,8 +24,6 @@
 The layers are taken in order so that each one sees the inputs the quantized network will give it.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 
@@ -37,10 +35,10 @@ from quantlab.architecture import LAYERS, Layer
 from quantlab.config import PTQParams
 from quantlab.data import normalize
 from quantlab.errors import UserError
-from quantlab.model import load_model, max_pool
+from quantlab.model import layer_output, load_model, max_pool
 from quantlab.profiling import TensorProfile, profile_model
 from quantlab.quantize.calibration import Calibrator
-from quantlab.quantize.network import Activation, activations_of
+from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import channel_shaped, int_range, quantize, weight_scale
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that h reaches 0 and 1 exactly
@@ -58,22 +56,17 @@ def channel_ranges(weight: np.ndarray, axis: int, channels: int) -> np.ndarray:
     return magnitude.reshape(len(weight), channels, -1).max(axis=(0, 2))
 
 
-def check_equalizable(layers: tuple[Layer, ...]) -> None:
-    """Equalization needs every layer but the last to feed the next through ReLU or nothing and max pooling
-    (positive scales commute with those), and the next layer's inputs to be its channels, each at the same
-    number of positions."""
+def equalize(state: dict[str, np.ndarray], iterations: int = 100, tolerance: float = 1e-6,
+             layers: tuple[Layer, ...] = LAYERS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The state with every consecutive pair of `layers` equalized (see the module docstring), and the total
+    scale s of every layer's output channels (the float network's outputs there are divided by s)."""
+    # Every layer but the last must feed the next through ReLU or nothing and max pooling (positive scales
+    # commute with those), and the next layer's inputs must be its channels, each at the same number of positions.
     for first, second in zip(layers[:-1], layers[1:], strict=True):
         if second.inputs % first.outputs:
             raise UserError(f"ptq.equalize cannot scale {first.name} -> {second.name}: {second.name}'s "
                             f"{second.inputs} inputs are not {first.name}'s {first.outputs} channels at equal "
                             f"numbers of positions; set ptq.equalize: false")
-
-
-def equalize(state: dict[str, np.ndarray], iterations: int = 100, tolerance: float = 1e-6,
-             layers: tuple[Layer, ...] = LAYERS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The state with every consecutive pair of `layers` equalized (see the module docstring), and the total
-    scale s of every layer's output channels (the float network's outputs there are divided by s)."""
-    check_equalizable(layers)
     state = {name: value.astype(np.float64) for name, value in state.items()}
     totals = {layer.name: np.ones(layer.outputs) for layer in layers[:-1]}
     for _ in range(iterations):
@@ -98,16 +91,8 @@ def equalize(state: dict[str, np.ndarray], iterations: int = 100, tolerance: flo
 def range_spread(state: dict[str, np.ndarray]) -> dict[str, float]:
     """Per layer, the largest over the smallest nonzero output-channel range max |W_i|: what one per-tensor
     scale must cover. 1 is a perfectly equalized layer."""
-    spread = {}
-    for layer in LAYERS:
-        ranges = channel_ranges(state[f"{layer.name}.weight"], 0, layer.outputs)
-        spread[layer.name] = float(ranges.max() / ranges[ranges > 0].min())
-    return spread
-
-
-def layer_output(layer: Layer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The layer's output before its ReLU."""
-    return (F.conv2d if layer.kind == "conv" else F.linear)(x, weight, bias)
+    ranges = {layer.name: channel_ranges(state[f"{layer.name}.weight"], 0, layer.outputs) for layer in LAYERS}
+    return {name: float(r.max() / r[r > 0].min()) for name, r in ranges.items()}
 
 
 def next_input(layer: Layer, output: torch.Tensor, quantize_activation=None) -> torch.Tensor:
@@ -158,23 +143,14 @@ def adaround(layer: Layer, weight: torch.Tensor, scale: torch.Tensor, bits: int,
         return torch.clamp(floor + (soft_rounding(v) >= 0.5), qmin, qmax).double()
 
 
-@dataclass(frozen=True)
-class PostTraining:
-    """What `reconstruct` decided: the float state with the corrected biases (quantized to int32 on the
-    accumulator's scale like any bias), every layer's integer weights (int8), and per layer the mean squared
-    error of its output against the float network's, with nearest rounding and no correction ("nearest") and
-    after the techniques ("final")."""
-
-    state: dict[str, np.ndarray]
-    integers: dict[str, np.ndarray]
-    errors: dict[str, dict[str, float]]
-
-
 def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: int, per_channel: bool,
-                images: torch.Tensor, ptq: PTQParams, seed: int) -> PostTraining:
+                images: torch.Tensor, ptq: PTQParams, seed: int) -> tuple[dict, dict, dict]:
     """Every layer's weights rounded as `ptq.rounding` says and, with `ptq.bias_correction`, its bias corrected, layer
     by layer on the calibration `images` (normalized floats). `quantize_activation(name, x)` fake-quantizes the
-    activation `name` as the quantized network will (scale times integers)."""
+    activation `name` as the quantized network will (scale times integers). Returns the float state with the
+    corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's integer weights
+    (int8), and per layer the mean squared error of its output against the float network's, with nearest rounding
+    and no correction ("nearest") and after the techniques ("final")."""
     generator = torch.Generator().manual_seed(seed)
     x_float = images.float()
     x_quant = quantize_activation("input", x_float)
@@ -183,8 +159,7 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
         weight = torch.from_numpy(state[f"{layer.name}.weight"])
         bias = state.get(f"{layer.name}.bias")
         bias = None if bias is None else torch.from_numpy(bias).float()
-        scale = torch.from_numpy(np.asarray(weight_scale(state[f"{layer.name}.weight"], weight_bits, per_channel)))
-        shaped = channel_shaped(scale, weight.ndim, 0)
+        shaped = channel_shaped(weight_scale(weight, weight_bits, per_channel), weight.ndim, 0)
         nearest = quantize(weight.double(), shaped, weight_bits)
         with torch.no_grad():
             target = layer_output(layer, x_float, weight, bias)
@@ -206,7 +181,7 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
         integers[layer.name] = q.numpy().astype(np.int8)
         if bias is not None:
             corrected[f"{layer.name}.bias"] = bias.numpy()
-    return PostTraining(corrected, integers, errors)
+    return corrected, integers, errors
 
 
 def mse(output: torch.Tensor, target: torch.Tensor) -> float:
@@ -239,22 +214,13 @@ def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str
     return Prepared(state, profiles, images, spread)
 
 
-@dataclass(frozen=True)
-class Techniques:
-    """A float state made ready for `quantize_network`: equalized where asked, with the activations calibrated
-    on it, the learned integer weights and the corrected biases; and, per layer, the weight-range spread before
-    and after equalization and the output's mean squared error with nearest rounding and after the techniques."""
-
-    state: dict[str, np.ndarray]
-    activations: dict[str, Activation]
-    integers: dict[str, np.ndarray]
-    diagnostics: dict[str, dict[str, float]]
-
-
 def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int], signs: dict[str, bool],
-                     weight_bits: int, per_channel: bool, ptq: PTQParams, seed: int) -> Techniques:
-    """The rounding and bias correction `ptq` switches on, from `start` (`prepare` with `ptq.equalize`); the
-    layers are reconstructed on the first `ptq.images` calibration images, or all if there are fewer
+                     weight_bits: int, per_channel: bool, ptq: PTQParams, seed: int,
+                     provenance: Provenance) -> tuple[QuantizedNetwork, dict[str, dict[str, float]]]:
+    """The network quantized from `start` (`prepare` with `ptq.equalize`), with the activations calibrated on its
+    state, after the rounding and bias correction `ptq` switches on; and, per layer, the weight-range spread before
+    and after equalization and the output's mean squared error with nearest rounding and after the techniques.
+    The layers are reconstructed on the first `ptq.images` calibration images, or all if there are fewer
     (AdaRound's paper uses 1024: the error of a layer's mean output is well measured on far fewer images than
     a histogram's tails need)."""
     activations = activations_of(method.thresholds(start.profiles, widths, signs), widths, signs)
@@ -263,9 +229,9 @@ def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int]
         a = activations[name]
         return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
 
-    post = reconstruct(start.state, quantize_activation, weight_bits, per_channel, start.images[:ptq.images], ptq,
-                       seed)
+    state, integers, errors = reconstruct(start.state, quantize_activation, weight_bits, per_channel,
+                                          start.images[:ptq.images], ptq, seed)
     after = range_spread(start.state)
-    diagnostics = {name: {"spread_before": start.spread[name], "spread_after": after[name], **errors}
-                   for name, errors in post.errors.items()}
-    return Techniques(post.state, activations, post.integers, diagnostics)
+    diagnostics = {name: {"spread_before": start.spread[name], "spread_after": after[name], **layer_errors}
+                   for name, layer_errors in errors.items()}
+    return quantize_network(state, activations, weight_bits, per_channel, provenance, integers), diagnostics

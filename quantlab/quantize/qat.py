@@ -23,14 +23,11 @@ representable range [qmin S, qmax S] and stops it outside (the straight-through 
 The learned thresholds T (for LSQ, S * qmax) are the state of `calib=ema`.
 """
 
-from __future__ import annotations
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
-from quantlab.model import Net, walk
+from quantlab.model import Net, layer_output, walk
 from quantlab.quantize.calibration import EMA, LEARNED_STEP, METHODS
 from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, quantize, scale_for, weight_scale
 
@@ -95,9 +92,7 @@ class QATNet(nn.Module):
         return fake_quantize(weight, channel_shaped(scale, weight.ndim, 0), self.weight_bits)
 
     def _layer(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
-        module = getattr(self.model, layer.name)
-        op = F.conv2d if layer.kind == "conv" else F.linear
-        return op(x, self.weight(layer), module.bias)
+        return layer_output(layer, x, self.weight(layer), getattr(self.model, layer.name).bias)
 
     def _sample(self, values: torch.Tensor, size: int) -> torch.Tensor:
         return values[torch.randint(len(values), (size,), generator=self.generator)]
@@ -105,17 +100,15 @@ class QATNet(nn.Module):
     def _activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         index = ACTIVATIONS.index(name)
         bits, signed = self.widths[name], self.signs[name]
-        if self.learned_step:
-            if self.training and self.steps < self.start:
-                return x
-            qmin, qmax = int_range(bits, signed)
-            return learned_step_quantize(x, self.step_sizes[index], qmin, qmax, (x[0].numel() * qmax) ** -0.5)
-        if self.training:
+        if self.training and not self.learned_step:
             observed = self.statistic(x, bits, signed, self._sample)
             self.thresholds[index] = torch.where(self.steps == 0, observed,
                                                  EMA.average(self.thresholds[index], observed, self.decay))
         if self.training and self.steps < self.start:
             return x
+        if self.learned_step:
+            qmin, qmax = int_range(bits, signed)
+            return learned_step_quantize(x, self.step_sizes[index], qmin, qmax, (x[0].numel() * qmax) ** -0.5)
         return fake_quantize(x, scale_for(self.thresholds[index].to(x.dtype), bits, signed), bits, signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,6 @@ Every function uses only operations that NumPy and torch define alike, so post-t
 float64) and quantization-aware training (torch, the weights' own float32) share them.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
@@ -100,8 +98,7 @@ def bias_scale(weight_scale, input_scale: float):
 def quantize_bias(bias: np.ndarray, weight_scale, input_scale: float) -> np.ndarray:
     """q_b = round(b / S_bias) as int32; a value beyond int32 is an error, never a silent wrap."""
     q = np.round(bias.astype(np.float64) / bias_scale(weight_scale, input_scale))
-    info = np.iinfo(np.int32)
-    if np.abs(q).max(initial=0) > info.max:
+    if np.abs(q).max(initial=0) > np.iinfo(np.int32).max:
         raise OverflowError(f"quantized bias {q.max()} exceeds int32: the scales S_W * S_in are too small")
     return q.astype(np.int32)
 

@@ -5,8 +5,6 @@ byte-stably: no creation date in the PDF, no software version in the PNG, fixed 
 writes, so the same data gives the same bytes.
 """
 
-from __future__ import annotations
-
 import io
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from quantlab.quantize.symmetric import width_label  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.16  # inches
 KL_TENSOR = "conv2"  # the tensor whose KL divergence per candidate threshold the report plots
+MARKERS = "osD^v<>"  # one per line of a comparison, in turn
 STYLE = {
     "font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.labelsize": 6.5,
     "legend.fontsize": 6.5, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "quantlab",
@@ -55,8 +54,7 @@ def training(histories: dict[str, "pd.DataFrame"]):  # noqa: F821
         for axes in (loss, acc):
             axes.xaxis.get_major_locator().set_params(integer=True)
         handles = [h for axes in (loss, acc) for h in axes.get_legend_handles_labels()[0]]
-        figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncol=4,
-                      frameon=False)
+        figure.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
         return figure
 
 
@@ -75,17 +73,15 @@ def fine_tuning(histories: dict[str, "pd.DataFrame"]):  # noqa: F821
 
 def _rebinned(profile: TensorProfile, bins: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """The profile's histogram summed into about `bins` bins over the occupied range [min, max]."""
-    counts, edges = profile.counts, profile.edges
-    occupied = np.flatnonzero(counts)
+    occupied = np.flatnonzero(profile.counts)
     if not len(occupied):
         return np.array([profile.count]), np.array([-0.5, 0.5])
-    counts = counts[occupied[0]:occupied[-1] + 1]
-    edges = edges[occupied[0]:occupied[-1] + 2]
+    counts = profile.counts[occupied[0]:occupied[-1] + 1]
+    edges = profile.edges[occupied[0]:occupied[-1] + 2]
     group = max(1, -(-len(counts) // bins))
     pad = (-len(counts)) % group
     counts = np.concatenate([counts, np.zeros(pad, counts.dtype)]).reshape(-1, group).sum(1)
-    step = edges[1] - edges[0]
-    return counts, edges[0] + step * group * np.arange(len(counts) + 1)
+    return counts, edges[0] + (edges[1] - edges[0]) * group * np.arange(len(counts) + 1)
 
 
 def histograms(profiles: dict[str, TensorProfile], xlabel: str, log: bool,
@@ -99,9 +95,8 @@ def histograms(profiles: dict[str, TensorProfile], xlabel: str, log: bool,
             ax.stairs(counts, edges, fill=True, color="0.65", lw=0)
             ax.axvline(profile.min, color="C0", lw=1, label="actual range")
             ax.axvline(profile.max, color="C0", lw=1)
-            low, high = profile.sigma3
-            ax.axvline(low, color="C1", lw=1, ls="--", label="3-sigma range")
-            ax.axvline(high, color="C1", lw=1, ls="--")
+            ax.axvline(profile.sigma3[0], color="C1", lw=1, ls="--", label="3-sigma range")
+            ax.axvline(profile.sigma3[1], color="C1", lw=1, ls="--")
             if thresholds is not None:
                 t = thresholds[name]
                 ax.axvline(t, color="C3", lw=1.2, ls=":", label=threshold_label)
@@ -109,13 +104,10 @@ def histograms(profiles: dict[str, TensorProfile], xlabel: str, log: bool,
                     ax.axvline(-t, color="C3", lw=1.2, ls=":")
             if log:
                 ax.set_yscale("log")
-            ax.set_title(name)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("count")
+            ax.set(title=name, xlabel=xlabel, ylabel="count")
         for ax in list(axes.flat)[len(profiles):]:
             ax.axis("off")
-        figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=3,
-                      frameon=False)
+        figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False)
         return figure
 
 
@@ -137,13 +129,11 @@ def kl_curve(name: str, thresholds: np.ndarray, divergences: np.ndarray, absmax:
 def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
     """Test accuracy of every calibration method at every [weight/activation] bit width."""
     widths = list(results)
-    methods = list(next(iter(results.values())))
     with plt.rc_context(STYLE):
         figure, ax = plt.subplots(figsize=(COLUMN, 1.9), layout="constrained")
         x = np.arange(len(widths))
-        markers = "osD^v<>"
-        for i, method in enumerate(methods):
-            ax.plot(x, [results[w][method] for w in widths], marker=markers[i % len(markers)], ms=3, lw=1,
+        for i, method in enumerate(next(iter(results.values()))):
+            ax.plot(x, [results[w][method] for w in widths], marker=MARKERS[i % len(MARKERS)], ms=3, lw=1,
                     label=method)
         ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
         ax.set_xticks(x, [width_label(w) for w in widths])
@@ -161,12 +151,11 @@ def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(1, len(granularities), figsize=(COLUMN, 2.1), layout="constrained",
                                     sharey=True, squeeze=False)
-        markers = "osD^v<>"
         for ax, granularity in zip(axes[0], granularities, strict=True):
             widths = [setting.split("-")[0] for setting in results if setting.endswith(f"-{granularity}")]
             x = np.arange(len(widths))
             for i, name in enumerate(next(iter(results.values()))):
-                ax.plot(x, [results[f"{w}-{granularity}"][name] for w in widths], marker=markers[i % len(markers)],
+                ax.plot(x, [results[f"{w}-{granularity}"][name] for w in widths], marker=MARKERS[i % len(MARKERS)],
                         ms=3, lw=1, label=combination_label(name))
             qat = [i for i, w in enumerate(widths) if w in calibration]
             if qat:

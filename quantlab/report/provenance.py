@@ -1,8 +1,6 @@
 """Where a report comes from: the version of the code that built it and its date. Standard library only, so
 that the pdf stage, which needs the date, starts without the renderer's imports."""
 
-from __future__ import annotations
-
 import datetime as dt
 import hashlib
 import os

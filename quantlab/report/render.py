@@ -6,8 +6,6 @@ prints goes through the format's escaping unless it is markup built on purpose (
 `&` in a param or a path prints as itself and cannot break or change the document.
 """
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 
@@ -57,11 +55,10 @@ def alignments(frame: pd.DataFrame) -> list[str]:
 def latex_table(frame: pd.DataFrame) -> Markup:
     """A booktabs tabular of a frame of strings, every cell and header escaped."""
     align = "".join(a[0] for a in alignments(frame))
-    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return Markup("\n".join(lines))
+    header, *rows = (" & ".join(map(latex_escape, cells)) + r" \\"
+                     for cells in [frame.columns, *frame.itertuples(index=False)])
+    return Markup("\n".join([rf"\begin{{tabular}}{{{align}}}", r"\toprule", header, r"\midrule", *rows,
+                             r"\bottomrule", r"\end{tabular}"]))
 
 
 def markdown_table(frame: pd.DataFrame) -> Markup:
@@ -101,23 +98,19 @@ class Numbering:
         return "?" if number is None else roman(number) if label.split(":")[0] in ("sec", "tab") else str(number)
 
 
-FORMATS = {"latex": (latex_escape, latex_table), "markdown": (markdown_escape, markdown_table)}
-
-
 def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TEMPLATES) -> jinja2.Environment:
     """The report's templates in format `fmt`, with <% %> and << >> delimiters so that TeX's braces need no
     escaping: every << value >> is escaped for the format unless it is markup built on purpose (a table, a
     macro's output)."""
-    escape, table = FORMATS[fmt]
+    escape, table = {"latex": (latex_escape, latex_table), "markdown": (markdown_escape, markdown_table)}[fmt]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
                              autoescape=True, finalize=lambda v: v if isinstance(v, Markup) else Markup(escape(v)),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              block_start_string="<%", block_end_string="%>", variable_start_string="<<",
                              variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
-    env.filters["table"] = table
-    env.globals["has_cjk"] = lambda text: any(within(char, CJK) for char in text)
-    env.filters["breakable"] = lambda v: Markup(latex_breakable(v))
-    env.globals.update(macros=f"{fmt}.j2", numbers=numbers or Numbering())
+    env.filters.update(table=table, breakable=lambda v: Markup(latex_breakable(v)))
+    env.globals.update(has_cjk=lambda text: any(within(char, CJK) for char in text), macros=f"{fmt}.j2",
+                       numbers=numbers or Numbering())
     return env
 
 

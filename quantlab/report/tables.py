@@ -1,13 +1,11 @@
 """The report's tables, as pure functions from the pipeline's artifacts to frames of formatted strings (the
 renderer escapes and lays them out for LaTeX or Markdown)."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 import yaml
 
-from quantlab.architecture import ACTIVATIONS, steps
+from quantlab.architecture import ACTIVATIONS, input_of, steps
 from quantlab.config import combination_label
 from quantlab.data import archive_name
 from quantlab.profiling import TensorProfile
@@ -47,8 +45,8 @@ def verdict(record: dict) -> str:
 
 
 def variants(accuracy: dict[str, float], differences: dict) -> pd.DataFrame:
-    """Every variant's test accuracy, its validation accuracy, and its difference to its float model on the test
-    images (the float models themselves are the references)."""
+    """Every variant's test accuracy and its difference to its float model on the test images, with McNemar's p
+    (the float models themselves are the references)."""
     rows = []
     for key, value in accuracy.items():
         record = differences["variants"].get(key)
@@ -60,11 +58,9 @@ def variants(accuracy: dict[str, float], differences: dict) -> pd.DataFrame:
 
 def architecture() -> pd.DataFrame:
     """The lab's Table I: every layer and pool with its input and output shape."""
-    def shape(dims: tuple[int, ...]) -> str:
-        return "x".join(map(str, dims))
-
-    return pd.DataFrame([{"layer": s.name, "type": KINDS[s.kind], "input": shape(s.input), "output": shape(s.output),
-                          "activation": "ReLU" if s.relu else "None"} for s in steps()])
+    return pd.DataFrame([{"layer": s.name, "type": KINDS[s.kind], "input": "x".join(map(str, s.input)),
+                          "output": "x".join(map(str, s.output)), "activation": "ReLU" if s.relu else "None"}
+                         for s in steps()])
 
 
 def interval(low: float, high: float) -> str:
@@ -88,21 +84,20 @@ def scale_text(value: np.ndarray) -> str:
     return f"{value:.4g}" if np.ndim(value) == 0 else f"{value.min():.3g} to {value.max():.3g}"
 
 
-def span_text(values, digits: int = 4) -> str:
-    """A number, or the range of per-channel numbers, to `digits` significant digits."""
+def span_text(values) -> str:
+    """A number, or the range of per-channel numbers, to 4 significant digits."""
     values = np.asarray(values)
     if values.size == 1 or values.min() == values.max():
-        return f"{values.max():.{digits}g}"
-    return f"{values.min():.{digits}g} to {values.max():.{digits}g}"
+        return f"{values.max():.4g}"
+    return f"{values.min():.4g} to {values.max():.4g}"
 
 
 def layer_factors(network: QuantizedNetwork, name: str) -> dict[str, str]:
     """The lab's scaling factors of a layer (its equations (5), (6)), n = 1/S: n_W of its weights, n_In of the
     activation entering it, n_Out = M the factor its accumulator is rescaled by, and their product 1/S_out."""
-    entering = ACTIVATIONS[ACTIVATIONS.index(name) - 1]
-    scales = {key: network.activations[key].scale for key in (entering, name)}
-    return {"n_w": span_text(1 / network.layers[name].scale), "n_in": span_text(1 / scales[entering]),
-            "n_out": span_text(network.multiplier(name)), "product": span_text(1 / scales[name]), "entering": entering}
+    s_in, s_out = network.activations[input_of(name)].scale, network.activations[name].scale
+    return {"n_w": span_text(1 / network.layers[name].scale), "n_in": span_text(1 / s_in),
+            "n_out": span_text(network.multiplier(name)), "product": span_text(1 / s_out)}
 
 
 LAB_P = (1, 0, 2, 3, 5, 3, 1, 7)  # the lab's worked example of the KL calibration (its Fig. 5)
@@ -121,8 +116,7 @@ def kl_example(p: tuple[int, ...] = LAB_P, levels: int = 2) -> dict[str, str]:
     def listed(values) -> str:
         return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
-    return {"p": listed(reference), "merged": listed(merged), "q": listed(q), "kl": f"{kl:.4f}", "levels": levels,
-            "bins": len(p)}
+    return {"p": listed(reference), "merged": listed(merged), "q": listed(q), "kl": f"{kl:.4f}", "levels": levels}
 
 
 def low_bit_activations(differences: dict, layers: pd.DataFrame) -> dict | None:
@@ -131,12 +125,10 @@ def low_bit_activations(differences: dict, layers: pd.DataFrame) -> dict | None:
     least signal (lowest SQNR) with minmax's SQNR for it. None when every width has 8-bit activations, or
     minmax is not compared, or it is the chosen method."""
     widths = [w for w, row in differences["calibration"].items() if int(w.split("A")[1]) < 8 and "minmax" in row]
-    if not widths:
+    width = min(widths, key=lambda w: (int(w.split("A")[1]), -int(w[1:].split("A")[0])), default=None)
+    if width is None or differences["calibration"][width]["best"] == "minmax":  # nothing to set against minmax
         return None
-    width = min(widths, key=lambda w: (int(w.split("A")[1]), -int(w[1:].split("A")[0])))
     row, bits = differences["calibration"][width], int(width.split("A")[1])
-    if row["best"] == "minmax":  # nothing to set against minmax
-        return None
     at = layers[(layers.activation_bits == bits) & (layers.tensor != "input")].set_index(["method", "tensor"])
     worst = at.loc[row["best"]]["sqnr_db"].idxmin()
     return {"width": width_label(width), "bits": bits, "chosen": row["best"], "row": row,
@@ -166,18 +158,14 @@ def weight_scales(profiles: dict[str, TensorProfile], network: QuantizedNetwork)
 
 
 def activation_scales(network: QuantizedNetwork) -> pd.DataFrame:
-    rows = []
-    for name, activation in network.activations.items():
-        qmin, qmax = activation.range
-        rows.append({"tensor": name, "threshold T": f"{activation.threshold:.4f}",
-                     "scale S": f"{activation.scale:.4g}", "range": f"[{qmin}, {qmax}]",
-                     "M": "" if name == "input" else scale_text(network.multiplier(name))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"tensor": name, "threshold T": f"{activation.threshold:.4f}",
+                          "scale S": f"{activation.scale:.4g}", "range": "[{}, {}]".format(*activation.range),
+                          "M": "" if name == "input" else scale_text(network.multiplier(name))}
+                         for name, activation in network.activations.items()])
 
 
 def calibration(results: dict[str, dict[str, float]]) -> pd.DataFrame:
-    frame = pd.DataFrame(results).T
-    frame = frame.map(lambda v: f"{v:.2f}")
+    frame = pd.DataFrame(results).T.map(lambda v: f"{v:.2f}")
     frame.insert(0, "W/A bits", [width_label(w) for w in frame.index])
     return frame
 
@@ -202,12 +190,11 @@ def against_baseline(differences: dict, baseline: str = "minmax") -> pd.DataFram
 def diagnostics(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
     """SQNR (dB) and clipped share (%) of every tensor under every method, at the headline activation bits."""
     rows = layers[layers["activation_bits"] == bits]
-    table = rows.pivot(index="tensor", columns="method", values="sqnr_db").loc[list(ACTIVATIONS)]
-    clipped = rows.pivot(index="tensor", columns="method", values="clipped").loc[list(ACTIVATIONS)]
+    table = rows.pivot(index="tensor", columns="method", values=["sqnr_db", "clipped"]).loc[list(ACTIVATIONS)]
     frame = pd.DataFrame({"tensor": table.index})
     for method in dict.fromkeys(rows["method"]):
         frame[method] = [f"{s:.1f} / {100 * c:.2f}" if pd.notna(s) else f"- / {100 * c:.2f}"
-                         for s, c in zip(table[method], clipped[method], strict=True)]
+                         for s, c in zip(table["sqnr_db", method], table["clipped", method], strict=True)]
     return frame
 
 
@@ -226,13 +213,11 @@ def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
 def qat(calibration: dict[str, dict[str, float]], differences: dict) -> pd.DataFrame:
     """Per width: the post-training method chosen on the validation images and its test accuracy, the
     quantization-aware fine-tune's, and the fine-tune's differences to float and to that method."""
-    rows = []
-    for width, row in differences["calibration"].items():
-        best, fine_tuned = row["best"], row[FINE_TUNED]
-        rows.append({"W/A bits": width_label(width), "chosen post-training": f"{best} {calibration[width][best]:.2f}",
-                     "QAT": f"{calibration[width][FINE_TUNED]:.2f}", "QAT − float": difference(fine_tuned),
-                     "QAT − chosen": difference(fine_tuned[f"vs_best_{differences['choices_on']}"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"W/A bits": width_label(width),
+                          "chosen post-training": f"{row['best']} {calibration[width][row['best']]:.2f}",
+                          "QAT": f"{calibration[width][FINE_TUNED]:.2f}", "QAT − float": difference(row[FINE_TUNED]),
+                          "QAT − chosen": difference(row[FINE_TUNED][f"vs_best_{differences['choices_on']}"])}
+                         for width, row in differences["calibration"].items()])
 
 
 def setting_label(setting: str) -> str:
