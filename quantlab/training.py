@@ -70,7 +70,8 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
             step += 1
             batch = (loss.item() * len(index), (logits.argmax(1) == y).sum().item(), len(index))
             for sums in (epoch_sums, interval_sums):
-                sums[:] = [total + value for total, value in zip(sums, batch, strict=True)]
+                for i, value in enumerate(batch):
+                    sums[i] += value
             if log_every and step % log_every == 0 and step % steps_per_epoch:
                 history.append(_row(epoch - 1 + (start + len(index)) / len(train), step, interval_sums))
                 interval_sums = [0.0, 0, 0]

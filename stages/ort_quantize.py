@@ -25,12 +25,11 @@ from quantlab.errors import run_main
 from quantlab.evaluation import accuracy, evaluation_images, save_predictions
 from quantlab.inference import onnx_graph
 from quantlab.io import load_npz, save_json
-from quantlab.quantize.symmetric import width_name
+from quantlab.quantize.symmetric import setting_name
 
 CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-GRANULARITIES = {"tensor": False, "channel": True}  # as stage techniques names its settings
-WIDTH = width_name(8, 8)
+BITS = (8, 8)  # weights and activations
 BATCH = 500
 
 
@@ -51,9 +50,10 @@ def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndar
     source = folder / "float.onnx"
     onnx.save(onnx_graph.float_model(state), source)
     predictions, by_model = {}, {}
-    for granularity, per_channel in GRANULARITIES.items():
+    for per_channel in (False, True):
+        setting = setting_name(*BITS, per_channel)
         for name, method in CALIBRATORS.items():
-            target = folder / f"{granularity}-{name}.onnx"
+            target = folder / f"{setting}-{name}.onnx"
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
                 quantize_static(str(source), str(target), Batches(calibration), quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, calibrate_method=method)
@@ -64,7 +64,7 @@ def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndar
                 by_model[payload] = {split: torch.from_numpy(onnx_graph.outputs(session, split_images.x.numpy(),
                                                                                 "logits").argmax(1))
                                      for split, split_images in images.items()}
-            predictions[f"{WIDTH}-{granularity}/{name}"] = by_model[payload]
+            predictions[f"{setting}/{name}"] = by_model[payload]
     return predictions
 
 

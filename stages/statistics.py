@@ -14,13 +14,14 @@ from quantlab.data import split
 from quantlab.errors import run_main
 from quantlab.io import load_npz, save_json
 from quantlab.quantize.calibration import FINE_TUNED
+from quantlab.quantize.symmetric import setting_name, width_name
 from quantlab.statistics import paired
 
 # The float model each quantized variant is measured against.
 REFERENCES = {"quant_weights": "float", "quant_weights_activations": "float", "integer_engine": "float",
               "bias_quant_raw_bias": "bias_float", "bias_quant": "bias_float"}
 BASELINE = "minmax"  # the lab's calibration, which every other method is measured against
-PEER_WIDTH = "W8A8"  # the width at which ONNX Runtime's quantizer is compared
+PEER_BITS = (8, 8)  # the [weight, activation] bits at which ONNX Runtime's quantizer is compared
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -75,12 +76,12 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
         row[FINE_TUNED][f"vs_best_{choose_on}"] = compared(f"{width}/{FINE_TUNED}", f"{width}/{row['best']}")
     result["techniques"] = rows(techniques, NEAREST)
     result["onnxruntime"] = rows(peers, BASELINE)
-    ours = result["calibration"].get(PEER_WIDTH)
-    setting = f"{PEER_WIDTH}-{'channel' if per_channel else 'tensor'}"
+    ours = result["calibration"].get(width_name(*PEER_BITS))
+    setting = setting_name(*PEER_BITS, per_channel)
     if ours and setting in result["onnxruntime"]:  # ONNX Runtime's choice against this project's, both on validation
         theirs = result["onnxruntime"][setting]
         theirs["vs_project"] = {"project": ours["best"], **compared(f"{setting}/{theirs['best']}",
-                                                                    f"{PEER_WIDTH}/{ours['best']}")}
+                                                                    f"{width_name(*PEER_BITS)}/{ours['best']}")}
     return result
 
 

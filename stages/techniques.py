@@ -24,7 +24,7 @@ from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator
 from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import apply_techniques, prepare
-from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
+from quantlab.quantize.symmetric import activation_signs, activation_widths, setting_name
 
 # Each alone, then the combinations that can beat them; the order in which they apply is ptq's.
 COMBINATIONS = ((), ("equalize",), ("bias_correction",), ("adaround",), ("equalize", "bias_correction"),
@@ -47,7 +47,7 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
     for weight_bits, activation_bits in settings.widths:
         widths = activation_widths(activation_bits, LOGIT_BITS)
         for per_channel in settings.per_channel:
-            setting = f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
+            setting = setting_name(weight_bits, activation_bits, per_channel)
             results[setting] = {}
             for combination in COMBINATIONS:
                 began = time.perf_counter()

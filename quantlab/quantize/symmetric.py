@@ -108,6 +108,11 @@ def width_name(weight_bits: int, activation_bits: int) -> str:
     return f"W{weight_bits}A{activation_bits}"
 
 
+def setting_name(weight_bits: int, activation_bits: int, per_channel: bool) -> str:
+    """A width with its weight granularity, as the techniques and ONNX Runtime comparisons name it: "W4A8-tensor"."""
+    return f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
+
+
 def width_label(name: str) -> str:
     """How tables and figures print a width name: "W8A4" -> "8/4"."""
     return name[1:].replace("A", "/")
