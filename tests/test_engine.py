@@ -155,14 +155,22 @@ def test_accumulator_overflow_fails_loudly(tmp_path):
         runner.run(manifest, arrays, IMAGES.numpy())
 
 
-def test_engine_refuses_convolution_sums_beyond_float32(tmp_path):
-    """oneDNN hands the convolutions' sums over as float32: a layer whose sums could pass 2^24 is refused."""
+@pytest.mark.parametrize("index", [1, 2])  # conv2, fc1
+def test_engine_sums_exactly_beyond_float32(tmp_path, index):
+    """Sums that pass 2^24, where float32 rounds, are summed in float64 and equal the runner's int64 sums."""
     directory, _ = random_export(tmp_path)
     manifest, arrays = export_format.read(directory)
-    spec = dict(manifest["layers"][1], weight="wide", multiplier="m0", shift="shift")
-    wide = {"wide": np.full((2, 600, 3, 3), 127, np.int8), "m0": np.full(2, 2 ** 30), "shift": np.zeros(2)}
-    with pytest.raises(OverflowError, match=f"conv2: the convolution.s sums can reach {5400 * 127 * 255}, beyond 2"):
-        EngineLayer(spec, wide, (0, 255), 1.0, "gemmlowp", (torch.uint8, 0), (600, 14, 14))
+    spec = dict(manifest["layers"][index], weight="wide", bias=None, pool=0, pre_shift=0, clamp=[-INT32_MAX, INT32_MAX],
+                multiplier="m0", shift="shift", weight_scale=1.0, output_scale=1.0)
+    shape = (2, 600, 3, 3) if spec["kind"] == "conv" else (2, 1152)
+    wide = {"wide": np.full(shape, 127, np.int8), "m0": np.full(2, 2 ** 30), "shift": np.ones(2)}  # M = 1
+    input_shape = (600, 4, 4) if spec["kind"] == "conv" else (1152,)
+    layer = EngineLayer(spec, wide, (0, 255), 1.0, "gemmlowp", torch.int64, input_shape)
+    assert layer.weight.dtype == torch.float64
+    q = RNG.integers(200, 256, (3, *input_shape[1:], input_shape[0]))  # channels last
+    expected = runner.accumulate(spec, wide, q)
+    assert (expected.astype(np.float32).astype(np.int64) != expected).any()  # float32 cannot hold these sums
+    assert layer(torch.from_numpy(q).double()).tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv"])

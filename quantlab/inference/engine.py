@@ -2,26 +2,23 @@
 
 Only integer values from the pixels to the logits:
 - an input lookup table of the 256 pixel values;
-- the convolutions in oneDNN's int8 kernels (`torch.ops.onednn.qconv2d_pointwise`: uint8 activations with a
-  zero point, int8 weights, int32 sums; VNNI where the CPU has it), which hand the sums over as float32. That
-  is exact: every sum is an integer below 2^24 in magnitude, where float32 still holds every integer (checked
-  when the engine is built, naming the layer);
-- the fully connected layers as int8 x int8 products with int32 sums (`torch._int_mm`), which no 2^24 bound
-  limits;
+- the convolutions and fully connected layers as float convolutions and matrix products of the integer values,
+  exact on every CPU, on any number of threads and in any summation order: float32 where every partial sum
+  stays below 2^24 in magnitude (float32 holds every integer up to there), float64 otherwise
+  (`quantlab.inference.float_rescale.accumulation_dtype`, from the layer's own weights). Integer kernels are
+  not exact everywhere: oneDNN's int8 products (and `torch._int_mm`'s) sum pairs in int16 and saturate on CPUs
+  without VNNI ("Nuances of int8 Computations", oneDNN's developer guide), and quantlab.compute caps oneDNN
+  at AVX2;
 - int32 biases, max pooling of the sums, and the requantization of `quantlab.inference.fixed_point`.
 Its logits are the standalone runner's, bit for bit.
 
-The int32 sums cannot be checked after an int8 kernel (it wraps), so they are checked before: for every output
-channel, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| must fit in int32, or building the engine fails. Max pooling
-is applied to the sums, before the rescale, and the rescale is a lookup: rescale and clamp are monotonic
-non-decreasing in the sum v (M0 > 0), so they commute with max, and they are constant below and above the
-few hundred sums where the output steps. `requantization_table` tabulates that stretch once per distinct
-multiplier with the fixed_point functions themselves; a layer then clamps v into it and gathers. The table
-holds the next layer's input already encoded (`input_encoding`). Where it would pass TABLE_LIMIT entries (a
-tiny multiplier, per channel), the layer computes the rescale instead.
-
-oneDNN's int8 kernels can saturate on x86 CPUs without VNNI ("Nuances of int8 Computations", oneDNN's
-developer guide): there the agreement in metrics/engine.json and the tests would show a difference.
+Every layer's worst case, sum_j |q_W[o, j]| * max|q_in| + |q_b[o]| for every output channel, must fit in int32,
+or building the engine fails. Max pooling is applied to the sums, before the rescale, and the rescale is a
+lookup: rescale and clamp are monotonic non-decreasing in the sum v (M0 > 0), so they commute with max, and
+they are constant below and above the few hundred sums where the output steps. `requantization_table`
+tabulates that stretch once per distinct multiplier with the fixed_point functions themselves; a layer then
+clamps v into it and gathers. The table holds the next layer's inputs in that layer's float type. Where it
+would pass TABLE_LIMIT entries (a tiny multiplier, per channel), the layer computes the rescale instead.
 """
 
 import numpy as np
@@ -36,55 +33,36 @@ from quantlab.inference.fixed_point import (
     requantize,
     round_scaled,
 )
+from quantlab.inference.float_rescale import accumulation_dtype
 from quantlab.model import max_pool
 
-FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of smaller magnitude
 TABLE_LIMIT = 2 ** 22  # entries of a layer's requantization table
-LOGITS = (torch.int32, 0)
+LOGITS = torch.int32
 
 
-def input_encoding(kind: str, value_range: tuple[int, int]) -> tuple[torch.dtype, int]:
-    """How a layer takes its integer inputs q: as (dtype, shift), the stored value being q + shift. oneDNN's
-    convolutions take uint8 with the zero point `shift` (128 for signed q); `torch._int_mm` takes int8, so
-    unsigned q above 127 are stored as q - 128 and the shift is taken back through the bias."""
-    if kind == "conv":
-        return torch.uint8, 128 if value_range[0] < 0 else 0
-    return torch.int8, -128 if value_range[1] > 127 else 0
-
-
-def encoded(q: torch.Tensor, encoding: tuple[torch.dtype, int]) -> torch.Tensor:
-    """Integers q (int64) stored as `input_encoding` says."""
-    dtype, shift = encoding
-    return (q + shift).to(dtype)
+def input_dtype(spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int]) -> torch.dtype:
+    """The float type in which a layer takes its integer inputs and sums their products exactly: float32 where
+    no partial sum can reach 2^24, else float64."""
+    return accumulation_dtype(torch.from_numpy(arrays[spec["weight"]]), max(map(abs, input_range)))
 
 
 class EngineLayer:
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray], input_range: tuple[int, int], input_scale: float,
-                 rounding: str, output_encoding: tuple[torch.dtype, int], input_shape: tuple[int, ...]):
-        self.spec, self.rounding, self.output_encoding = spec, rounding, output_encoding
+                 rounding: str, output_dtype: torch.dtype, input_shape: tuple[int, ...]):
+        self.spec, self.rounding, self.output_dtype = spec, rounding, output_dtype
         weight = arrays[spec["weight"]]
         flat = weight.astype(np.int64).reshape(len(weight), -1)
-        self.input_encoding = input_encoding(spec["kind"], input_range)
-        shift = self.input_encoding[1]
+        dtype = input_dtype(spec, arrays, input_range)
         bias = arrays[spec["bias"]].astype(np.int64) if spec["bias"] else np.zeros(len(flat), np.int64)
-        self.bound = accumulator_bound(flat, input_range, bias)  # before the fc's bias takes the shift back
-        if spec["kind"] == "conv":  # oneDNN takes the zero point back itself; scales 1: the sums themselves
-            self.unit_scales = torch.ones(len(weight)), torch.zeros(len(weight), dtype=torch.int64)
-            self.weight = torch.ops.onednn.qconv_prepack(torch.from_numpy(weight.astype(np.int8)), self.unit_scales[0],
-                                                         1.0, shift, [1, 1], [0, 0], [1, 1], 1, None)
-        else:  # (K, O), columns in the order of the input: (H, W, C) after a convolution's channels-last output
-            columns = flat.reshape(len(flat), *input_shape).transpose(0, *range(2, len(input_shape) + 1), 1)
-            self.weight = torch.from_numpy(columns.reshape(len(flat), -1).T.astype(np.int8)).contiguous()
-            bias = bias - shift * flat.sum(axis=1)
-        # the true sums with their bias, the kernel's own sums on the stored inputs, and that bias must fit
-        stored_range = (input_range[0] + shift, input_range[1] + shift)
-        worst = max(self.bound, accumulator_bound(flat, stored_range), int(np.abs(bias).max()))
-        if worst > INT32_MAX:
-            raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {worst} > "
+        self.bound = accumulator_bound(flat, input_range, bias)
+        if self.bound > INT32_MAX:
+            raise OverflowError(f"{spec['name']}: the int32 accumulator can overflow (worst case {self.bound} > "
                                 f"{INT32_MAX}); use fewer bits or smaller ranges")
-        if spec["kind"] == "conv" and worst >= FLOAT32_EXACT:
-            raise OverflowError(f"{spec['name']}: the convolution's sums can reach {worst}, beyond 2^24, where "
-                                f"oneDNN's float32 output stops being exact; use fewer bits or smaller ranges")
+        if spec["kind"] == "conv":
+            self.weight = torch.from_numpy(weight).to(dtype)
+        else:  # (K, O), rows in the order of the input: (H, W, C) after a convolution's channels-last output
+            columns = flat.reshape(len(flat), *input_shape).transpose(0, *range(2, len(input_shape) + 1), 1)
+            self.weight = torch.from_numpy(columns.reshape(len(flat), -1).T).to(dtype).contiguous()
         self.bias = torch.from_numpy(bias)
         self.m0, self.shift = (torch.from_numpy(arrays[spec[key]].astype(np.int64)) for key in ("multiplier", "shift"))
         self.multiplier = torch.from_numpy(onnxruntime_multiplier(input_scale, spec["weight_scale"],
@@ -99,7 +77,7 @@ class EngineLayer:
         else:
             q = requantize(v, self.m0[channels], self.shift[channels], self.spec["pre_shift"], self.spec["clamp"],
                            self.spec["name"], self.bound)
-        return encoded(q, self.output_encoding)
+        return q.to(self.output_dtype)
 
     def requantization_table(self) -> dict[str, torch.Tensor] | None:
         """The rescale of every sum v from `first` to `last` of each channel (where it steps, with a step of
@@ -118,7 +96,7 @@ class EngineLayer:
         sums = np.minimum(first[channel_of_row, None] + np.arange(length), last[channel_of_row, None])
         values = self.rescale(torch.from_numpy(sums.T), torch.from_numpy(channel_of_row)).T  # (rows, length)
         # by monotonicity, sums beyond a row's ends give its end values: the clamp's, unless nothing lies beyond
-        reached = values[:, [0, -1]].long().numpy() - self.output_encoding[1] == clamp
+        reached = values[:, [0, -1]].long().numpy() == clamp
         if not (reached | (np.stack([first, last], 1) == [-self.bound, self.bound])[channel_of_row]).all():
             raise ArithmeticError(f"{self.spec['name']}: the requantization table misses a step of the rescale")
         bias = self.bias.numpy()
@@ -129,16 +107,15 @@ class EngineLayer:
                 **{key: torch.from_numpy(array).int() for key, array in lookup.items()}}
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """Encoded inputs, channels last (N, H, W, C) or (N, C) -> the next layer's encoded inputs."""
+        """Integer inputs as floats, channels last (N, H, W, C) or (N, C) -> the next layer's inputs."""
         if self.spec["kind"] == "conv":
-            acc = torch.ops.onednn.qconv2d_pointwise(q.permute(0, 3, 1, 2), 1.0, self.input_encoding[1], self.weight,
-                                                     *self.unit_scales, None, [1, 1],
-                                                     [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
+            acc = torch.nn.functional.conv2d(q.permute(0, 3, 1, 2), self.weight)
             if self.spec["pool"]:
                 acc = max_pool(acc, self.spec["pool"])
-            acc = acc.permute(0, 2, 3, 1).to(torch.int32)
+            acc = acc.permute(0, 2, 3, 1)
         else:
-            acc = torch._int_mm(q.reshape(len(q), -1), self.weight)
+            acc = q.reshape(len(q), -1) @ self.weight
+        acc = acc.to(torch.int32)
         if self.table is None:
             return self.rescale(acc.long() + self.bias)
         # sums below `low` (above `high`) give the table's first (last) value: the bias is in the bounds
@@ -157,11 +134,11 @@ class FixedPointEngine:
         specs = manifest["layers"]
         ranges = [tuple(manifest["input"]["range"])] + [tuple(layer["clamp"]) for layer in specs]
         scales = [manifest["input"]["scale"]] + [layer["output_scale"] for layer in specs]
-        encodings = [input_encoding(spec["kind"], ranges[i]) for i, spec in enumerate(specs)] + [LOGITS]
+        dtypes = [input_dtype(spec, arrays, ranges[i]) for i, spec in enumerate(specs)] + [LOGITS]
         shapes = [tuple(manifest["input"]["shape"])] + [pooled_shape(spec) for spec in specs]
-        self.lut = encoded(torch.from_numpy(arrays[INPUT_LUT].astype(np.int64)), encodings[0])
+        self.lut = torch.from_numpy(arrays[INPUT_LUT]).to(dtypes[0])
         self.layers = [EngineLayer(spec, arrays, ranges[i], scales[i], rounding or manifest["rounding"],
-                                   encodings[i + 1], shapes[i]) for i, spec in enumerate(specs)]
+                                   dtypes[i + 1], shapes[i]) for i, spec in enumerate(specs)]
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         channels_last = pixels.permute(0, 2, 3, 1)  # (N, H, W, C)
