@@ -11,8 +11,11 @@ finish in time, or an experiment that fails, is one line `error: …` and exit s
 """
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +80,40 @@ def wait(names: dict[str, int], jobs: int, timeout: float) -> None:
             time.sleep(2)
     finally:
         dvc("queue", "stop", "--kill", check=False, quiet=True)
+        stop_workers(Path.cwd().resolve())
+
+
+def queue_workers(workspace: Path) -> list[int]:
+    """The processes of DVC's queue (`dvc queue start`, `dvc exp queue-worker`) that run in `workspace`
+    (Linux's /proc; elsewhere none are found)."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (process / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(process / "cwd"))
+        except OSError:  # gone, or not ours
+            continue
+        queue_process = b"queue-worker" in command or any(command[i:i + 2] == [b"queue", b"start"]
+                                                          for i in range(len(command)))
+        if queue_process and (cwd == workspace or workspace in cwd.parents):
+            found.append(int(process.name))
+    return found
+
+
+def stop_workers(workspace: Path, grace: float = 10.0) -> None:
+    """End the queue's processes in `workspace`: `dvc queue stop --kill` stops the experiments, but a worker
+    can outlive it (treeverse/dvc#10427), and nothing may stay behind."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        pids = queue_workers(workspace)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal_number)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = queue_workers(workspace)
+        if not pids:
+            return
 
 
 def results(names: dict[str, int]) -> dict[int, dict[str, float]]:

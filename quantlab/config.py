@@ -221,6 +221,23 @@ class ExportParams:
                f"is {self.rounding!r}; valid: {', '.join(REQUANTIZATIONS)}")
 
 
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ComputeParams:
+    reproducible: bool  # pinned kernels and threads (quantlab.compute): the same bytes on any x86-64 CPU
+    device: str  # where training and fine-tuning run: one of DEVICES; cuda's numbers are not the CPU's
+
+    def __post_init__(self):
+        _check(self.device in DEVICES, "compute.device", f"is {self.device!r}; valid: {', '.join(DEVICES)}")
+
+    @property
+    def machine_independent(self) -> bool:
+        """Whether the run's numbers are the same on every machine, or this machine's only."""
+        return self.reproducible and self.device == "cpu"
+
+
 @dataclass(frozen=True)
 class ReportParams:
     title: str
@@ -267,6 +284,7 @@ class Params:
     ptq: PTQParams
     techniques: TechniquesParams
     export: ExportParams
+    compute: ComputeParams
     report: ReportParams
 
     def __post_init__(self):

@@ -6,6 +6,8 @@ import gc
 import sys
 from collections.abc import Callable
 
+from quantlab import compute
+
 
 class UserError(Exception):
     """Bad input: the message names the problem and the fix, and is printed as one line."""
@@ -32,6 +34,7 @@ def reuse_freed_memory() -> None:
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's `main()`; a UserError becomes `error: <message>` on stderr and exit status 2."""
     reuse_freed_memory()
+    compute.set_threads()  # the stage's imports are done: torch is loaded if it uses it
     try:
         main()
     except UserError as error:

@@ -16,8 +16,12 @@ from quantlab.errors import UserError
 from quantlab.evaluation import Split, accuracy, predict
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(name: str) -> torch.device:
+    """compute.device as torch's device: a choice, never "CUDA when available", so that a machine with a GPU
+    does not quietly give other numbers."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("compute.device is cuda, but torch finds no CUDA device here: set compute.device: cpu")
+    return torch.device(name)
 
 
 def training_subset(split: Split, fraction: float, seed: int) -> Split:

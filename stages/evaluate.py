@@ -41,8 +41,7 @@ def deployment(test, engine: torch.Tensor) -> dict:
     return {"rounding": manifest["rounding"],
             "rounding_modes": {**agreement(engines[ONNXRUNTIME], engines[GEMMLOWP], test.y),
                                "accuracy": {mode: accuracy(engines[mode].argmax(1), test.y) for mode in engines}},
-            "onnxruntime": {"version": onnxruntime.__version__, "cpu_flags": onnx_graph.cpu_flags(),
-                            **agreement(onnx_logits, engines[ONNXRUNTIME], test.y)}}
+            "onnxruntime": {"version": onnxruntime.__version__, **agreement(onnx_logits, engines[ONNXRUNTIME], test.y)}}
 
 
 def main() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
         logits[variant] = outputs(forward, test)  # the engine's agreement compares logits
         predictions[variant] = {name: outputs(forward, split).argmax(1) if name != "test"
                                 else logits[variant].argmax(1) for name, split in images.items()}
-    engine = {"reference": ENGINE_REFERENCE, **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
+    engine = {"machine_independent": params.compute.machine_independent, "reference": ENGINE_REFERENCE, **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
               **deployment(test, logits["integer_engine"])}  # before any output: a refused ONNX file writes none
     save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),

@@ -37,7 +37,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
               params: Params) -> tuple[dict, dict, list[dict]]:
     """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
-    on = device()
+    on = device(params.compute.device)
     model = load_model(load_state(paths.model(model_name), model_name)).to(on)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
@@ -57,7 +57,7 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
 def main() -> None:
     params = load_params()
     dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
-    on = device()
+    on = device(params.compute.device)
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)
     for model_name, weight_bits, activation_bits in runs(params):

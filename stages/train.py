@@ -15,10 +15,10 @@ from quantlab.model import Net, state_to_arrays
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 
-def train(model_name: str, dataset: dict, params: TrainParams, seed: int) -> tuple[Net, list[dict]]:
-    """A model trained deterministically for `seed`, and its per-epoch loss and accuracies."""
+def train(model_name: str, dataset: dict, params: TrainParams, seed: int, on: str = "cpu") -> tuple[Net, list[dict]]:
+    """A model trained deterministically for `seed` on device `on`, and its per-epoch loss and accuracies."""
     make_deterministic(seed)
-    on = device()
+    on = device(on)
     model = Net(MODELS[model_name]).to(on)
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.fraction, seed)
     history = fit(model, train, Split.of(dataset["test_x"], dataset["test_y"], on),
@@ -31,7 +31,7 @@ def main() -> None:
     model_name = model_name_argument(sys.argv, "train")
     params = load_params()
     dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
-    model, history = train(model_name, dataset, params.train, params.seed)
+    model, history = train(model_name, dataset, params.train, params.seed, params.compute.device)
     save_npz(paths.model(model_name), state_to_arrays(model))
     save_csv(paths.train_history(model_name), pd.DataFrame(history))
 

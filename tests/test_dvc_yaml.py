@@ -56,6 +56,14 @@ def test_every_stage_depends_on_its_script_and_the_code_it_imports():
         assert not missing, f"{name}: add {sorted(missing)} to its deps"
 
 
+def test_every_stage_that_computes_depends_on_the_pinned_arithmetic():
+    """quantlab/compute.py and the compute params decide the kernels of every stage that does arithmetic."""
+    for name, stage in stages():
+        assert ("compute" in stage.get("params", [])) == ("quantlab/compute.py" in stage["deps"]), name
+        if name not in ("check_params", "download", "pdf"):
+            assert "compute" in stage["params"], f"{name}: add the compute params"
+
+
 def test_every_code_dependency_exists():
     for name, stage in stages():
         for dep in stage["deps"]:

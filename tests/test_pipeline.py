@@ -17,8 +17,9 @@ import torch
 import yaml
 
 from bench.sandbox import make_repo, run
+from bench.seeds import queue_workers, stop_workers
 from quantlab.data import md5_of
-from quantlab.inference import export_format, onnx_graph
+from quantlab.inference import export_format, onnx_graph, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.report.tables import difference, layer_factors
@@ -68,7 +69,7 @@ def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
     assert agreement["accuracy"] == accuracy["integer_engine"]
     assert agreement["identical_predictions"] >= 0.99 and agreement["max_logit_diff_lsb"] <= 2
     # the export's ONNX model in ONNX Runtime, against the engine in ONNX Runtime's rounding
-    assert agreement["rounding"] == "gemmlowp" and agreement["onnxruntime"]["cpu_flags"] == onnx_graph.cpu_flags()
+    assert agreement["rounding"] == "gemmlowp" and agreement["machine_independent"] is True
     assert agreement["onnxruntime"]["identical_logits"] == 1.0 and agreement["onnxruntime"]["max_logit_diff_lsb"] == 0
     assert set(agreement["rounding_modes"]["accuracy"]) == {"gemmlowp", "onnxruntime"}
 
@@ -257,7 +258,11 @@ def test_a_stage_killed_while_writing_reruns_and_dvc_accepts_it(repo, tmp_path):
 def test_the_seed_sweep_runs_through_the_queue_and_aggregates(repo):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "results")  # queued experiments start from the last commit
-    result = run(repo, "python", "-m", "bench.seeds", "--seeds", "2", "--jobs", "2", "--timeout", "900")
+    try:
+        result = run(repo, "python", "-m", "bench.seeds", "--seeds", "2", "--jobs", "2", "--timeout", "900")
+    finally:  # nothing of the queue outlives the test, even when it fails
+        stop_workers(repo.resolve())
+    assert not queue_workers(repo.resolve())
     summary = json.loads((repo / "seeds/summary.json").read_text())
     assert summary["seeds"] == [0, 1] and (repo / "seeds/summary.png").exists()
     rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv").stdout)))
@@ -311,8 +316,13 @@ def test_post_training_techniques_make_the_headline_network(repo):
     assert network["provenance"]["techniques"] == ["equalize", "adaround", "bias_correction"]
     arrays = np.load(repo / "quant/float/network.npz")
     assert all(f"{layer}.q_bias" in arrays for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"))
+    # the engine is the standalone runner, bit for bit; the float rescale rounds once per layer in float
+    manifest, arrays = export_format.read(repo / "export/float")
+    test_x = np.load(repo / "data/cifar10.npz")["test_x"]
+    engine_logits = FixedPointEngine(manifest, arrays)(torch.from_numpy(test_x)).numpy()
+    np.testing.assert_array_equal(runner.run(manifest, arrays, test_x), engine_logits)
     engine = json.loads((repo / "metrics/engine.json").read_text())
-    assert engine["identical_predictions"] == 1.0 and engine["max_logit_diff_lsb"] == 0
+    assert engine["identical_predictions"] >= 0.99 and engine["max_logit_diff_lsb"] <= 2
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 

@@ -117,10 +117,9 @@ def test_accumulation_dtype_switches_to_float64_beyond_two_to_the_24():
 def test_fc1_sized_accumulation_is_exact_where_float32_is_not():
     q_x = torch.full((1, 1152), 127.0)
     q_w = torch.full((1, 1152), 127.0)
-    q_x[0, 0], q_w[0, 0] = 1.0, 1.0  # an odd total: float32 cannot hold it above 2^24
-    exact = 1151 * 127 * 127 + 1
-    assert exact > FLOAT32_EXACT_LIMIT
-    assert torch.nn.functional.linear(q_x, q_w).item() != exact  # float32 loses it
+    q_x[0, 0] = 0.0  # an odd total: float32 cannot hold it above 2^24
+    exact = 1151 * 127 * 127
+    assert exact > FLOAT32_EXACT_LIMIT and int(np.float32(exact)) != exact  # float32 cannot hold the sum
     fc1 = next(layer for layer in LAYERS if layer.name == "fc1")
     q_w = q_w.to(accumulation_dtype(q_w, 128))
     assert integer_layer(fc1, q_x, q_w).item() == exact
