@@ -3,6 +3,8 @@
 #   make pipeline                                  dvc repro (downloads CIFAR-10 from the official URL)
 #   make pipeline DATA=path.tar.gz DATA_MD5=<md5>  the same on a local archive, as a DVC experiment
 #   make test                                      the test suite
+#   make golden                                    the golden tests under every kernel and thread setting
+#   make verify                                    this run's result files against the reference run's SHA-256
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
 #   make push [REMOTE=...]                         the DVC cache and run-cache to a remote (default: a local folder)
 #   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage run there
@@ -21,7 +23,7 @@ REMOTE := $(HOME)/.cache/quantlab/dvc-remote
 LOCAL_REMOTE = $(if $(findstring ://,$(REMOTE)),,yes)
 REMOTE_URL = $(if $(LOCAL_REMOTE),$(abspath $(REMOTE)),$(REMOTE))
 
-.PHONY: pipeline test tex seeds remote push pull
+.PHONY: pipeline test golden verify tex seeds remote push pull
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -50,6 +52,18 @@ endif
 
 test: $(STAMP) tex
 	python -m pytest
+
+# The pin (quantlab/compute.py) must win over whatever the environment asks for: the golden bytes under each
+# combination of ATen's kernels, oneDNN's ISA and the thread count.
+golden: $(STAMP)
+	@for aten in avx2 avx512; do for isa in AVX2 AVX512_CORE_VNNI; do for threads in 1 2; do \
+		echo "golden: ATEN_CPU_CAPABILITY=$$aten ONEDNN_MAX_CPU_ISA=$$isa OMP_NUM_THREADS=$$threads"; \
+		ATEN_CPU_CAPABILITY=$$aten ONEDNN_MAX_CPU_ISA=$$isa OMP_NUM_THREADS=$$threads \
+			python -m pytest -q -p no:cacheprovider tests/test_golden.py || exit 1; \
+	done; done; done
+
+verify: $(STAMP)
+	python -m bench.reference verify
 
 seeds: $(STAMP) tex
 	python -m bench.seeds --seeds $(N) --jobs $(J)

@@ -61,9 +61,12 @@ def set_threads() -> None:
 
 def pin_from_params(path: str = "params.yaml") -> None:
     """`pin` as params.yaml's compute.reproducible says (pinned unless it is false; load_params reports a bad
-    value)."""
+    value). A process that imported torch or NumPy first (a notebook, a test importing a stage's functions)
+    keeps the arithmetic it runs: `python -m stages.<name>` imports this before anything else."""
     import yaml  # PyYAML imports neither torch nor NumPy
 
+    if "torch" in sys.modules or "numpy" in sys.modules:
+        return
     try:
         with open(path, encoding="utf-8") as file:
             params = yaml.safe_load(file)

@@ -2,15 +2,18 @@
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
 from math import floor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from quantlab import compute
 from quantlab.evaluation import Split, outputs
 from quantlab.inference import engine as engine_module
 from quantlab.inference import export_format, runner
@@ -222,3 +225,29 @@ def test_manifest_records_follow_the_schema(tmp_path):
         export_format.read(directory)
     with pytest.raises(ValueError, match="a layer record has the keys"):
         export_format.layer_record(name="conv1")
+
+
+ENGINE_AGAINST_RUNNER = """
+import sys
+from pathlib import Path
+sys.path[:0] = ["tests", "."]
+import numpy as np
+from quant_fixture import IMAGES, random_export
+from quantlab.inference import export_format, runner
+from quantlab.inference.engine import FixedPointEngine
+for number, (bits, per_channel, unsigned) in enumerate([(8, False, False), (8, True, True), (4, True, True)]):
+    directory, _ = random_export(Path(sys.argv[1]) / str(number), bits, per_channel, unsigned)
+    manifest, arrays = export_format.read(directory)
+    np.testing.assert_array_equal(FixedPointEngine(manifest, arrays)(IMAGES).numpy(),
+                                  runner.run(manifest, arrays, IMAGES.numpy()))
+"""
+
+
+@pytest.mark.parametrize("cap", ["AVX2", "AVX512_CORE", None])
+def test_engine_equals_the_runner_whatever_isa_onednn_runs(tmp_path, cap):
+    """Unpinned, in a process of its own: oneDNN capped at AVX2 (no VNNI), at AVX512_CORE (no VNNI), and not
+    capped; the engine's exact float sums give the runner's logits under each."""
+    env = {name: value for name, value in os.environ.items() if name not in compute.PINNED}
+    env |= {compute.REPRODUCIBLE: "0"} | ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
+    subprocess.run([sys.executable, "-c", ENGINE_AGAINST_RUNNER, str(tmp_path)], env=env, check=True,
+                   cwd=Path(__file__).parents[1])

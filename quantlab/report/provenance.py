@@ -23,12 +23,13 @@ def code_version(root: Path = Path(".")) -> str:
 
 
 def source_date() -> dt.datetime:
-    """The report's date: SOURCE_DATE_EPOCH if set, else the time of the last git commit, so the same
-    inputs give the same report; the Unix epoch outside a git repository."""
+    """The report's date: SOURCE_DATE_EPOCH if set, else the time of the last git commit that changed the code
+    (CODE), so that the same code and inputs give the same report whatever else was committed since; the Unix
+    epoch outside a git repository."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is None:
         try:
-            epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True,
+            epoch = subprocess.run(["git", "log", "-1", "--format=%ct", "--", *CODE], capture_output=True, text=True,
                                    check=True).stdout.strip() or "0"
         except (OSError, subprocess.CalledProcessError):
             epoch = "0"

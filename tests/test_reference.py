@@ -1,0 +1,55 @@
+"""The reference runs: `make verify` against fingerprints, and the README's results as generated from them."""
+
+import hashlib
+import json
+
+import pytest
+
+from bench import reference
+
+
+def workspace(root, content: bytes = b"x") -> dict[str, str]:
+    for index, name in enumerate(reference.RESULTS):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content + bytes([index]))
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in reference.RESULTS}
+
+
+def test_verify_says_same_or_different_for_every_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reference, "REFERENCES", tmp_path / "references")
+    (tmp_path / "references").mkdir()
+    found = workspace(tmp_path / "run")
+    (tmp_path / "references" / "a.json").write_text(json.dumps({"fingerprints": found}))
+    assert reference.verify("a", tmp_path / "run")
+    assert capsys.readouterr().out.count("\nsame ") == len(reference.RESULTS) - 1  # after the first line
+    (tmp_path / "run/metrics/onnxruntime.json").write_bytes(b"other CPU")
+    (tmp_path / "run/reports/build/report.md").write_bytes(b"other CPU")
+    assert not reference.verify("a", tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "different  metrics/onnxruntime.json (ONNX Runtime's quantizer" in out
+    assert "different  reports/build/report.md (it quotes ONNX Runtime's quantizer" in out
+    assert f"{len(reference.RESULTS) - 2} of {len(reference.RESULTS)} files the same" in out
+
+
+def test_verify_says_when_a_dataset_has_no_reference(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reference, "REFERENCES", tmp_path)
+    assert not reference.verify("0" * 32, tmp_path)
+    assert "no reference yet for the dataset with md5 00000000" in capsys.readouterr().out
+
+
+def test_verify_refuses_an_unfinished_run_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference, "REFERENCES", tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({"fingerprints": {}}))
+    with pytest.raises(reference.UserError, match="models/float.npz is missing: run the pipeline first"):
+        reference.verify("a", tmp_path)
+
+
+def test_the_readme_shows_the_reference_run():
+    """The README's generated blocks are what `python -m bench.reference readme` writes from the committed
+    reference run: no number in them was typed by hand."""
+    text = reference.README.read_text(encoding="utf-8")
+    generated = reference.blocks(json.loads(reference.reference_path(reference.README_DATA).read_text()))
+    found = {m.group(2): text[m.end(1):m.start(3)] for m in reference.BLOCK.finditer(text)}
+    assert set(found) == set(generated)
+    for name, body in found.items():
+        assert body == generated[name] + "\n", f"README block {name!r} is not the reference run's"
