@@ -6,7 +6,12 @@ generated from them.
     python -m bench.reference record    after `make pipeline` at the default params: this workspace becomes the
                                         reference of its dataset (bench/reference/<md5>.json) and the README's
                                         generated blocks are rewritten from it
+    python -m bench.reference record --experiment NAME
+                                        after `dvc exp run -S …` on the README's dataset: the experiment's
+                                        changed params and metrics (bench/reference/experiments/NAME.json), for
+                                        the README's tables of it
     python -m bench.reference readme    the README's generated blocks, rewritten from the committed references
+                                        and experiments
 
 A reference holds the fingerprints and the metrics the README shows, so the README's tables are the reference
 run's, and tests/test_reference.py checks that they still are. ONNX Runtime's own quantizer (stage
@@ -24,16 +29,20 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from quantlab.config import load_params
+from quantlab.config import Yaml12Loader, load_params
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_json, save_json, save_text
 from quantlab.report import tables
 from quantlab.report.render import markdown_table
 
 REFERENCES = Path(__file__).parent / "reference"
+EXPERIMENTS = REFERENCES / "experiments"  # experiments on the README's dataset, for the README's other tables
+QAT_EXPERIMENTS = "qat-"  # the experiments of the README's table of QAT fine-tunes at 4/4
 README_DATA = "5fb6e4e932840b32ddf703fa39bf4bb3"  # the dataset whose reference run the README shows: ../shared/data's
-README = Path("README.md")
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "quant/float/network.npz",
            "quant/bias/network.json", "quant/bias/network.npz", "export/float/model.npz", "export/float/model.onnx",
            "export/bias/model.npz", "export/bias/model.onnx", "metrics/accuracy.json", "metrics/calibration.json",
@@ -43,7 +52,7 @@ RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "q
 MACHINE_DEPENDENT = ("metrics/onnxruntime.json",)  # ONNX Runtime's kernels, chosen by the CPU
 QUOTES_IT = ("metrics/differences.json", "reports/build/report.md", "reports/build/report.tex")
 SHOWN = ("accuracy", "differences", "engine", "calibration", "techniques")  # metrics/<name>.json in the README
-BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n).*?(<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: ([\w:-]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 
 def sha256(path: Path) -> str:
@@ -84,34 +93,75 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
     return not differ
 
 
-def blocks(reference: dict) -> dict[str, str]:
-    """The README's generated blocks, by name, from a reference."""
-    metrics = reference["metrics"]
-    accuracy, differences, engine = metrics["accuracy"], metrics["differences"], metrics["engine"]
+def run_blocks(prefix: str, metrics: dict) -> dict[str, str]:
+    """The tables of one run (the reference, or a recorded experiment), as the report builds them."""
+    differences = metrics["differences"]
+    return {f"{prefix}accuracy": markdown_table(tables.variants(metrics["accuracy"], differences)),
+            f"{prefix}calibration": markdown_table(tables.calibration(metrics["calibration"])),
+            f"{prefix}choices": markdown_table(tables.choices(differences)),
+            f"{prefix}techniques": markdown_table(tables.techniques(metrics["techniques"], differences)),
+            f"{prefix}techniques_chosen": markdown_table(tables.techniques_chosen(differences)),
+            f"{prefix}qat": markdown_table(tables.qat(metrics["calibration"], differences)),
+            f"{prefix}engine": engine_text(metrics["engine"])}
+
+
+def engine_text(engine: dict) -> str:
     onnxruntime = engine["onnxruntime"]
-    return {
-        "accuracy": markdown_table(tables.variants(accuracy, differences)),
-        "engine": (f"The engine's logits equal the float-rescale forward's on {100 * engine['identical_logits']:.2f} % "
-                   f"of the test values (at most {engine['max_logit_diff_lsb']} LSB apart) and its predictions on "
-                   f"{100 * engine['identical_predictions']:.2f} % of the images; in ONNX Runtime's rounding, ONNX "
-                   f"Runtime {onnxruntime['version']} gives the engine's logits on "
-                   f"{100 * onnxruntime['identical_logits']:.2f} % of the values (at most "
-                   f"{onnxruntime['max_logit_diff_lsb']} LSB apart) on `export/float/model.onnx`."),
-        "calibration": markdown_table(tables.calibration(metrics["calibration"])),
-        "choices": markdown_table(tables.choices(differences)),
-        "onnxruntime": markdown_table(tables.onnxruntime(differences)),
-        "techniques": markdown_table(tables.techniques(metrics["techniques"], differences)),
-        "fingerprints": "\n\n".join(f"Dataset md5 `{path.stem}`:\n\n" + markdown_table(fingerprint_table(
-            load_json(path)["fingerprints"])) for path in sorted(REFERENCES.glob("*.json"))),
-    }
+    return (f"The engine's logits equal the float-rescale forward's on {100 * engine['identical_logits']:.2f} % of "
+            f"the test values (at most {engine['max_logit_diff_lsb']} LSB apart) and its predictions on "
+            f"{100 * engine['identical_predictions']:.2f} % of the images; in ONNX Runtime's rounding, ONNX Runtime "
+            f"{onnxruntime['version']} gives the engine's logits on {100 * onnxruntime['identical_logits']:.2f} % "
+            f"of the values (at most {onnxruntime['max_logit_diff_lsb']} LSB apart) on `export/float/model.onnx`.")
+
+
+def command(changes: dict) -> str:
+    """The `dvc exp run` that makes an experiment of the reference run."""
+    def text(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+    return "`dvc exp run " + " ".join(f"-S '{key}={text(value)}'" if isinstance(value, list) else f"-S {key}={text(value)}"
+                                      for key, value in changes.items()) + "`"
+
+
+def qat_cells(experiments: dict[str, dict], width: str, defaults: dict) -> pd.DataFrame:
+    """QAT's cell at `width` in each experiment: its ranges and epochs, validation and test accuracy, and its
+    difference to float (the choice among them is the validation column's)."""
+    rows = []
+    for experiment in experiments.values():
+        cell = experiment["metrics"]["differences"]["calibration"][width]["qat"]
+        epochs = experiment["changes"].get("qat.epochs", defaults["epochs"])
+        rows.append({"qat.ranges": experiment["changes"].get("qat.ranges", defaults["ranges"]),
+                     "epochs": str(epochs), "validation (%)": f"{cell['validation_accuracy']:.2f}",
+                     "test (%)": f"{cell['test_accuracy']:.2f}", "− float [95 % CI]": tables.difference(cell)})
+    return pd.DataFrame(rows)
+
+
+def blocks(reference: dict, experiments: dict[str, dict]) -> dict[str, str]:
+    """The README's generated blocks, by name: the reference run's tables, each recorded experiment's
+    (`<experiment>:<table>`, and `<experiment>:command`), and the fingerprints of every reference."""
+    generated = {**run_blocks("", reference["metrics"]),
+                 "onnxruntime": markdown_table(tables.onnxruntime(reference["metrics"]["differences"])),
+                 "qat_at_4_4": markdown_table(qat_cells({name: experiment for name, experiment in experiments.items()
+                                                         if name.startswith(QAT_EXPERIMENTS)}, "W4A4",
+                                                        yaml.safe_load((ROOT / "params.yaml").read_text())["qat"])),
+                 "fingerprints": "\n\n".join(f"Dataset md5 `{path.stem}`:\n\n" + markdown_table(fingerprint_table(
+                     load_json(path)["fingerprints"])) for path in sorted(REFERENCES.glob("*.json")))}
+    for name, experiment in experiments.items():
+        generated |= run_blocks(f"{name}:", experiment["metrics"]) | {f"{name}:command": command(experiment["changes"])}
+    return generated
 
 
 def fingerprint_table(found: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame([{"file": f"`{name}`", "SHA-256": f"`{digest}`"} for name, digest in found.items()])
 
 
-def rewrite_readme(reference: dict, readme: Path = README) -> None:
-    generated = blocks(reference)
+def recorded_experiments() -> dict[str, dict]:
+    return {path.stem: load_json(path) for path in sorted(EXPERIMENTS.glob("*.json"))}
+
+
+def rewrite_readme(readme: Path = README) -> None:
+    """The README's generated blocks, from the README's dataset's reference run and the recorded experiments."""
+    generated = blocks(load_json(reference_path(README_DATA)), recorded_experiments())
     text = readme.read_text(encoding="utf-8")
     unknown = [name for _, name, _ in BLOCK.findall(text) if name not in generated]
     if unknown:
@@ -119,30 +169,58 @@ def rewrite_readme(reference: dict, readme: Path = README) -> None:
     save_text(readme, BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}", text))
 
 
-def record(md5: str) -> None:
-    """This workspace as the reference run of its dataset; the README rewritten from it."""
-    status = subprocess.run(["dvc", "status", "--quiet"], capture_output=True, text=True)
+def shown_metrics() -> dict:
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], capture_output=True, text=True)
     if status.returncode != 0:
         raise UserError("the workspace is not what dvc.lock records (`dvc status` lists changes): run "
                         "`dvc repro` first, then record")
-    reference = {"data_md5": md5, "fingerprints": fingerprints(),
-                 "metrics": {name: load_json(Path("metrics") / f"{name}.json") for name in SHOWN}}
-    save_json(reference_path(md5), reference)
+    return {name: load_json(Path("metrics") / f"{name}.json") for name in SHOWN}
+
+
+def changed_params(params: dict, committed: dict, prefix: str = "") -> dict:
+    """The params that differ from the committed params.yaml, as `dvc exp run -S` takes them (not data.*, which
+    names the dataset)."""
+    changes = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            changes |= changed_params(value, committed.get(key, {}), f"{prefix}{key}.")
+        elif value != committed.get(key) and not f"{prefix}{key}".startswith("data."):
+            changes[f"{prefix}{key}"] = value
+    return changes
+
+
+def record(md5: str, experiment: str | None) -> None:
+    """This workspace as the reference run of its dataset, or as the experiment `experiment` on it; the README
+    rewritten."""
+    metrics = shown_metrics()
+    if experiment is None:
+        save_json(reference_path(md5), {"data_md5": md5, "fingerprints": fingerprints(), "metrics": metrics})
+    else:
+        if md5 != README_DATA:
+            raise UserError(f"experiments are recorded on the README's dataset (data.md5 {README_DATA}), this "
+                            f"workspace runs {md5}")
+        committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True,
+                                                  text=True, check=True).stdout)
+        changes = changed_params(yaml.load(Path("params.yaml").read_text(), Loader=Yaml12Loader), committed)
+        save_json(EXPERIMENTS / f"{experiment}.json", {"changes": changes, "metrics": metrics})
     if md5 == README_DATA:
-        rewrite_readme(reference)
+        rewrite_readme()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("verify", "record", "readme"))
+    parser.add_argument("--experiment", metavar="NAME", help="record: as the named experiment, not the reference")
     args = parser.parse_args()
     md5 = load_params().data.md5
     if args.command == "verify":
         sys.exit(0 if verify(md5) else 1)
     if args.command == "record":
-        record(md5)
+        if args.experiment is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.experiment):
+            raise UserError(f"--experiment must be lowercase letters, digits and dashes, got {args.experiment!r}")
+        record(md5, args.experiment)
     else:
-        rewrite_readme(load_json(reference_path(README_DATA)))
+        rewrite_readme()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ into other weights. Pinned (`compute.reproducible: true`, the default), each lib
 such CPU has, on THREADS threads whatever the machine's core count:
 
 - ATEN_CPU_CAPABILITY=avx2: ATen's vector kernels (default: the CPU's widest, avx512);
-- ONEDNN_MAX_CPU_ISA=AVX2: oneDNN's JIT kernels, the convolutions;
+- ONEDNN_MAX_CPU_ISA=AVX2: oneDNN's JIT kernels, the convolutions; ONEDNN_DEFAULT_FPMATH_MODE=STRICT: float32
+  computed as float32, never implicitly in bf16 or tf32;
 - MKL_CBWR=COMPATIBLE: MKL's code branch for sgemm (the linear layers), the one Intel and AMD CPUs share
   (MKL's "Conditional Numerical Reproducibility"; AVX2 falls back to AUTO on AMD);
 - NPY_DISABLE_CPU_FEATURES: NumPy's AVX-512 loops, whose log and exp differ from its AVX2 ones in the last bit;
@@ -24,6 +25,7 @@ THREADS = 2
 PINNED = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ONEDNN_DEFAULT_FPMATH_MODE": "STRICT",
     "MKL_CBWR": "COMPATIBLE",
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "OMP_NUM_THREADS": str(THREADS),
@@ -33,11 +35,8 @@ REPRODUCIBLE = "QUANTLAB_REPRODUCIBLE"  # set by `pin`, so that `set_threads` an
 
 
 def pin(reproducible: bool = True) -> None:
-    """Pin (or, with False, leave to the machine) the libraries' kernels and threads; before they load. A
-    second call that asks for what the process already runs under changes nothing."""
+    """Pin (or, with False, leave to each library's defaults) the kernels and threads; before they load."""
     loaded = [name for name in ("torch", "numpy") if name in sys.modules]
-    if loaded and os.environ.get(REPRODUCIBLE) == ("1" if reproducible else "0"):
-        return
     if loaded:
         raise RuntimeError(f"quantlab.compute.pin() must run before {' and '.join(loaded)} is imported")
     if reproducible:

@@ -1,6 +1,7 @@
 """The training loop shared by float training and quantization-aware fine-tuning.
 
-Deterministic for a given seed on a given machine: all randomness (initialisation, shuffling, flips) comes
+Deterministic for a given seed, and the same bytes on any x86-64 CPU under the pinned arithmetic of
+quantlab.compute: all randomness (initialisation, shuffling, flips) comes
 from generators seeded here, data is read from in-memory tensors (no DataLoader worker processes), and
 PyTorch is asked for deterministic kernels.
 """

@@ -4,7 +4,11 @@ methods. The trained float model, as ONNX (quantlab.inference.onnx_graph.float_m
 per tensor and per channel, on the same calibration images as the profile, with ONNX Runtime's defaults
 otherwise (QDQ format, int8 weights symmetric, int8 activations with a zero point). Each quantized model runs
 in ONNX Runtime on the validation and test images: predictions in evaluation/onnxruntime.npz (for the paired
-intervals of stage statistics), test accuracies in metrics/onnxruntime.json."""
+intervals of stage statistics), test accuracies in metrics/onnxruntime.json.
+
+These are the one output that the pinned arithmetic (quantlab.compute) cannot make the same on every CPU: ONNX
+Runtime's MLAS chooses its kernels by the CPU at run time, with no switch to cap them; the calibrators run the
+float model in them, and the int8 products saturate on CPUs without VNNI."""
 
 import contextlib
 import io

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from bench.sandbox import make_repo, run
+from bench.sandbox import make_repo, run, set_params
 from bench.seeds import queue_workers, stop_workers
 from quantlab.data import md5_of
 from quantlab.inference import export_format, onnx_graph, runner
@@ -383,3 +383,31 @@ def test_a_fresh_clone_restores_the_run_from_the_remote_alone(repo, tmp_path):
     missing = make(clone, "pull", f"REMOTE={tmp_path / 'nowhere'}", check=False)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert f"error: the DVC remote {tmp_path / 'nowhere'} does not exist" in missing.stderr.splitlines()[0]
+
+
+def test_an_unpinned_run_says_its_numbers_are_this_machines_only(repo):
+    assert "bit for bit, on any" in (repo / "reports/build/report.md").read_text()
+    params = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, compute__reproducible=False)
+        run(repo, "python", "-m", "stages.report")  # the report alone: the numbers it states are the same
+        text = (repo / "reports/build/report.md").read_text()
+        assert "its numbers hold on the machine that ran it only" in text and "bit for bit, on any" not in text
+    finally:
+        (repo / "params.yaml").write_text(params)
+        run(repo, "dvc", "checkout", "--force", "-q")
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU refuses compute.device: cuda")
+def test_the_device_is_a_choice_not_whatever_is_available(repo):
+    params = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, compute__device="cuda")
+        result = run(repo, "python", "-m", "stages.train", "float", check=False)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: compute.device is cuda, but torch finds no CUDA device here: set "
+                                     "compute.device: cpu")
+    assert "up to date" in run(repo, "dvc", "status").stdout

@@ -11,7 +11,7 @@ import torch
 from quantlab.architecture import LAYERS, Layer
 from quantlab.config import PTQParams
 from quantlab.errors import UserError
-from quantlab.inference import export_format
+from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.model import Net, layer_output, load_model, state_to_arrays, walk
@@ -161,9 +161,11 @@ def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settin
                          per_channel=True)
     directory = tmp_path / "export"
     save(directory, *built(*export(network, [str(c) for c in range(10)], True)))
-    engine = FixedPointEngine(*export_format.read(directory))
+    manifest, arrays = export_format.read(directory)
     images = torch.from_numpy(IMAGES)
-    reference = FloatRescaleNet(network)(images)
-    np.testing.assert_array_equal(engine(images).numpy(), reference.numpy().astype(np.int32))
+    logits = FixedPointEngine(manifest, arrays)(images).numpy()
+    np.testing.assert_array_equal(logits, runner.run(manifest, arrays, IMAGES))  # bit for bit, always
+    # the float rescale rounds M * acc once per layer in float: within the LSBs the design allows
+    assert np.abs(logits - FloatRescaleNet(network)(images).numpy().astype(np.int64)).max() <= 2
     if settings.get("bias_correction"):
         assert all(network.layers[layer.name].q_bias is not None for layer in LAYERS)
