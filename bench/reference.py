@@ -119,8 +119,9 @@ def command(changes: dict) -> str:
     def text(value) -> str:
         return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
-    return "`dvc exp run " + " ".join(f"-S '{key}={text(value)}'" if isinstance(value, list) else f"-S {key}={text(value)}"
-                                      for key, value in changes.items()) + "`"
+    settings = (f"-S '{key}={text(value)}'" if isinstance(value, list) else f"-S {key}={text(value)}"
+                for key, value in changes.items())
+    return "`dvc exp run " + " ".join(settings) + "`"
 
 
 def qat_cells(experiments: dict[str, dict], width: str, defaults: dict) -> pd.DataFrame:
@@ -189,19 +190,28 @@ def changed_params(params: dict, committed: dict, prefix: str = "") -> dict:
     return changes
 
 
+def workspace_changes() -> dict:
+    """The workspace's params that differ from the committed params.yaml, but data.*."""
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    if committed.returncode != 0:
+        raise UserError("no committed params.yaml to compare with: record in the project's git repository")
+    return changed_params(yaml.load(Path("params.yaml").read_text(), Loader=Yaml12Loader),
+                          yaml.load(committed.stdout, Loader=Yaml12Loader))
+
+
 def record(md5: str, experiment: str | None) -> None:
-    """This workspace as the reference run of its dataset, or as the experiment `experiment` on it; the README
-    rewritten."""
-    metrics = shown_metrics()
+    """This workspace as the reference run of its dataset (at the committed params), or as the experiment
+    `experiment` on it; the README rewritten."""
+    metrics, changes = shown_metrics(), workspace_changes()
     if experiment is None:
+        if changes:
+            raise UserError(f"the reference run is at the committed params, and this workspace changes "
+                            f"{', '.join(changes)}: record it with --experiment NAME, or run at the committed params")
         save_json(reference_path(md5), {"data_md5": md5, "fingerprints": fingerprints(), "metrics": metrics})
+    elif md5 != README_DATA:
+        raise UserError(f"experiments are recorded on the README's dataset (data.md5 {README_DATA}), this "
+                        f"workspace runs {md5}")
     else:
-        if md5 != README_DATA:
-            raise UserError(f"experiments are recorded on the README's dataset (data.md5 {README_DATA}), this "
-                            f"workspace runs {md5}")
-        committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True,
-                                                  text=True, check=True).stdout)
-        changes = changed_params(yaml.load(Path("params.yaml").read_text(), Loader=Yaml12Loader), committed)
         save_json(EXPERIMENTS / f"{experiment}.json", {"changes": changes, "metrics": metrics})
     if md5 == README_DATA:
         rewrite_readme()

@@ -53,7 +53,8 @@ def main() -> None:
         logits[variant] = outputs(forward, test)  # the engine's agreement compares logits
         predictions[variant] = {name: outputs(forward, split).argmax(1) if name != "test"
                                 else logits[variant].argmax(1) for name, split in images.items()}
-    engine = {"machine_independent": params.compute.machine_independent, "reference": ENGINE_REFERENCE, **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
+    engine = {"machine_independent": params.compute.machine_independent, "reference": ENGINE_REFERENCE,
+              **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
               **deployment(test, logits["integer_engine"])}  # before any output: a refused ONNX file writes none
     save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),

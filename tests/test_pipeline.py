@@ -19,7 +19,7 @@ import yaml
 from bench.sandbox import make_repo, run, set_params
 from bench.seeds import queue_workers, stop_workers
 from quantlab.data import md5_of
-from quantlab.inference import export_format, onnx_graph, runner
+from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.report.tables import difference, layer_factors
