@@ -35,6 +35,7 @@ from quantlab.config import Yaml12Loader, load_params
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_json, save_json, save_text
 from quantlab.report import tables
+from quantlab.report.provenance import code_version
 from quantlab.report.render import markdown_table
 
 REFERENCES = Path(__file__).parent / "reference"
@@ -49,6 +50,7 @@ RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "q
            "metrics/differences.json", "metrics/engine.json", "metrics/onnxruntime.json",
            "metrics/techniques.json", "compare/layers.csv", "compare/techniques.csv", "reports/build/report.md",
            "reports/build/report.tex")
+REPORT = "reports/build/report.md"
 MACHINE_DEPENDENT = ("metrics/onnxruntime.json",)  # ONNX Runtime's kernels, chosen by the CPU
 QUOTES_IT = ("metrics/differences.json", "reports/build/report.md", "reports/build/report.tex")
 SHOWN = ("accuracy", "differences", "engine", "calibration", "techniques")  # metrics/<name>.json in the README
@@ -70,6 +72,17 @@ def fingerprints(root: Path = Path(".")) -> dict[str, str]:
     return {name: sha256(root / name) for name in RESULTS}
 
 
+def stale_report(root: Path = Path(".")) -> str | None:
+    """Why the workspace's report is not what its code renders, or None. The report states the version of the
+    code (quantlab.report.provenance), but DVC reruns it only where its own dependencies change."""
+    stated = re.search(r"code version ([0-9a-f]{12})", (root / REPORT).read_text(encoding="utf-8"))
+    current = code_version(root)
+    if stated is None or stated.group(1) != current:
+        return (f"{REPORT} states code version {stated.group(1) if stated else 'none'}, the code is {current}: "
+                f"`dvc repro -f -s report` and `dvc repro` render it anew")
+    return None
+
+
 def verify(md5: str, root: Path = Path(".")) -> bool:
     """Print same or different for every result file against the reference of dataset `md5`; True if all
     are the same."""
@@ -85,6 +98,8 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
         note = ""
         if name in differ and name in MACHINE_DEPENDENT:
             note = " (ONNX Runtime's quantizer: its kernels are chosen by this CPU, see the README)"
+        elif name in differ and name.startswith("reports/") and stale_report(root):
+            note = f" ({stale_report(root)})"
         elif name in differ and name in QUOTES_IT and differ & set(MACHINE_DEPENDENT):
             note = " (it quotes ONNX Runtime's quantizer, which differs here)"
         print(f"{'different' if name in differ else 'same':9}  {name}{note}")
@@ -204,6 +219,8 @@ def record(md5: str, experiment: str | None) -> None:
     `experiment` on it; the README rewritten."""
     metrics, changes = shown_metrics(), workspace_changes()
     if experiment is None:
+        if stale_report():
+            raise UserError(stale_report())
         if changes:
             raise UserError(f"the reference run is at the committed params, and this workspace changes "
                             f"{', '.join(changes)}: record it with --experiment NAME, or run at the committed params")

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bench import reference
+from quantlab.report.provenance import code_version
 
 
 def workspace(root, content: bytes = b"x") -> dict[str, str]:
@@ -23,12 +24,15 @@ def test_verify_says_same_or_different_for_every_file(tmp_path, monkeypatch, cap
     assert reference.verify("a", tmp_path / "run")
     assert capsys.readouterr().out.count("\nsame ") == len(reference.RESULTS) - 1  # after the first line
     (tmp_path / "run/metrics/onnxruntime.json").write_bytes(b"other CPU")
-    (tmp_path / "run/reports/build/report.md").write_bytes(b"other CPU")
+    (tmp_path / "run/reports/build/report.md").write_text(f"code version {code_version(tmp_path / 'run')}")
     assert not reference.verify("a", tmp_path / "run")
     out = capsys.readouterr().out
     assert "different  metrics/onnxruntime.json (ONNX Runtime's quantizer" in out
     assert "different  reports/build/report.md (it quotes ONNX Runtime's quantizer" in out
     assert f"{len(reference.RESULTS) - 2} of {len(reference.RESULTS)} files the same" in out
+    (tmp_path / "run/reports/build/report.md").write_text("code version 0123456789ab")
+    reference.verify("a", tmp_path / "run")
+    assert "report.md (reports/build/report.md states code version 0123456789ab, the code is" in capsys.readouterr().out
 
 
 def test_verify_says_when_a_dataset_has_no_reference(tmp_path, monkeypatch, capsys):
