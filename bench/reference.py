@@ -168,7 +168,7 @@ def blocks(reference: dict, experiments: dict[str, dict]) -> dict[str, str]:
 
 
 def fingerprint_table(found: dict[str, str]) -> pd.DataFrame:
-    return pd.DataFrame([{"file": f"`{name}`", "SHA-256": f"`{digest}`"} for name, digest in found.items()])
+    return pd.DataFrame([{"file": name, "SHA-256": digest} for name, digest in found.items()])
 
 
 def recorded_experiments() -> dict[str, dict]:
