@@ -26,7 +26,7 @@ from quantlab.evaluation import Split, outputs
 from quantlab.io import load_npz
 from quantlab.model import Net, load_model
 from quantlab.quantize.qat import QATNet
-from quantlab.quantize.symmetric import activation_signs, activation_widths
+from quantlab.quantize.symmetric import activation_widths
 from quantlab.training import fit, make_deterministic, training_subset
 from quantlab.variants import build, fixed_point_engine
 

@@ -94,12 +94,13 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
     reference = load_json(reference_path(md5))["fingerprints"]
     found = fingerprints(root)
     differ = {name for name in RESULTS if found[name] != reference[name]}
+    stale = stale_report(root) if any(name.startswith("reports/") for name in differ) else None
     for name in RESULTS:
         note = ""
         if name in differ and name in MACHINE_DEPENDENT:
             note = " (ONNX Runtime's quantizer: its kernels are chosen by this CPU, see the README)"
-        elif name in differ and name.startswith("reports/") and stale_report(root):
-            note = f" ({stale_report(root)})"
+        elif name in differ and name.startswith("reports/") and stale:
+            note = f" ({stale})"
         elif name in differ and name in QUOTES_IT and differ & set(MACHINE_DEPENDENT):
             note = " (it quotes ONNX Runtime's quantizer, which differs here)"
         print(f"{'different' if name in differ else 'same':9}  {name}{note}")
