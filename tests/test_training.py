@@ -54,9 +54,39 @@ def test_max_pool_is_max_pool2d_bit_for_bit(shape, channels_last, size):
     expected = torch.nn.functional.max_pool2d(x, size)
     with torch.no_grad():
         assert torch.equal(max_pool(x, size).nan_to_num(7.0), expected.nan_to_num(7.0))
-    trained = x.clone().requires_grad_()
-    max_pool(trained, size).sum().backward()  # training goes through max_pool2d, gradient included
-    assert trained.grad.sum().item() == expected.numel()
+    quantized = (x * 4).round() / 4  # fake quantization's ties among positive values, too
+    upstream = torch.randn(expected.shape, generator=generator)
+    upstream[upstream.abs() < 0.1] = -0.0
+    for values in (x, quantized):
+        gradients = []
+        for pool in (max_pool, torch.nn.functional.max_pool2d):
+            trained = values.clone().requires_grad_()
+            pooled = pool(trained, size)
+            pooled.backward(upstream)
+            gradients.append((pooled.detach(), trained.grad))
+        (pooled, gradient), (expected_pooled, expected_gradient) = gradients
+        assert torch.equal(pooled.view(torch.int32), expected_pooled.view(torch.int32))
+        assert torch.equal(gradient.view(torch.int32), expected_gradient.view(torch.int32))  # -0.0 included
+
+
+def test_net_pools_before_the_relu_as_if_after_it_bit_for_bit():
+    """Without a tap, Net pools before its ReLU (cheaper); an identity tap forces the ReLU first. Logits and
+    every gradient are the same bits: ReLU commutes with max, and both send a window's gradient to its first
+    maximum or nowhere."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = Net(MODELS["bias"])
+    images = torch.randn(16, 3, 32, 32, generator=generator)
+    images[:4] = images[:4].round()  # equal inputs make equal outputs, ties in the pools' windows
+    upstream = torch.randn(16, 10, generator=generator)
+    runs = []
+    for tap in (None, lambda name, x: x):
+        model.zero_grad()
+        logits = model(images, tap)
+        logits.backward(upstream)
+        runs.append([logits.detach(), *(parameter.grad for parameter in model.parameters())])
+    for pooled_first, relu_first in zip(*runs, strict=True):
+        assert torch.equal(pooled_first.view(torch.int32), relu_first.view(torch.int32))
 
 
 @pytest.fixture(scope="module")
