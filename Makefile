@@ -6,6 +6,7 @@
 #   make golden                                    the golden tests under every kernel and thread setting
 #   make verify                                    this run's result files against the reference run's SHA-256
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
+#   make compare EXPS="kl mse"                     experiments compared on their predictions, paired intervals
 #   make push [REMOTE=...]                         the DVC cache and run-cache to a remote (default: a local folder)
 #   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage run there
 VENV := .venv
@@ -23,7 +24,7 @@ REMOTE := $(HOME)/.cache/quantlab/dvc-remote
 LOCAL_REMOTE = $(if $(findstring ://,$(REMOTE)),,yes)
 REMOTE_URL = $(if $(LOCAL_REMOTE),$(abspath $(REMOTE)),$(REMOTE))
 
-.PHONY: pipeline test golden verify tex seeds remote push pull
+.PHONY: pipeline test golden verify tex seeds compare remote push pull
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -67,6 +68,9 @@ verify: $(STAMP)
 
 seeds: $(STAMP) tex
 	python -m bench.seeds --seeds $(N) --jobs $(J)
+
+compare: $(STAMP)
+	python -m bench.compare $(EXPS)
 
 # The remote goes into .dvc/config.local (not committed): each clone names its own.
 remote: $(STAMP)

@@ -47,7 +47,7 @@ README = ROOT / "README.md"
 RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "quant/float/network.npz",
            "quant/bias/network.json", "quant/bias/network.npz", "export/float/model.npz", "export/float/model.onnx",
            "export/bias/model.npz", "export/bias/model.onnx", "metrics/accuracy.json", "metrics/calibration.json",
-           "metrics/differences.json", "metrics/engine.json", "metrics/onnxruntime.json",
+           "metrics/differences.json", "metrics/headline.json", "metrics/engine.json", "metrics/onnxruntime.json",
            "metrics/techniques.json", "compare/layers.csv", "compare/techniques.csv", "reports/build/report.md",
            "reports/build/report.tex")
 REPORT = "reports/build/report.md"

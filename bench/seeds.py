@@ -25,13 +25,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from quantlab import paths  # noqa: E402
 from quantlab.errors import UserError, run_main  # noqa: E402
 from quantlab.io import save_json, save_text  # noqa: E402
 from quantlab.report import figures  # noqa: E402
 from quantlab.statistics import spread  # noqa: E402
+from stages.statistics import HEADLINE, REFERENCES  # noqa: E402
 
 OUT = Path("seeds")
-ACCURACY, DIFFERENCES = "metrics/accuracy.json", "metrics/differences.json"
 
 
 def dvc(*args: str, check: bool = True, quiet: bool = False) -> str:
@@ -124,9 +125,10 @@ def results(names: dict[str, int]) -> dict[int, dict[str, float]]:
             for revision in experiment["revs"]:
                 if revision["name"] in names:
                     metrics = revision["data"]["metrics"]
-                    values = dict(metrics[ACCURACY]["data"])
-                    values |= {f"{variant} − {record['reference']}": record["delta"]
-                               for variant, record in metrics[DIFFERENCES]["data"]["variants"].items()}
+                    values = dict(metrics[paths.ACCURACY.as_posix()]["data"])
+                    headline = metrics[paths.HEADLINE.as_posix()]["data"]
+                    values |= {f"{variant} − {REFERENCES[variant]}": headline[variant]["delta"]
+                               for variant in HEADLINE}
                     found[names[revision["name"]]] = values
     missing = sorted(set(names.values()) - set(found))
     if missing:

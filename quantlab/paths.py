@@ -45,6 +45,7 @@ def predictions(name: str) -> Path:
 
 ACCURACY = Path("metrics/accuracy.json")
 DIFFERENCES = Path("metrics/differences.json")
+HEADLINE = Path("metrics/headline.json")  # the few numbers of DIFFERENCES and ENGINE that DVC compares
 FLOAT_ACCURACY = Path("evaluation/float.json")  # evaluate_float's results, merged into ACCURACY by evaluate
 ENGINE = Path("metrics/engine.json")
 ONNXRUNTIME = Path("metrics/onnxruntime.json")  # ONNX Runtime's quantize_static, the peer of the calibration methods

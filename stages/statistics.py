@@ -4,7 +4,8 @@ variant's and every comparison cell's validation accuracy; and the choices the p
 post-training method at each width and the best combination of post-training techniques at each setting,
 on the validation images only (on the test images only when `data.validation` is 0, as the lab did); and
 ONNX Runtime's quantizer (stage ort_quantize) against float and against the best of this project's methods at
-8/8. Writes metrics/differences.json."""
+8/8. Writes metrics/differences.json, and the few of its numbers that DVC compares across experiments to
+metrics/headline.json."""
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from quantlab import paths
 from quantlab.config import NEAREST, load_params
 from quantlab.data import split
 from quantlab.errors import run_main
-from quantlab.io import load_npz, save_json
+from quantlab.io import load_json, load_npz, save_json
 from quantlab.quantize.calibration import FINE_TUNED
 from quantlab.quantize.symmetric import setting_name, width_name
 from quantlab.statistics import paired
@@ -20,6 +21,10 @@ from quantlab.statistics import paired
 # The float model each quantized variant is measured against.
 REFERENCES = {"quant_weights": "float", "quant_weights_activations": "float", "integer_engine": "float",
               "bias_quant_raw_bias": "bias_float", "bias_quant": "bias_float"}
+# The variants whose difference to float heads `dvc exp show`; not integer_engine, whose predictions are
+# quant_weights_activations', bit for bit (metrics/engine.json says so).
+HEADLINE = ("quant_weights", "quant_weights_activations", "bias_quant_raw_bias", "bias_quant")
+INTERVAL = ("delta", "ci_low", "ci_high")
 BASELINE = "minmax"  # the lab's calibration, which every other method is measured against
 PEER_BITS = (8, 8)  # the [weight, activation] bits at which ONNX Runtime's quantizer is compared
 
@@ -85,6 +90,17 @@ def differences(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray
     return result
 
 
+def headline(result: dict, engine: dict) -> dict:
+    """metrics/headline.json: what a person compares across experiments, with the keys of the files it comes
+    from. Each HEADLINE variant's difference to its float model on the test images with its 95 % interval
+    (`result` is metrics/differences.json), the engine's agreement with the float-rescale network and with ONNX
+    Runtime (`engine` is metrics/engine.json), and the calibration method chosen at each width."""
+    return {**{variant: {key: result["variants"][variant][key] for key in INTERVAL} for variant in HEADLINE},
+            "identical_logits": engine["identical_logits"],
+            "onnxruntime": {"identical_logits": engine["onnxruntime"]["identical_logits"]},
+            "best": {width: row["best"] for width, row in result["calibration"].items()}}
+
+
 def main() -> None:
     params = load_params()
     dataset = load_npz(paths.DATASET, ["train_y", "test_y"])
@@ -93,8 +109,10 @@ def main() -> None:
         {"test": dataset["test_y"]}
     predictions = {key: value for name in ("float", "quantized", "calibration")
                    for key, value in load_npz(paths.predictions(name)).items()}
-    save_json(paths.DIFFERENCES, differences(labels, predictions, load_npz(paths.predictions("techniques")),
-                                             load_npz(paths.predictions("onnxruntime")), params.quant.per_channel))
+    result = differences(labels, predictions, load_npz(paths.predictions("techniques")),
+                         load_npz(paths.predictions("onnxruntime")), params.quant.per_channel)
+    save_json(paths.DIFFERENCES, result)
+    save_json(paths.HEADLINE, headline(result, load_json(paths.ENGINE)))
 
 
 if __name__ == "__main__":

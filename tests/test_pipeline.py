@@ -23,6 +23,7 @@ from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.report.tables import difference, layer_factors
+from quantlab.statistics import paired, signed
 from stages.pdf import build_pdf
 
 from cifar_fixture import make_archive
@@ -55,6 +56,26 @@ def test_metrics_hold_every_variant_and_quantization_tracks_float(repo):
         assert abs(accuracy[variant] - accuracy["float"]) <= 5
     assert accuracy["bias_float"] > 60
     assert abs(accuracy["bias_quant"] - accuracy["bias_float"]) <= 5
+
+
+def leaves(tree) -> int:
+    return sum(map(leaves, tree.values())) if isinstance(tree, dict) else 1
+
+
+def test_dvc_compares_only_the_headline_numbers(repo):
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
+    metrics = {path: entry["data"] for path, entry in shown[""]["data"].items()}
+    assert set(metrics) == {"metrics/accuracy.json", "metrics/headline.json"}
+    assert sum(map(leaves, metrics.values())) <= 30
+    headline = metrics["metrics/headline.json"]
+    differences = json.loads((repo / "metrics/differences.json").read_text())
+    for variant in ("quant_weights", "quant_weights_activations", "bias_quant_raw_bias", "bias_quant"):
+        record = differences["variants"][variant]
+        assert headline[variant] == {key: record[key] for key in ("delta", "ci_low", "ci_high")}
+    assert headline["best"] == {width: row["best"] for width, row in differences["calibration"].items()}
+    engine = json.loads((repo / "metrics/engine.json").read_text())
+    assert headline["identical_logits"] == engine["identical_logits"]
+    assert headline["onnxruntime"]["identical_logits"] == engine["onnxruntime"]["identical_logits"]
 
 
 def test_exported_network_runs_standalone_as_the_engine_does(repo, tmp_path):
@@ -304,6 +325,31 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
     assert provenance == {"model": "float", "calib": "ema", "weights": "qat", "source": "qat/float/W8A8.npz",
                           "techniques": []}
     assert accuracy["quant_weights_activations"] == table["W8A8"]["qat"] == accuracy["integer_engine"]
+
+
+def test_experiments_compare_on_their_predictions_with_paired_intervals(repo):
+    predictions = {}
+    for name in ("cmp-kl", "cmp-mse"):
+        run(repo, "dvc", "exp", "run", "-n", name, "-S", f"calib={name[4:]}")
+        predictions[name] = dict(np.load(repo / "evaluation/quantized.npz"))  # what the experiment left here
+    labels = np.load(repo / "data/cifar10.npz")["test_y"]
+    result = run(repo, "python", "-m", "bench.compare", "cmp-kl", "cmp-mse")
+    table = (repo / "compare/experiments.md").read_text()
+    assert table in result.stdout and (repo / "compare/experiments.png").stat().st_size > 0
+    assert "| experiment | calib |" in table and '| cmp-mse | "mse" |' in table
+    for variant in ("quant_weights", "quant_weights_activations", "bias_quant_raw_bias", "bias_quant"):
+        kl, mse = (predictions[name][f"{variant}/test"] == labels for name in ("cmp-kl", "cmp-mse"))
+        expected = paired(mse, kl)
+        row = next(line for line in table.splitlines() if line.startswith(f"| cmp-kl | cmp-mse | {variant} |"))
+        assert f"| {signed(expected['delta'])} | [{signed(expected['ci_low'])}, {signed(expected['ci_high'])}] |" in row
+        assert f"| {100 * kl.mean():.2f} | {100 * mse.mean():.2f} |" in row
+    # another float model: paired differences would mix training with quantization, so it refuses in one line
+    run(repo, "dvc", "exp", "run", "--temp", "-n", "cmp-retrained", "-S", "train.epochs=2", "train@float")
+    refused = run(repo, "python", "-m", "bench.compare", "cmp-kl", "cmp-retrained", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "different float models (models/float.npz)" in refused.stderr
+    unknown = run(repo, "python", "-m", "bench.compare", "cmp-kl", "no-such-experiment", check=False)
+    assert unknown.returncode == 2 and "no experiment named 'no-such-experiment'" in unknown.stderr
 
 
 def test_post_training_techniques_make_the_headline_network(repo):

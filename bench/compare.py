@@ -1,0 +1,205 @@
+"""Experiments compared on their predictions, with paired intervals.
+
+    python -m bench.compare EXPERIMENT EXPERIMENT [EXPERIMENT ...]      (make compare EXPS="kl mse")
+
+`dvc exp show` compares each experiment's numbers; this compares what they predicted. An experiment is named as
+`dvc exp show` names it: its name (`dvc exp run -n kl …`), a prefix of its commit, or `workspace`. Its
+per-image predictions on the test images come from DVC's cache by the hashes that `dvc exp show --json` lists
+(no stage reruns). Then:
+
+- each experiment's accuracies (metrics/accuracy.json) and the params in which the experiments differ;
+- for every pair (A, B) and every quantized variant, B's accuracy minus A's on the same test images, its 95 %
+  interval and McNemar's p (quantlab.statistics.paired), and "B better", "A better" or "no difference shown"
+  as the interval says.
+
+Paired differences need the same test images and, to mean "this change to the quantization", the same float
+models: the command refuses experiments whose data or trained models differ, in one line. Writes
+compare/experiments.md (the tables, also printed) and compare/experiments.png (every difference with its interval).
+"""
+
+import argparse
+import itertools
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from quantlab import paths  # noqa: E402
+from quantlab.errors import UserError, run_main  # noqa: E402
+from quantlab.io import load_npz, save_text  # noqa: E402
+from quantlab.report import figures  # noqa: E402
+from quantlab.statistics import paired, signed  # noqa: E402
+from stages.statistics import HEADLINE, REFERENCES  # noqa: E402
+
+OUT = Path("compare")
+WORKSPACE = "workspace"
+# What must be the same for a paired comparison: the test images, and the trained float models.
+SHARED = {paths.DATASET.as_posix(): "data", paths.model("float").as_posix(): "float models",
+          paths.model("bias").as_posix(): "bias models"}
+VARIANTS = tuple(dict.fromkeys([*REFERENCES.values(), *HEADLINE]))  # float, bias_float, then the quantized ones
+PREDICTIONS = (paths.predictions("float").as_posix(), paths.predictions("quantized").as_posix())
+
+
+def dvc(*args: str) -> str:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if result.returncode:
+        message = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"`dvc {' '.join(args)}` failed: {message}")
+    return result.stdout
+
+
+def experiments_shown(shown: list[dict]) -> dict[str, dict]:
+    """Every revision of `dvc exp show --json` by each name it answers to (name, full commit, workspace)."""
+    found = {}
+    for baseline in shown:
+        revisions = [baseline] + [revision for experiment in baseline.get("experiments") or []
+                                  for revision in experiment["revs"]]
+        for revision in revisions:
+            if revision.get("data"):
+                for key in filter(None, (revision.get("name"), revision["rev"])):
+                    found.setdefault(key, revision)
+    return found
+
+
+def resolve(names: list[str], shown: dict[str, dict]) -> dict[str, dict]:
+    """The revision of each name: an exact name, or the one commit it is a prefix of (at least 4 digits)."""
+    resolved = {}
+    for name in names:
+        matches = [shown[name]] if name in shown else \
+            list({id(rev): rev for key, rev in shown.items() if len(name) >= 4 and key.startswith(name)}.values())
+        if len(matches) != 1:
+            what = "no experiment" if not matches else f"{len(matches)} experiments"
+            raise UserError(f"{what} named {name!r} in `dvc exp show`: name experiments as it lists them "
+                            f"(`dvc exp run -n NAME …`, a commit prefix, or {WORKSPACE})")
+        resolved[name] = matches[0]
+    if len({revision["rev"] for revision in resolved.values()}) < 2:
+        raise UserError("name at least two different experiments to compare")
+    return resolved
+
+
+def output_hash(revision: dict, path: str) -> str:
+    entry = (revision["data"].get("outs") or {}).get(path) or {}
+    if not entry.get("hash"):
+        raise UserError(f"experiment {revision.get('name') or revision['rev']} has no {path} in `dvc exp show`: "
+                        f"run the pipeline in it first")
+    return entry["hash"]
+
+
+def check_paired(revisions: dict[str, dict]) -> None:
+    """Refuse, in one line, experiments that do not share the test images and the trained models."""
+    first, *others = revisions
+    for path, what in SHARED.items():
+        for other in others:
+            if output_hash(revisions[first], path) != output_hash(revisions[other], path):
+                raise UserError(f"{first} and {other} have different {what} ({path}): paired differences need "
+                                f"the same test images and float models; compare experiments that change only "
+                                f"what follows training (calib, quant, ptq, export)")
+
+
+def cached(cache: Path, revision: dict, path: str) -> Path:
+    md5 = output_hash(revision, path)
+    found = cache / "files" / "md5" / md5[:2] / md5[2:]
+    if not found.is_file():
+        raise UserError(f"{path} of {revision.get('name') or revision['rev']} is not in DVC's cache ({found}): "
+                        f"`dvc exp pull` or `dvc pull` it, or rerun that experiment")
+    return found
+
+
+def changed_params(revisions: dict[str, dict]) -> dict[str, list]:
+    """The params (dotted keys) whose values differ between the experiments, with each experiment's value."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in tree.items():
+            items |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return items
+
+    values = [flat(((revision["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {})
+              for revision in revisions.values()]
+    keys = dict.fromkeys(key for params in values for key in params)
+    return {key: [params.get(key) for params in values] for key in keys
+            if len({json.dumps(params.get(key)) for params in values}) > 1}
+
+
+def compare(revisions: dict[str, dict], cache: Path) -> dict:
+    """Each experiment's accuracies, and for every pair every quantized variant's paired difference."""
+    labels = load_npz(cached(cache, next(iter(revisions.values())), paths.DATASET.as_posix()), ["test_y"])["test_y"]
+    right = {}
+    for name, revision in revisions.items():
+        predictions = {key: value for path in PREDICTIONS
+                       for key, value in load_npz(cached(cache, revision, path)).items()}
+        right[name] = {variant: predictions[f"{variant}/test"] == labels for variant in VARIANTS}
+    accuracies = {name: {variant: round(100.0 * float(np.mean(correct)), 2) for variant, correct in by_name.items()}
+                  for name, by_name in right.items()}
+    pairs = [{"a": a, "b": b, "variant": variant, **paired(right[b][variant], right[a][variant])}
+             for a, b in itertools.combinations(revisions, 2) for variant in HEADLINE]
+    return {"accuracies": accuracies, "params": changed_params(revisions), "pairs": pairs, "images": len(labels)}
+
+
+def verdict(pair: dict) -> str:
+    if pair["ci_low"] > 0:
+        return f"{pair['b']} better"
+    if pair["ci_high"] < 0:
+        return f"{pair['a']} better"
+    return "no difference shown"
+
+
+def markdown(result: dict) -> str:
+    names = list(result["accuracies"])
+    variants = list(next(iter(result["accuracies"].values())))
+    lines = [f"Test accuracy (%) on the same {result['images']:,} images:", "",
+             "| experiment | " + " | ".join([*result["params"], *variants]) + " |",
+             "|---" * (1 + len(result["params"]) + len(variants)) + "|"]
+    for index, name in enumerate(names):
+        params = [json.dumps(values[index]) for values in result["params"].values()]
+        lines.append(f"| {name} | " + " | ".join([*params, *(f"{result['accuracies'][name][v]:.2f}" for v in variants)])
+                     + " |")
+    lines += ["", "Paired differences B − A on the same test images (points), with the 95 % bootstrap interval and "
+              "McNemar's exact p:", "",
+              "| A | B | variant | A | B | B − A | 95 % interval | p | |", "|---|---|---|---|---|---|---|---|---|"]
+    for pair in result["pairs"]:
+        a, b = (result["accuracies"][pair[side]][pair["variant"]] for side in ("a", "b"))
+        lines.append(f"| {pair['a']} | {pair['b']} | {pair['variant']} | {a:.2f} | {b:.2f} | {signed(pair['delta'])} | "
+                     f"[{signed(pair['ci_low'])}, {signed(pair['ci_high'])}] | {pair['p']:.3g} | {verdict(pair)} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict):
+    """Every pair's difference per variant with its 95 % interval, and 0 marked."""
+    pairs = result["pairs"]
+    with plt.rc_context(figures.STYLE):
+        figure, ax = plt.subplots(figsize=(figures.PAGE, 0.22 * len(pairs) + 0.8), layout="constrained")
+        for row, pair in enumerate(pairs):
+            ax.errorbar(pair["delta"], row, xerr=[[pair["delta"] - pair["ci_low"]], [pair["ci_high"] - pair["delta"]]],
+                        fmt="o", ms=3.5, capsize=3, color="C3" if verdict(pair) != "no difference shown" else "0.35")
+        ax.set_yticks(range(len(pairs)), [f"{p['variant']}: {p['b']} − {p['a']}" for p in pairs])
+        ax.invert_yaxis()
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_xlabel("difference in test accuracy (points), with its 95 % interval")
+        ax.set_title(f"paired on the same {result['images']:,} test images; red: the interval excludes 0")
+        return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
+                        help="experiment names or commit prefixes as `dvc exp show` lists them, or workspace")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    shown = experiments_shown(json.loads(dvc("exp", "show", "--json")))
+    revisions = resolve(list(dict.fromkeys(args.experiments)), shown)
+    check_paired(revisions)
+    result = compare(revisions, Path(dvc("cache", "dir").strip()))
+    text = markdown(result)
+    save_text(OUT / "experiments.md", text)
+    figures.save(figure(result), OUT, "experiments")
+    print(text + f"\n{OUT / 'experiments.md'} and experiments.png written in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    run_main(main)
