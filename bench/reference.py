@@ -93,11 +93,13 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
         return False
     reference = load_json(reference_path(md5))["fingerprints"]
     found = fingerprints(root)
-    differ = {name for name in RESULTS if found[name] != reference[name]}
+    differ = {name for name in RESULTS if found[name] != reference.get(name)}
     stale = stale_report(root) if any(name.startswith("reports/") for name in differ) else None
     for name in RESULTS:
         note = ""
-        if name in differ and name in MACHINE_DEPENDENT:
+        if name not in reference:
+            note = " (the reference has no fingerprint of it: it was recorded by older code)"
+        elif name in differ and name in MACHINE_DEPENDENT:
             note = " (ONNX Runtime's quantizer: its kernels are chosen by this CPU, see the README)"
         elif name in differ and name.startswith("reports/") and stale:
             note = f" ({stale})"
