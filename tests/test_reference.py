@@ -33,6 +33,10 @@ def test_verify_says_same_or_different_for_every_file(tmp_path, monkeypatch, cap
     (tmp_path / "run/reports/build/report.md").write_text("code version 0123456789ab")
     reference.verify("a", tmp_path / "run")
     assert "report.md (reports/build/report.md states code version 0123456789ab, the code is" in capsys.readouterr().out
+    del found["metrics/headline.json"]  # a reference recorded before the file existed
+    (tmp_path / "references" / "a.json").write_text(json.dumps({"fingerprints": found}))
+    assert not reference.verify("a", tmp_path / "run")
+    assert "different  metrics/headline.json (the reference has no fingerprint of it" in capsys.readouterr().out
 
 
 def test_verify_says_when_a_dataset_has_no_reference(tmp_path, monkeypatch, capsys):
