@@ -156,7 +156,8 @@ def markdown(result: dict) -> str:
              "| experiment | " + " | ".join([*result["params"], *variants]) + " |",
              "|---" * (1 + len(result["params"]) + len(variants)) + "|"]
     for index, name in enumerate(names):
-        params = [json.dumps(values[index]) for values in result["params"].values()]
+        params = [value if isinstance(value := values[index], str) else json.dumps(value)
+                  for values in result["params"].values()]
         lines.append(f"| {name} | " + " | ".join([*params, *(f"{result['accuracies'][name][v]:.2f}" for v in variants)])
                      + " |")
     lines += ["", "Paired differences B − A on the same test images (points), with the 95 % bootstrap interval and "

@@ -10,6 +10,10 @@ generated from them.
                                         after `dvc exp run -S …` on the README's dataset: the experiment's
                                         changed params and metrics (bench/reference/experiments/NAME.json), for
                                         the README's tables of it
+    python -m bench.reference compare EXPERIMENT EXPERIMENT …
+                                        after `dvc exp run -n NAME -S …` on the README's dataset: what
+                                        `dvc exp show --only-changed --md …` and `bench.compare` show of those
+                                        experiments (bench/reference/comparison/), for the README
     python -m bench.reference readme    the README's generated blocks, rewritten from the committed references
                                         and experiments
 
@@ -24,6 +28,7 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +38,16 @@ import yaml
 
 from quantlab.config import Yaml12Loader, load_params
 from quantlab.errors import UserError, run_main
-from quantlab.io import load_json, save_json, save_text
+from quantlab.io import load_json, save_bytes, save_json, save_text
 from quantlab.report import tables
 from quantlab.report.provenance import code_version
 from quantlab.report.render import markdown_table
 
 REFERENCES = Path(__file__).parent / "reference"
 EXPERIMENTS = REFERENCES / "experiments"  # experiments on the README's dataset, for the README's other tables
+COMPARISON = REFERENCES / "comparison"  # experiments.json (what the two commands print) and experiments.png
+# The README's `dvc exp show`: what changed and its results, without the changed files' hashes
+EXP_SHOW = ("dvc", "exp", "show", "--only-changed", "--md", "--drop", "Created|.*/|qat$|quant$")
 QAT_EXPERIMENTS = "qat-"  # the experiments of the README's table of QAT fine-tunes at 4/4
 README_DATA = "5fb6e4e932840b32ddf703fa39bf4bb3"  # the dataset whose reference run the README shows: ../shared/data's
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +175,11 @@ def blocks(reference: dict, experiments: dict[str, dict]) -> dict[str, str]:
                      load_json(path)["fingerprints"])) for path in sorted(REFERENCES.glob("*.json")))}
     for name, experiment in experiments.items():
         generated |= run_blocks(f"{name}:", experiment["metrics"]) | {f"{name}:command": command(experiment["changes"])}
+    if (COMPARISON / "experiments.json").exists():
+        comparison = load_json(COMPARISON / "experiments.json")
+        compare = f'make compare EXPS="{" ".join(comparison["experiments"])}"'
+        generated |= {"exp-show": comparison["exp_show"].strip(), "compare": comparison["compare"].strip(),
+                      "compare:command": f"```sh\n{shlex.join(EXP_SHOW)}\n{compare}\n```"}
     return generated
 
 
@@ -237,9 +250,27 @@ def record(md5: str, experiment: str | None) -> None:
         rewrite_readme()
 
 
+def record_comparison(md5: str, names: list[str]) -> None:
+    """What `dvc exp show --only-changed --md` and `bench.compare NAMES` show now, and bench.compare's figure,
+    for the README."""
+    if md5 != README_DATA:
+        raise UserError(f"the README's comparison is of experiments on its dataset (data.md5 {README_DATA}), this "
+                        f"workspace runs {md5}")
+    shown = subprocess.run(EXP_SHOW, capture_output=True, text=True)
+    compared = subprocess.run([sys.executable, "-m", "bench.compare", *names], capture_output=True, text=True)
+    for result in (shown, compared):
+        if result.returncode:
+            raise UserError(f"`{' '.join(result.args)}` failed: {result.stderr.strip()}")
+    save_bytes(COMPARISON / "experiments.png", Path("compare/experiments.png").read_bytes())
+    save_json(COMPARISON / "experiments.json", {"experiments": names, "exp_show": shown.stdout,
+                                                "compare": Path("compare/experiments.md").read_text()})
+    rewrite_readme()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("verify", "record", "readme"))
+    parser.add_argument("command", choices=("verify", "record", "compare", "readme"))
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="compare: the experiments")
     parser.add_argument("--experiment", metavar="NAME", help="record: as the named experiment, not the reference")
     args = parser.parse_args()
     md5 = load_params().data.md5
@@ -249,6 +280,8 @@ def main() -> None:
         if args.experiment is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.experiment):
             raise UserError(f"--experiment must be lowercase letters, digits and dashes, got {args.experiment!r}")
         record(md5, args.experiment)
+    elif args.command == "compare":
+        record_comparison(md5, args.experiments)
     else:
         rewrite_readme()
 
