@@ -14,7 +14,8 @@ per-image predictions on the test images come from DVC's cache by the hashes tha
 
 Paired differences need the same test images and, to mean "this change to the quantization", the same float
 models: the command refuses experiments whose data or trained models differ, in one line. Writes
-compare/experiments.md (the tables, also printed) and compare/experiments.png (every difference with its interval).
+compare/experiments.md (the tables, also printed) and compare/experiments.png and .pdf (every difference with its
+interval); they are this command's, not the pipeline's outputs.
 """
 
 import argparse

@@ -334,8 +334,11 @@ def test_experiments_compare_on_their_predictions_with_paired_intervals(repo):
         predictions[name] = dict(np.load(repo / "evaluation/quantized.npz"))  # what the experiment left here
     labels = np.load(repo / "data/cifar10.npz")["test_y"]
     result = run(repo, "python", "-m", "bench.compare", "cmp-kl", "cmp-mse")
-    table = (repo / "compare/experiments.md").read_text()
-    assert table in result.stdout and (repo / "compare/experiments.png").stat().st_size > 0
+    written = {suffix: (repo / f"compare/experiments.{suffix}") for suffix in ("md", "png", "pdf")}
+    table = written["md"].read_text()
+    assert table in result.stdout and written["png"].stat().st_size > 0 and written["pdf"].stat().st_size > 0
+    for path in written.values():  # not the pipeline's: the later tests compare the pipeline's outputs
+        path.unlink()
     assert "| experiment | calib |" in table and "| cmp-mse | mse |" in table
     for variant in ("quant_weights", "quant_weights_activations", "bias_quant_raw_bias", "bias_quant"):
         kl, mse = (predictions[name][f"{variant}/test"] == labels for name in ("cmp-kl", "cmp-mse"))
