@@ -6,7 +6,7 @@
 #   make golden                                    the golden tests under every kernel and thread setting
 #   make verify                                    this run's result files against the reference run's SHA-256
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
-#   make compare EXPS="kl mse"                     experiments compared on their predictions, paired intervals
+#   make compare EXPS="kl mse" [IMAGES=validation] experiments compared on their predictions, paired intervals
 #   make push [REMOTE=...]                         the DVC cache and run-cache to a remote (default: a local folder)
 #   make pull [REMOTE=...]                         the same back, then dvc repro restores every stage run there
 VENV := .venv
@@ -70,7 +70,7 @@ seeds: $(STAMP) tex
 	python -m bench.seeds --seeds $(N) --jobs $(J)
 
 compare: $(STAMP)
-	python -m bench.compare $(EXPS)
+	python -m bench.compare $(EXPS) $(if $(IMAGES),--images $(IMAGES))
 
 # The remote goes into .dvc/config.local (not committed): each clone names its own.
 remote: $(STAMP)

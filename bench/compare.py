@@ -1,6 +1,7 @@
 """Experiments compared on their predictions, with paired intervals.
 
-    python -m bench.compare EXPERIMENT EXPERIMENT [EXPERIMENT ...]      (make compare EXPS="kl mse")
+    python -m bench.compare EXPERIMENT EXPERIMENT [EXPERIMENT ...] [--images validation]
+                                                                     (make compare EXPS="kl mse")
 
 `dvc exp show` compares each experiment's numbers; this compares what they predicted. An experiment is named as
 `dvc exp show` names it: its name (`dvc exp run -n kl …`), a prefix of its commit, or `workspace`. Its
@@ -11,6 +12,9 @@ per-image predictions on the test images come from DVC's cache by the hashes tha
 - for every pair (A, B) and every quantized variant, B's accuracy minus A's on the same test images, its 95 %
   interval and McNemar's p (quantlab.statistics.paired), and "B better", "A better" or "no difference shown"
   as the interval says.
+
+On the test images it reports; to choose between experiments, compare them with `--images validation`, the
+training images every experiment held out (choose on validation, report on test).
 
 Paired differences need the same test images and, to mean "this change to the quantization", the same float
 models: the command refuses experiments whose data or trained models differ, in one line. Writes
@@ -32,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from quantlab import paths  # noqa: E402
+from quantlab.data import split  # noqa: E402
 from quantlab.errors import UserError, run_main  # noqa: E402
 from quantlab.io import load_npz, save_text  # noqa: E402
 from quantlab.report import figures  # noqa: E402
@@ -112,34 +117,58 @@ def cached(cache: Path, revision: dict, path: str) -> Path:
     return found
 
 
-def changed_params(revisions: dict[str, dict]) -> dict[str, list]:
-    """The params (dotted keys) whose values differ between the experiments, with each experiment's value."""
+def params_of(revision: dict) -> dict:
+    """An experiment's params.yaml as dotted keys."""
     def flat(tree: dict, prefix: str = "") -> dict:
         items = {}
         for key, value in tree.items():
             items |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
         return items
 
-    values = [flat(((revision["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {})
-              for revision in revisions.values()]
+    return flat(((revision["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {})
+
+
+def changed_params(revisions: dict[str, dict]) -> dict[str, list]:
+    """The params (dotted keys) whose values differ between the experiments, with each experiment's value."""
+    values = [params_of(revision) for revision in revisions.values()]
     keys = dict.fromkeys(key for params in values for key in params)
     return {key: [params.get(key) for params in values] for key in keys
             if len({json.dumps(params.get(key)) for params in values}) > 1}
 
 
-def compare(revisions: dict[str, dict], cache: Path) -> dict:
-    """Each experiment's accuracies, and for every pair every quantized variant's paired difference."""
-    labels = load_npz(cached(cache, next(iter(revisions.values())), paths.DATASET.as_posix()), ["test_y"])["test_y"]
+def labels_of(revisions: dict[str, dict], cache: Path, images: str) -> np.ndarray:
+    """The labels of the test images, or of the validation images every experiment held out."""
+    first = next(iter(revisions.values()))
+    dataset = load_npz(cached(cache, first, paths.DATASET.as_posix()), ["train_y", "test_y"])
+    if images == "test":
+        return dataset["test_y"]
+    differ = [key for key in ("data.validation", "seed") if key in changed_params(revisions)]
+    if differ:
+        raise UserError(f"the experiments hold out different validation images ({differ[0]} differs): compare "
+                        f"them on the test images")
+    params = params_of(first)
+    _, held = split(dataset["train_y"], params["data.validation"], params["seed"])
+    if not len(held):
+        raise UserError("the experiments hold out no validation images (data.validation is 0): compare them on "
+                        "the test images")
+    return dataset["train_y"][held]
+
+
+def compare(revisions: dict[str, dict], cache: Path, images: str = "test") -> dict:
+    """Each experiment's accuracies on `images` ("test" or "validation"), and for every pair every quantized
+    variant's paired difference."""
+    labels = labels_of(revisions, cache, images)
     right = {}
     for name, revision in revisions.items():
         predictions = {key: value for path in PREDICTIONS
                        for key, value in load_npz(cached(cache, revision, path)).items()}
-        right[name] = {variant: predictions[f"{variant}/test"] == labels for variant in VARIANTS}
+        right[name] = {variant: predictions[f"{variant}/{images}"] == labels for variant in VARIANTS}
     accuracies = {name: {variant: round(100.0 * float(np.mean(correct)), 2) for variant, correct in by_name.items()}
                   for name, by_name in right.items()}
     pairs = [{"a": a, "b": b, "variant": variant, **paired(right[b][variant], right[a][variant])}
              for a, b in itertools.combinations(revisions, 2) for variant in HEADLINE]
-    return {"accuracies": accuracies, "params": changed_params(revisions), "pairs": pairs, "images": len(labels)}
+    return {"accuracies": accuracies, "params": changed_params(revisions), "pairs": pairs, "images": images,
+            "count": len(labels)}
 
 
 def verdict(pair: dict) -> str:
@@ -153,7 +182,7 @@ def verdict(pair: dict) -> str:
 def markdown(result: dict) -> str:
     names = list(result["accuracies"])
     variants = list(next(iter(result["accuracies"].values())))
-    lines = [f"Test accuracy (%) on the same {result['images']:,} images:", "",
+    lines = [f"Accuracy (%) on the same {result['count']:,} {result['images']} images:", "",
              "| experiment | " + " | ".join([*result["params"], *variants]) + " |",
              "|---" * (1 + len(result["params"]) + len(variants)) + "|"]
     for index, name in enumerate(names):
@@ -161,8 +190,8 @@ def markdown(result: dict) -> str:
                   for values in result["params"].values()]
         lines.append(f"| {name} | " + " | ".join([*params, *(f"{result['accuracies'][name][v]:.2f}" for v in variants)])
                      + " |")
-    lines += ["", "Paired differences B − A on the same test images (points), with the 95 % bootstrap interval and "
-              "McNemar's exact p:", "",
+    lines += ["", f"Paired differences B − A on the same {result['images']} images (points), with the 95 % bootstrap "
+              "interval and McNemar's exact p:", "",
               "| A | B | variant | A | B | B − A | 95 % interval | p | |", "|---|---|---|---|---|---|---|---|---|"]
     for pair in result["pairs"]:
         a, b = (result["accuracies"][pair[side]][pair["variant"]] for side in ("a", "b"))
@@ -182,8 +211,8 @@ def figure(result: dict):
         ax.set_yticks(range(len(pairs)), [f"{p['variant']}: {p['b']} − {p['a']}" for p in pairs])
         ax.invert_yaxis()
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_xlabel("difference in test accuracy (points), with its 95 % interval")
-        ax.set_title(f"paired on the same {result['images']:,} test images; red: the interval excludes 0")
+        ax.set_xlabel(f"difference in {result['images']} accuracy (points), with its 95 % interval")
+        ax.set_title(f"paired on the same {result['count']:,} {result['images']} images; red: the interval excludes 0")
         return figure
 
 
@@ -191,12 +220,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
                         help="experiment names or commit prefixes as `dvc exp show` lists them, or workspace")
+    parser.add_argument("--images", choices=("test", "validation"), default="test",
+                        help="the images compared: test (to report, the default) or validation (to choose)")
     args = parser.parse_args()
     start = time.perf_counter()
     shown = experiments_shown(json.loads(dvc("exp", "show", "--json")))
     revisions = resolve(list(dict.fromkeys(args.experiments)), shown)
     check_paired(revisions)
-    result = compare(revisions, Path(dvc("cache", "dir").strip()))
+    result = compare(revisions, Path(dvc("cache", "dir").strip()), args.images)
     text = markdown(result)
     save_text(OUT / "experiments.md", text)
     figures.save(figure(result), OUT, "experiments")

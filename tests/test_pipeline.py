@@ -18,7 +18,7 @@ import yaml
 
 from bench.sandbox import make_repo, run, set_params
 from bench.seeds import queue_workers, stop_workers
-from quantlab.data import md5_of
+from quantlab.data import md5_of, split
 from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.quantize.network import QuantizedNetwork
@@ -337,6 +337,15 @@ def test_experiments_compare_on_their_predictions_with_paired_intervals(repo):
     written = {suffix: (repo / f"compare/experiments.{suffix}") for suffix in ("md", "png", "pdf")}
     table = written["md"].read_text()
     assert table in result.stdout and written["png"].stat().st_size > 0 and written["pdf"].stat().st_size > 0
+    chosen_on = make(repo, "compare", "EXPS=cmp-kl cmp-mse", "IMAGES=validation").stdout
+    _, held = split(np.load(repo / "data/cifar10.npz")["train_y"], 200, 0)
+    validation_labels = np.load(repo / "data/cifar10.npz")["train_y"][held]
+    kl, mse = (predictions[name]["quant_weights_activations/validation"] == validation_labels
+               for name in ("cmp-kl", "cmp-mse"))
+    assert f"on the same {len(held)} validation images" in chosen_on
+    row = next(line for line in chosen_on.splitlines()
+               if line.startswith("| cmp-kl | cmp-mse | quant_weights_activations |"))
+    assert f"| {100 * kl.mean():.2f} | {100 * mse.mean():.2f} | {signed(paired(mse, kl)['delta'])} |" in row
     for path in written.values():  # not the pipeline's: the later tests compare the pipeline's outputs
         path.unlink()
     assert "| experiment | calib |" in table and "| cmp-mse | mse |" in table
