@@ -25,7 +25,6 @@ interval); they are this command's, not the pipeline's outputs.
 import argparse
 import itertools
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.experiments import dvc, revisions  # noqa: E402
 from quantlab import paths  # noqa: E402
 from quantlab.data import split  # noqa: E402
 from quantlab.errors import UserError, run_main  # noqa: E402
@@ -52,24 +52,13 @@ VARIANTS = tuple(dict.fromkeys([*REFERENCES.values(), *HEADLINE]))  # float, bia
 PREDICTIONS = (paths.predictions("float").as_posix(), paths.predictions("quantized").as_posix())
 
 
-def dvc(*args: str) -> str:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
-    if result.returncode:
-        message = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"`dvc {' '.join(args)}` failed: {message}")
-    return result.stdout
-
-
-def experiments_shown(shown: list[dict]) -> dict[str, dict]:
+def experiments_shown() -> dict[str, dict]:
     """Every revision of `dvc exp show --json` by each name it answers to (name, full commit, workspace)."""
     found = {}
-    for baseline in shown:
-        revisions = [baseline] + [revision for experiment in baseline.get("experiments") or []
-                                  for revision in experiment["revs"]]
-        for revision in revisions:
-            if revision.get("data"):
-                for key in filter(None, (revision.get("name"), revision["rev"])):
-                    found.setdefault(key, revision)
+    for revision in revisions():
+        if revision.get("data"):
+            for key in filter(None, (revision.get("name"), revision["rev"])):
+                found.setdefault(key, revision)
     return found
 
 
@@ -224,7 +213,7 @@ def main() -> None:
                         help="the images compared: test (to report, the default) or validation (to choose)")
     args = parser.parse_args()
     start = time.perf_counter()
-    shown = experiments_shown(json.loads(dvc("exp", "show", "--json")))
+    shown = experiments_shown()
     revisions = resolve(list(dict.fromkeys(args.experiments)), shown)
     check_paired(revisions)
     result = compare(revisions, Path(dvc("cache", "dir").strip()), args.images)

@@ -12,11 +12,9 @@ finish in time, or an experiment that fails, is one line `error: …` and exit s
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.experiments import dvc, revisions  # noqa: E402
 from quantlab import paths  # noqa: E402
 from quantlab.errors import UserError, run_main  # noqa: E402
 from quantlab.io import save_json, save_text  # noqa: E402
@@ -33,16 +32,6 @@ from quantlab.statistics import spread  # noqa: E402
 from stages.statistics import HEADLINE, REFERENCES  # noqa: E402
 
 OUT = Path("seeds")
-
-
-def dvc(*args: str, check: bool = True, quiet: bool = False) -> str:
-    """Run a dvc command in the workspace; its output, or one clear error."""
-    result = subprocess.run(["dvc", *args], capture_output=not quiet, text=True,
-                            **({"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}))
-    if check and result.returncode != 0:
-        last = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"`dvc {' '.join(args)}` failed: {last[0]}")
-    return result.stdout or ""
 
 
 def queue(seeds: int) -> dict[str, int]:
@@ -120,16 +109,13 @@ def stop_workers(workspace: Path, grace: float = 10.0) -> None:
 def results(names: dict[str, int]) -> dict[int, dict[str, float]]:
     """Per seed, the accuracies and the variants' differences to float, from `dvc exp show --json`."""
     found = {}
-    for baseline in json.loads(dvc("exp", "show", "--json")):
-        for experiment in baseline.get("experiments") or []:
-            for revision in experiment["revs"]:
-                if revision["name"] in names:
-                    metrics = revision["data"]["metrics"]
-                    values = dict(metrics[paths.ACCURACY.as_posix()]["data"])
-                    headline = metrics[paths.HEADLINE.as_posix()]["data"]
-                    values |= {f"{variant} − {REFERENCES[variant]}": headline[variant]["delta"]
-                               for variant in HEADLINE}
-                    found[names[revision["name"]]] = values
+    for revision in revisions():
+        if revision.get("name") in names:
+            metrics = revision["data"]["metrics"]
+            values = dict(metrics[paths.ACCURACY.as_posix()]["data"])
+            headline = metrics[paths.HEADLINE.as_posix()]["data"]
+            values |= {f"{variant} − {REFERENCES[variant]}": headline[variant]["delta"] for variant in HEADLINE}
+            found[names[revision["name"]]] = values
     missing = sorted(set(names.values()) - set(found))
     if missing:
         raise UserError(f"`dvc exp show` has no metrics for seed {missing[0]}: see `dvc exp show`")
