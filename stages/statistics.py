@@ -111,8 +111,9 @@ def main() -> None:
                    for key, value in load_npz(paths.predictions(name)).items()}
     result = differences(labels, predictions, load_npz(paths.predictions("techniques")),
                          load_npz(paths.predictions("onnxruntime")), params.quant.per_channel)
+    summary = headline(result, load_json(paths.ENGINE))  # every input read before the first output is written
     save_json(paths.DIFFERENCES, result)
-    save_json(paths.HEADLINE, headline(result, load_json(paths.ENGINE)))
+    save_json(paths.HEADLINE, summary)
 
 
 if __name__ == "__main__":
