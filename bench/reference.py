@@ -13,7 +13,8 @@ generated from them.
     python -m bench.reference compare EXPERIMENT EXPERIMENT …
                                         after `dvc exp run -n NAME -S …` on the README's dataset: what
                                         `dvc exp show --only-changed --md …` and `bench.compare` show of those
-                                        experiments (bench/reference/comparison/), for the README
+                                        experiments, and `dvc plots diff` of the layer plots (in headless
+                                        Chromium), in bench/reference/comparison/, for the README
     python -m bench.reference readme    the README's generated blocks, rewritten from the committed references
                                         and experiments
 
@@ -36,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from bench.offline_plots import screenshot
 from quantlab.config import Yaml12Loader, load_params
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_json, save_bytes, save_json, save_text
@@ -45,7 +47,11 @@ from quantlab.report.render import markdown_table
 
 REFERENCES = Path(__file__).parent / "reference"
 EXPERIMENTS = REFERENCES / "experiments"  # experiments on the README's dataset, for the README's other tables
-COMPARISON = REFERENCES / "comparison"  # experiments.json (what the two commands print) and experiments.png
+# experiments.json (what the two commands print), experiments.png (bench.compare's figure) and plots.png (what
+# `dvc plots diff` shows of the layer plots)
+COMPARISON = REFERENCES / "comparison"
+LAYER_PLOTS = "plots/layers/"  # the plots of dvc.yaml drawn from files here: the README's `dvc plots diff`
+PLOTS_WINDOW = "1400x760"
 # The README's `dvc exp show`: what changed and its results, without the changed files' hashes
 EXP_SHOW = ("dvc", "exp", "show", "--only-changed", "--md", "--drop", "Created|.*/|qat$|quant$")
 QAT_EXPERIMENTS = "qat-"  # the experiments of the README's table of QAT fine-tunes at 4/4
@@ -179,7 +185,9 @@ def blocks(reference: dict, experiments: dict[str, dict]) -> dict[str, str]:
         comparison = load_json(COMPARISON / "experiments.json")
         compare = f'make compare EXPS="{" ".join(comparison["experiments"])}"'
         generated |= {"exp-show": comparison["exp_show"].strip(), "compare": comparison["compare"].strip(),
-                      "compare:command": f"```sh\n{shlex.join(EXP_SHOW)}\n{compare}\n```"}
+                      "compare:command": f"```sh\n{shlex.join(EXP_SHOW)}\n{compare}\n```",
+                      "plots:command": f"```sh\n{shlex.join(['dvc', 'plots', 'diff', *comparison['experiments']])}"
+                                       f"\n```"}
     return generated
 
 
@@ -250,6 +258,13 @@ def record(md5: str, experiment: str | None) -> None:
         rewrite_readme()
 
 
+def layer_plots() -> list[str]:
+    """The plots of dvc.yaml drawn from the files in LAYER_PLOTS, as `dvc plots diff --targets` matches them."""
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    return [f"^{re.escape(plot_id)}$" for plot in plots for plot_id, spec in plot.items()
+            if all(path.startswith(LAYER_PLOTS) for path in spec["y"])]
+
+
 def record_comparison(md5: str, names: list[str]) -> None:
     """What `dvc exp show --only-changed --md` and `bench.compare NAMES` show now, and bench.compare's figure,
     for the README."""
@@ -262,6 +277,7 @@ def record_comparison(md5: str, names: list[str]) -> None:
         if result.returncode:
             raise UserError(f"`{' '.join(result.args)}` failed: {result.stderr.strip()}")
     save_bytes(COMPARISON / "experiments.png", Path("compare/experiments.png").read_bytes())
+    save_bytes(COMPARISON / "plots.png", screenshot(names, layer_plots(), PLOTS_WINDOW))
     save_json(COMPARISON / "experiments.json", {"experiments": names, "exp_show": shown.stdout,
                                                 "compare": Path("compare/experiments.md").read_text()})
     rewrite_readme()

@@ -53,6 +53,7 @@ def make_repo(path: Path, extra: list[str] | tuple[str, ...] = (), **params) -> 
     set_params(path, **params)
     run(path, "git", "init", "-q", "-b", "main")
     run(path, "dvc", "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the project's settings: the plots' page
     run(path, "git", "add", "-A")
     run(path, "git", "commit", "-qm", "project")
     return path

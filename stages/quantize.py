@@ -12,22 +12,31 @@ artifact every later stage reads (quantlab.quantize.network). The lab's three st
 With any of the post-training techniques of `ptq` switched on (quantlab.quantize.ptq), they run first, on the
 calibration images: equalization (and the activations profiled again), then the weights rounded as
 `ptq.rounding` says and the biases corrected, layer by layer.
+
+Beside them, the float model's per-layer diagnostics, for `dvc plots diff` across experiments: every
+activation's threshold, clipped share and SQNR on its calibration histogram (plots/layers/activations.csv), and
+every layer's weight SQNR (plots/layers/weights.csv).
 """
+
+import numpy as np
+import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import MODELS, load_state
 from quantlab.config import Params, load_params
 from quantlab.data import calibration_images
 from quantlab.errors import run_main
-from quantlab.io import load_json
-from quantlab.profiling import load_profiles
-from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator
+from quantlab.io import load_json, save_csv
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator, diagnose, sqnr_db
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
 
 
-def quantized(model_name: str, params: Params) -> QuantizedNetwork:
-    """The quantized network of one model (`model_name` in MODELS), as the params say."""
+def quantized(model_name: str, params: Params) -> tuple[QuantizedNetwork, dict[str, np.ndarray],
+                                                        dict[str, TensorProfile]]:
+    """The quantized network of one model (`model_name` in MODELS), as the params say; and the float state and
+    activation profiles it was quantized from (equalized and profiled again where `ptq.equalize` says)."""
     quant = params.quant
     fine_tune = paths.qat(model_name, width_name(quant.weight_bits, quant.activation_bits))
     weights = METHODS[params.calib].weights  # the float weights the method's thresholds belong to
@@ -40,19 +49,38 @@ def quantized(model_name: str, params: Params) -> QuantizedNetwork:
     signs = activation_signs(quant.unsigned_activations)
     if not params.ptq.techniques:
         activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
-        return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance)
+        return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance), state, profiles
     from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
     start = prepare(state, calibration_images(params), profiles, params.ptq.equalize, params.profile.bins)
-    return apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, params.ptq,
-                            params.seed, provenance)[0]
+    network, _ = apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, params.ptq,
+                                  params.seed, provenance)
+    return network, start.state, start.profiles
+
+
+def diagnostics(network: QuantizedNetwork, state: dict[str, np.ndarray],
+                profiles: dict[str, TensorProfile]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per activation: its threshold T, the share of its calibration values beyond +-T and its SQNR (dB), as the
+    comparison's compare/layers.csv states them; per layer: the SQNR (dB) of its quantized weights S_W q_W
+    against the float weights, 10 log10(sum W^2 / sum (W - S_W q_W)^2)."""
+    activations = pd.DataFrame([{"tensor": name, **diagnose(profiles[name], a.threshold, a.bits, a.signed)}
+                                for name, a in network.activations.items()])
+    dequantized = network.dequantized_state()
+
+    def weight_sqnr(layer: str) -> float | None:
+        weight = state[f"{layer}.weight"].astype(np.float64)
+        return sqnr_db(float(np.square(weight).sum()), float(np.square(weight - dequantized[f"{layer}.weight"]).sum()))
+
+    return activations, pd.DataFrame({"layer": list(network.layers), "sqnr_db": list(map(weight_sqnr, network.layers))})
 
 
 def main() -> None:
     params = load_params()
-    networks = {name: quantized(name, params) for name in MODELS}  # all decided before any is written
-    for name, network in networks.items():
+    decided = {name: quantized(name, params) for name in MODELS}  # all decided before any is written
+    for name, (network, _, _) in decided.items():
         network.save(paths.quantized(name))
+    for frame, name in zip(diagnostics(*decided["float"]), ("activations", "weights"), strict=True):
+        save_csv(paths.PLOTS / "layers" / f"{name}.csv", frame)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,35 @@ def test_plots_and_profiles_are_written(repo):
     assert stats["activations"]["conv1"]["min"] == 0.0  # post-ReLU
 
 
+def test_layer_plots_state_the_headline_network_as_the_comparison_does(repo):
+    layers = list(csv.DictReader(io.StringIO((repo / "plots/layers/activations.csv").read_text())))
+    network = json.loads((repo / "quant/float/network.json").read_text())["activations"]
+    assert [row["tensor"] for row in layers] == list(network)
+    assert all(float(row["threshold"]) == network[row["tensor"]]["threshold"] for row in layers)
+    # calib=minmax at 8 bits: the comparison's minmax row at 8 bits, value for value
+    compared = [{key: row[key] for key in ("tensor", "threshold", "clipped", "sqnr_db")}
+                for row in csv.DictReader(io.StringIO((repo / "compare/layers.csv").read_text()))
+                if row["method"] == "minmax" and row["activation_bits"] == "8"]
+    assert layers == compared and all(float(row["clipped"]) == 0 for row in layers)
+    weights = list(csv.DictReader(io.StringIO((repo / "plots/layers/weights.csv").read_text())))
+    assert [row["layer"] for row in weights] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert all(30 < float(row["sqnr_db"]) < 60 for row in weights)  # 8 bits: about 6 dB per bit, less the range
+
+
+def test_plots_page_renders_offline(repo, tmp_path):
+    """`dvc plots show`'s page carries vega, vega-lite and vega-embed (reports/plots.html), and loads nothing from
+    the network; every plot of dvc.yaml is on it under an id its script can select."""
+    run(repo, "dvc", "plots", "show", "-o", str(tmp_path))
+    page = (tmp_path / "index.html").read_text()
+    assert "<script src" not in page and "https://cdn" not in page
+    template = (repo / "reports/plots.html").read_text()
+    scripts = re.findall(r"<script type=\"text/javascript\">.*?</script>", template, re.S)
+    assert len(scripts) == 3 and all(script in page for script in scripts)
+    plots = [next(iter(plot)) for plot in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]]
+    ids = re.findall(r"vegaEmbed\('#([^']*)', spec\)", page)
+    assert len(ids) == len(plots) and all(re.fullmatch(r"[\w-]+", plot_id) for plot_id in ids)
+
+
 def test_calibration_comparison_covers_every_method_and_width(repo):
     table = json.loads((repo / "metrics/calibration.json").read_text())
     assert list(table) == ["W8A8", "W4A4"]
@@ -328,10 +357,20 @@ def test_calib_ema_takes_the_quantization_aware_fine_tune(repo):
 
 
 def test_experiments_compare_on_their_predictions_with_paired_intervals(repo):
-    predictions = {}
+    predictions, thresholds = {}, {}
     for name in ("cmp-kl", "cmp-mse"):
         run(repo, "dvc", "exp", "run", "-n", name, "-S", f"calib={name[4:]}")
         predictions[name] = dict(np.load(repo / "evaluation/quantized.npz"))  # what the experiment left here
+        network = json.loads((repo / "quant/float/network.json").read_text())["activations"]
+        thresholds[name] = {tensor: activation["threshold"] for tensor, activation in network.items()}
+    # `dvc plots diff` shows each experiment's thresholds side by side
+    plot = "activation threshold, headline network"
+    (shown,) = json.loads(run(repo, "dvc", "plots", "diff", "cmp-kl", "cmp-mse", "--json", "--targets", plot)
+                          .stdout)["data"][plot]
+    assert shown["revisions"] == ["cmp-kl", "cmp-mse"] and thresholds["cmp-kl"] != thresholds["cmp-mse"]
+    for name in ("cmp-kl", "cmp-mse"):
+        assert {row["tensor"]: float(row["threshold"]) for row in shown["content"]["data"]["values"]
+                if row["rev"] == name} == thresholds[name]
     labels = np.load(repo / "data/cifar10.npz")["test_y"]
     result = run(repo, "python", "-m", "bench.compare", "cmp-kl", "cmp-mse")
     written = {suffix: (repo / f"compare/experiments.{suffix}") for suffix in ("md", "png", "pdf")}

@@ -244,9 +244,13 @@ def diagnose(profile: TensorProfile, threshold: float, bits: int, signed: bool =
     clipped = counts[np.abs(centres) > threshold].sum() / max(counts.sum(), 1)
     signal = float(np.square(centres) @ counts)
     noise = float(squared_errors(centres, counts, np.array([threshold or 1.0]), bits, signed)[0])
-    # SQNR is undefined (None) for an all-zero tensor, and infinite (None too: JSON has no inf) without noise
-    sqnr = float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else None
-    return {"threshold": float(threshold), "clipped": float(clipped), "sqnr_db": sqnr}
+    return {"threshold": float(threshold), "clipped": float(clipped), "sqnr_db": sqnr_db(signal, noise)}
+
+
+def sqnr_db(signal: float, noise: float) -> float | None:
+    """10 log10(signal / noise) of two sums of squares: undefined (None) for an all-zero signal, and infinite
+    (None too: JSON has no inf) without noise."""
+    return float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else None
 
 
 def calibrator(name: str, percentile: float = 99.99, learned: dict[str, float] | None = None) -> Calibrator:
