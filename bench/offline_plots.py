@@ -107,11 +107,16 @@ def screenshot(revisions: list[str], targets: list[str], size: str = WINDOW) -> 
         command = ["diff", *revisions] if revisions else ["show"]
         subprocess.run(["dvc", "plots", *command, *(["--targets", *targets] if targets else []), "-o", scratch],
                        check=True, capture_output=True)
+        if not (Path(scratch) / "index.html").exists():
+            raise UserError(f"`dvc plots {' '.join(command)}` drew no plot: check the revisions and targets")
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
                         "--virtual-time-budget=10000", f"--window-size={size.replace('x', ',')}",
                         "--hide-scrollbars", f"--screenshot={scratch}/screenshot.png",
                         f"file://{Path(scratch).resolve()}/index.html"], check=True, capture_output=True)
-        return (Path(scratch) / "screenshot.png").read_bytes()
+        image = Path(scratch) / "screenshot.png"
+        if not image.exists():
+            raise UserError(f"{browser} wrote no screenshot of the plots")
+        return image.read_bytes()
 
 
 def main() -> None:
