@@ -44,6 +44,7 @@ tex:
 	fi
 
 pipeline: $(STAMP) tex
+	python -m bench.workspace outputs
 ifdef DATA
 	@test -n "$(DATA_MD5)" || { echo "error: DATA_MD5 is not set: pass the archive's md5 as DATA_MD5=<md5>" >&2; exit 2; }
 	dvc exp run -S data.url=$(abspath $(DATA)) -S data.md5=$(DATA_MD5)
@@ -86,6 +87,8 @@ pull: $(STAMP)
 ifeq ($(LOCAL_REMOTE),yes)
 	@test -d "$(REMOTE_URL)" || { echo "error: the DVC remote $(REMOTE_URL) does not exist: run make push there first, or pass REMOTE=<folder or URL>" >&2; exit 2; }
 endif
+	python -m bench.workspace outputs
 	dvc remote add --local --force --default shared "$(REMOTE_URL)"
 	dvc pull --run-cache --allow-missing  # the run-cache; the outputs too, where dvc.lock is committed
+	python -m bench.workspace pulled --remote "$(REMOTE_URL)"
 	dvc repro --pull  # each stage run there comes back from the run-cache, its outputs from the remote

@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from bench.offline_plots import screenshot
-from quantlab.config import Yaml12Loader, load_params
+from quantlab.config import load_params, parse_yaml
 from quantlab.errors import UserError, run_main
 from quantlab.io import load_json, save_bytes, save_json, save_text
 from quantlab.report import tables
@@ -234,8 +234,7 @@ def workspace_changes() -> dict:
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
     if committed.returncode != 0:
         raise UserError("no committed params.yaml to compare with: record in the project's git repository")
-    return changed_params(yaml.load(Path("params.yaml").read_text(), Loader=Yaml12Loader),
-                          yaml.load(committed.stdout, Loader=Yaml12Loader))
+    return changed_params(parse_yaml(Path("params.yaml").read_text()), parse_yaml(committed.stdout))
 
 
 def record(md5: str, experiment: str | None) -> None:

@@ -48,10 +48,29 @@ MODELS = {"float": frozenset(), "bias": frozenset({LAYERS[-1].name})}
 POOL = 2  # the max pools' window and stride
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MODEL_LIMIT = 16 * 2 ** 20  # bytes of a model's .npz, checked before reading: this network's weights are 1.3 MB
+
+
+def activation_bounds(state: dict[str, np.ndarray]) -> dict[str, float]:
+    """How large each layer's outputs can grow, for any input: |x| <= 1 at the input (normalized pixels), and a
+    layer's |output| <= max over its outputs o of sum_j |W[o, j]| times its input's bound, plus its largest
+    |bias| (ReLU and max pooling only shrink it). Every partial sum of the layer is within the bound too."""
+    bounds, bound = {}, 1.0
+    for layer in LAYERS:
+        weight = state[f"{layer.name}.weight"].astype(np.float64)
+        bias = state.get(f"{layer.name}.bias")
+        bound = float(np.abs(weight).reshape(len(weight), -1).sum(axis=1).max()) * bound + \
+            (0.0 if bias is None else float(np.abs(bias).max()))
+        bounds[layer.name] = bound
+    return bounds
+
+
 def load_state(path: str | Path, model_name: str) -> dict[str, np.ndarray]:
     """The float weights of model `model_name` (.npz), checked once, here, against the architecture: exactly
-    its layers' names and shapes, float32, and finite (a diverged or damaged checkpoint is refused)."""
-    state = load_npz(path)
+    its layers' names and shapes, float32, finite (a diverged or damaged checkpoint is refused), and small enough
+    that no input can overflow float32's forward pass (`activation_bounds`)."""
+    state = load_npz(path, limit=MODEL_LIMIT)
     expected = {f"{layer.name}.weight": layer.weight_shape for layer in LAYERS}
     expected |= {f"{layer.name}.bias": (layer.outputs,) for layer in LAYERS if layer.name in MODELS[model_name]}
     for name, array in state.items():
@@ -65,6 +84,11 @@ def load_state(path: str | Path, model_name: str) -> dict[str, np.ndarray]:
     missing = [name for name in expected if name not in state]
     if missing:
         raise UserError(f"{path}: {missing[0]} is missing from the {model_name} model's weights: retrain it")
+    layer, bound = next(((name, b) for name, b in activation_bounds(state).items() if not b <= FLOAT32_MAX),
+                        (None, 0.0))
+    if layer is not None:
+        raise UserError(f"{path}: {layer}'s outputs can reach {bound:.3g}, beyond float32's {FLOAT32_MAX:.3g}: "
+                        f"these are not trained weights of this network; retrain it with `dvc repro -f`")
     return state
 
 

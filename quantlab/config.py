@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-import yaml
-
 from quantlab.errors import UserError
 from quantlab.inference.fixed_point import REQUANTIZATIONS
 from quantlab.quantize import calibration
@@ -23,12 +21,25 @@ from quantlab.quantize.symmetric import BITS
 
 PARAMS_FILE = "params.yaml"
 MAX_VALIDATION = 25_000  # half of CIFAR-10's training images
-_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+# A peak learning rate beyond this moves a weight by more than its whole trained range in one Adam step (about
+# lr per step), and far beyond it overflows float32: the bound of every learning rate.
+MAX_LR = 10.0
+SHOWN = 60  # characters of a bad value quoted in an error
 
 
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"{PARAMS_FILE}: {key} {message}")
+
+
+def shown(value) -> str:
+    """A value as an error quotes it: its repr, cut to SHOWN characters (a huge list is not printed whole)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
+
+
+def _check_lr(key: str, lr: float) -> None:
+    _check(0 < lr <= MAX_LR, key, f"must be in (0, {MAX_LR:g}], got {lr}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,9 @@ class TrainParams:
         _check(0 < self.fraction <= 1, "train.fraction", f"must be in (0, 1], got {self.fraction}")
         _check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size",
                f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
-        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be non-negative, got {self.weight_decay}")
+        _check_lr("train.lr", self.lr)
+        # AdamW shrinks a weight by lr * weight_decay per step: from 1 on, by its whole value or more
+        _check(0 <= self.weight_decay < 1, "train.weight_decay", f"must be in [0, 1), got {self.weight_decay}")
 
 
 CALIB_SELECTIONS = ("random", "stratified", "first")
@@ -117,9 +129,12 @@ def _check_widths(key: str, widths: list) -> None:
     _check(bool(widths), key, "is empty: list [weight bits, activation bits] pairs")
     for width in widths:
         _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
-               key, f"must hold [weight bits, activation bits] pairs, got {width!r}")
+               key, f"must hold [weight bits, activation bits] pairs, got {shown(width)}")
         _check_bits(key, width[0])
         _check_bits(key, width[1])
+
+
+REFERENCE_METHOD = "minmax"
 
 
 @dataclass(frozen=True)
@@ -128,9 +143,12 @@ class CompareParams:
     widths: list  # [weight bits, activation bits] pairs
 
     def __post_init__(self):
-        _check(bool(self.methods), "compare.methods", "is empty: list at least one calibration method")
         for method in self.methods:
             _check_method("compare.methods", method, "POST_TRAINING")
+        # the comparison's reference: every difference in it is against minmax, the lab's method
+        _check(REFERENCE_METHOD in self.methods, "compare.methods",
+               f"must include {REFERENCE_METHOD}, the lab's method that every other is compared with, got "
+               f"{shown(self.methods)}")
         _check_widths("compare.widths", self.widths)
 
 
@@ -144,7 +162,7 @@ class QATParams:
 
     def __post_init__(self):
         _check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
-        _check(self.lr > 0, "qat.lr", f"must be positive, got {self.lr}")
+        _check_lr("qat.lr", self.lr)
         _check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
         _check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
         _check_method("qat.ranges", self.ranges, "QAT_RANGES")
@@ -182,7 +200,7 @@ class PTQParams:
                f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
         _check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
                f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
-        _check(self.lr > 0, "ptq.lr", f"must be positive, got {self.lr}")
+        _check_lr("ptq.lr", self.lr)
         _check(self.images >= 1, "ptq.images", f"must be at least 1, got {self.images}")
 
     @property
@@ -205,7 +223,7 @@ class TechniquesParams:
         _check_widths("techniques.widths", self.widths)
         _check(bool(self.per_channel) and all(isinstance(v, bool) for v in self.per_channel)
                and len(set(self.per_channel)) == len(self.per_channel), "techniques.per_channel",
-               f"must list false (per tensor), true (per channel) or both, got {self.per_channel!r}")
+               f"must list false (per tensor), true (per channel) or both, got {shown(self.per_channel)}")
         _check_method("techniques.calib", self.calib, "POST_TRAINING")
         _check(1 <= self.iterations <= MAX_ITERATIONS, "techniques.iterations",
                f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
@@ -325,7 +343,7 @@ def _build(cls, raw, prefix: str):
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, f"{prefix}{name}.")
         elif not _matches(value, kind):
-            raise UserError(f"{PARAMS_FILE}: {prefix}{name} must be {_type_name(kind)}, got {value!r}")
+            raise UserError(f"{PARAMS_FILE}: {prefix}{name} must be {_type_name(kind)}, got {shown(value)}")
         else:
             values[name] = kind(value) if isinstance(kind, type) else value  # a union (int | None) keeps it
     return cls(**values)
@@ -337,19 +355,20 @@ def _type_name(kind) -> str:
     return {type(None): "null", float: "a finite number"}.get(kind, kind.__name__)
 
 
-class Yaml12Loader(yaml.SafeLoader):
-    """YAML as DVC writes it. PyYAML reads YAML 1.1, where `1e-05` is a string and `No` is false; DVC (ruamel)
-    writes YAML 1.2, where they are a float and a string. This loader resolves booleans and floats as YAML
-    1.2's core schema does: true/false only, and any decimal number with a point or an exponent."""
+def parse_yaml(text: str, path: str | Path = PARAMS_FILE):
+    """YAML as DVC reads it, with DVC's own parser (ruamel's safe loader), so that every value means to the stages
+    what it means to `dvc exp show` and `dvc exp run -S`: `010` is 10, `1:30` a string, `1e-05` a float, `No` a
+    string. An alias is refused before anything is built: a few KB of nested aliases expand to gigabytes."""
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.events import AliasEvent
 
-
-Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_BOOL, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-Yaml12Loader.add_implicit_resolver(_FLOAT, re.compile(
-    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+    yaml = YAML(typ="safe")
+    try:
+        if any(isinstance(event, AliasEvent) for event in yaml.parse(text)):
+            raise UserError(f"{path} uses a YAML alias (*name): write the value out instead")
+        return yaml.load(text)
+    except YAMLError as error:
+        raise UserError(f"{path} is not valid YAML ({str(error).strip().splitlines()[0]}): fix its syntax") from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -357,8 +376,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path} not found: run the stage from the repository root") from None
-    try:
-        raw = yaml.load(text, Yaml12Loader)
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix its syntax") from None
-    return _build(Params, raw, "")
+    return _build(Params, parse_yaml(text, path), "")

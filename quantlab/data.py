@@ -30,6 +30,26 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGE_SHAPE = (3, 32, 32)
 MAX_MEMBER = 64 * 2 ** 20  # bytes of one batch member: each official batch is 30 MiB, checked before reading
+MAX_HEADER = 2 ** 16  # bytes of a pax or GNU long-name header (the official archive has none): tarfile reads it whole
+MAX_MEMBERS = 1000  # members of an archive (the official one has 9): tarfile keeps a record of each
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extension blocks (pax headers, GNU long names) are refused beyond MAX_HEADER bytes before
+    tarfile reads them: a 4 GiB pax header in a 4 MB .tar.gz would otherwise be read whole into memory."""
+
+    def _bounded(self, tarfile):
+        if self.size > MAX_HEADER:
+            raise UserError(f"archive {tarfile.name} has a {self.size}-byte extended header (at most {MAX_HEADER}): "
+                            f"it is not an official CIFAR-10 archive; download it again from {OFFICIAL_URL}")
+
+    def _proc_pax(self, tarfile):
+        self._bounded(tarfile)
+        return super()._proc_pax(tarfile)
+
+    def _proc_gnulong(self, tarfile):
+        self._bounded(tarfile)
+        return super()._proc_gnulong(tarfile)
 
 
 def archive_name(url: str) -> str:
@@ -119,8 +139,11 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
     wanted = [*TRAIN_BATCHES, TEST_BATCH, META]
     payloads = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
+        with tarfile.open(archive, "r:gz", tarinfo=BoundedTarInfo) as tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise UserError(f"archive {archive} has more than {MAX_MEMBERS} members: it is not an official "
+                                    f"CIFAR-10 archive; download it again from {OFFICIAL_URL}")
                 name = Path(member.name)
                 if member.name.startswith("/") or ".." in name.parts or not (member.isfile() or member.isdir()):
                     raise UserError(f"archive {archive} has an unsafe member {member.name!r} (absolute path, '..' or "

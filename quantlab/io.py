@@ -18,6 +18,7 @@ from typing import IO
 
 import numpy as np
 
+from quantlab import files
 from quantlab.errors import UserError
 
 # A fixed timestamp for every member of every .npz archive: zipfile otherwise stores the current time.
@@ -97,12 +98,15 @@ def require(path: str | Path) -> Path:
     return path
 
 
-def load_npz(path: str | Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz (only `names`, if given: the others are not read); a damaged file, or one without
-    a named array, is one clear error."""
+NPZ_LIMIT = 256 * files.MIB  # an .npz of the pipeline: the dataset's 184 MB the largest
+
+
+def load_npz(path: str | Path, names: list[str] | None = None, limit: int = NPZ_LIMIT) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (only `names`, if given: the others are not read), its size and its members'
+    declared sizes checked first (quantlab.files); a damaged or oversized file, or one without a named array,
+    is one clear error."""
     try:
-        with np.load(require(path), allow_pickle=False) as archive:
-            return {name: archive[name] for name in (archive.files if names is None else names)}
+        return files.npz_arrays(require(path), limit, names)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise UserError(f"{path} is damaged or incomplete ({error.__class__.__name__}: {error}): delete it and "
                         f"rerun `dvc repro`") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantlab import paths
+from quantlab import files, paths
 from quantlab.architecture import INPUT_SHAPE, LAYERS, MODELS, POOL, steps
 from quantlab.config import load_params
 from quantlab.errors import run_main
@@ -68,7 +68,7 @@ def standalone_runner() -> str:
     in one file that needs NumPy only, under the runner's docstring (their own docstrings and quantlab
     imports left out; the `__future__` import lets it run on Pythons older than the project's)."""
     bodies = []
-    for module in (fixed_point, export_format, runner):
+    for module in (files, fixed_point, export_format, runner):
         source = Path(module.__file__).read_text(encoding="utf-8")
         tree = ast.parse(source)
         dropped = {line for node in tree.body
@@ -101,8 +101,8 @@ def main() -> None:
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
     exports = {name: built(*export(QuantizedNetwork.load(paths.quantized(name)), classes, params.export.headroom,
                                    params.export.rounding)) for name in MODELS}  # all built before any is written
-    for name, files in exports.items():
-        save(paths.export(name), *files)
+    for name, built_export in exports.items():
+        save(paths.export(name), *built_export)
 
 
 if __name__ == "__main__":

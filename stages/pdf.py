@@ -26,11 +26,12 @@ RECOVER = "`dvc checkout reports/build/report.pdf` brings back the last PDF buil
 
 
 # What a reader sees as a layout fault: a line sticking out by more than OVERFULL_PT, an unresolved reference,
-# a float LaTeX could not place where asked.
+# a float LaTeX could not place where asked, a table whose type had to shrink below 7 pt (latex.j2).
 OVERFULL_PT = 5.0
 LAYOUT_FAULTS = (re.compile(r"^Overfull \\[hv]box \((?P<points>[\d.]+)pt too (wide|high)\)"),
                  re.compile(r"(Reference|Citation) .* undefined"),
-                 re.compile(r"Float too large|Too many unprocessed floats|float specifier changed"))
+                 re.compile(r"Float too large|Too many unprocessed floats|float specifier changed"),
+                 re.compile(r"Table type below 7 pt"))
 
 
 def layout_problems(lines: list[str]) -> list[str]:

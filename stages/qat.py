@@ -10,7 +10,7 @@ from quantlab import paths
 from quantlab.architecture import load_state
 from quantlab.config import Params, load_params
 from quantlab.data import without_validation
-from quantlab.errors import run_main
+from quantlab.errors import UserError, run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
@@ -60,6 +60,11 @@ def main() -> None:
     on = device(params.compute.device)
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)
+    steps = params.qat.epochs * -(-len(train) // params.train.batch_size)
+    if params.qat.start >= steps:  # nothing would be fake-quantized: a float fine-tune reported as QAT
+        raise UserError(f"params.yaml: qat.start must be below the fine-tune's {steps} steps ({params.qat.epochs} "
+                        f"epoch(s) of {len(train)} images in batches of {params.train.batch_size}), got "
+                        f"{params.qat.start}")
     for model_name, weight_bits, activation_bits in runs(params):
         width = width_name(weight_bits, activation_bits)
         state, learned, history = fine_tune(model_name, weight_bits, activation_bits, train, test, params)

@@ -41,7 +41,10 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"train__epochs": 0}, "train.epochs must be at least 1, got 0"),
     ({"train__epochs": -2}, "train.epochs must be at least 1, got -2"),
     ({"train__epochs": "3"}, "train.epochs must be int, got '3'"),
-    ({"train__lr": 0}, "train.lr must be positive"),
+    ({"train__lr": 0}, "train.lr must be in (0, 10], got 0"),
+    ({"train__lr": 1e308}, "train.lr must be in (0, 10], got 1e+308"),
+    ({"qat__lr": 1e308}, "qat.lr must be in (0, 10], got 1e+308"),
+    ({"train__weight_decay": 1}, "train.weight_decay must be in [0, 1), got 1"),
     ({"calib": "kll"}, "calib is 'kll'; valid: minmax"),
     ({"data__md5": "xyz"}, "data.md5 must be 32 lowercase hex digits"),
     ({"profile__calib_selection": "best"}, "profile.calib_selection is 'best'; valid: random, stratified, first"),
@@ -58,7 +61,10 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"ptq__rounding": "stochastic"}, "ptq.rounding is 'stochastic'; valid: nearest, adaround"),
     ({"ptq__iterations": -5}, "ptq.iterations must be between 1 and 100000, got -5"),
     ({"ptq__batch_size": 0}, "ptq.batch_size must be between 1 and 8192, got 0"),
-    ({"ptq__lr": 0}, "ptq.lr must be positive, got 0"),
+    ({"ptq__lr": 0}, "ptq.lr must be in (0, 10], got 0"),
+    ({"ptq__lr": 11}, "ptq.lr must be in (0, 10], got 11"),
+    ({"compare__methods": ["mse"]}, "compare.methods must include minmax, the lab's method that every other"),
+    ({"compare__widths": [[8, 8], list(range(10 ** 5))]}, "pairs, got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"),
     ({"ptq__equalize": "yes"}, "ptq.equalize must be bool, got 'yes'"),
     ({"ptq__equalize": True, "calib": "ema"}, "ptq.equalize cannot apply to calib=ema: its ranges were learned"),
     ({"ptq__images": 0}, "ptq.images must be at least 1, got 0"),
@@ -80,4 +86,32 @@ def test_invalid_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train: [unclosed\n")
     with pytest.raises(UserError, match="is not valid YAML"):
+        load_params(path)
+
+
+def test_every_scalar_means_to_the_stages_what_it_means_to_dvc(tmp_path):
+    """YAML 1.1 and 1.2 differ: `010` is 8 in one and 10 in the other, `1:30` 90 or a string. The stages read
+    params.yaml with DVC's own parser, so whatever DVC shows and passes with -S, the stages use."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    text = yaml.safe_dump(PARAMS, sort_keys=False)
+    for line, dvc_value in (("seed: 010", 10), ("seed: 0x1f", 31), ("seed: 1_000", 1000)):
+        path = tmp_path / "params.yaml"
+        path.write_text(text.replace("seed: 0", line, 1))
+        assert dvc_parse_yaml(path.read_text(), str(path))["seed"] == dvc_value == load_params(path).seed
+    path.write_text(text.replace("seed: 0", "seed: 1:30", 1))
+    assert dvc_parse_yaml(path.read_text(), str(path))["seed"] == "1:30"
+    with pytest.raises(UserError, match="seed must be int, got '1:30'"):
+        load_params(path)
+    path.write_text(text.replace("lr: 0.004", "lr: 4e-03", 1))
+    assert load_params(path).train.lr == dvc_parse_yaml(path.read_text(), str(path))["train"]["lr"] == 0.004
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """Nine levels of ten aliases each are 10^9 strings: refused from the parser's events, in no time."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
+    path = tmp_path / "params.yaml"
+    path.write_text(bomb)
+    with pytest.raises(UserError, match=r"params.yaml uses a YAML alias \(\*name\): write the value out instead$"):
         load_params(path)

@@ -1,17 +1,21 @@
 """Bad input through the real stage commands: one line on stderr, exit status 2, no output written."""
 
+import gzip
 import io
 import json
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
 import yaml
 
 from bench.sandbox import make_repo, run, set_params
+from quantlab.architecture import load_state
 from quantlab.data import MAX_MEMBER, md5_of, read_archive
 from quantlab.io import save_npz
 from quantlab.model import Net, state_to_arrays
@@ -173,8 +177,23 @@ def test_weights_that_overflow_the_float_forward(repo, tmp_path):
     state["fc1.weight"][:] = 3e38
     save_npz(repo / "models" / "float.npz", state)
     set_params(repo, profile__calib_images=20, data__validation=10)
-    fails_cleanly(repo, "stages.profile", "float", message="the activations of fc1 are not finite")
-    assert not (repo / "profile").exists()
+    # refused by the one loader every stage uses, before any forward pass (evaluate_float reported 10 %)
+    for stage in (("stages.profile", "float"), ("stages.evaluate_float",), ("stages.quantize",)):
+        line = fails_cleanly(repo, *stage, message="models/float.npz: fc1's outputs can reach ")
+        assert "e+4" in line and "beyond float32's 3.4e+38" in line
+    assert not (repo / "profile").exists() and not (repo / "evaluation").exists()
+    state["fc1.weight"][:] = 1e-3  # large but harmless weights pass
+    save_npz(repo / "models" / "float.npz", state)
+    assert load_state(repo / "models" / "float.npz", "float")["fc1.weight"][0, 0] == np.float32(1e-3)
+
+
+def test_qat_start_beyond_the_fine_tune_is_refused(repo, tmp_path):
+    archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
+    save_npz(repo / "data" / "cifar10.npz", read_archive(archive))
+    set_params(repo, data__validation=10, qat__start=10 ** 6)
+    fails_cleanly(repo, "stages.qat", message="qat.start must be below the fine-tune's 1 steps (1 epoch(s) of 40 "
+                  "images in batches of 128), got 1000000")
+    assert not (repo / "qat").exists()
 
 
 def batch_with(**changes) -> dict:
@@ -264,3 +283,147 @@ def test_the_runner_on_bad_output_paths_and_empty_input(tmp_path):
     (directory / "manifest.json").write_text(json.dumps(manifest))
     result = subprocess.run([*runner, str(tmp_path / "images.npy")], capture_output=True, text=True)
     assert result.returncode == 2 and "does not match the checksum in its manifest" in result.stderr
+
+
+# --- hardening, third round (issue 30): edits with a recomputed checksum, outputs that are inputs, bombs ---------
+
+def retampered(directory, edit_manifest=None, edit_arrays=None) -> None:
+    """An export edited as a careful attacker edits it: model.npz rewritten, the checksum recomputed."""
+    from quantlab.inference import export_format
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    with np.load(directory / "model.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    if edit_arrays:
+        edit_arrays(arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    (directory / "model.npz").write_bytes(buffer.getvalue())
+    if edit_manifest:
+        manifest = edit_manifest(manifest) or manifest
+    if isinstance(manifest, dict):
+        manifest["sha256"] = export_format.checksum(manifest, buffer.getvalue())
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def layer(index: int, key: str, value):
+    return lambda manifest: manifest["layers"][index].update({key: value})
+
+
+@pytest.mark.parametrize("edit_manifest, edit_arrays, message", [
+    (layer(4, "clamp", [0, 0]), None, "(fc3).clamp must be [lo, hi] with -128 <= lo < hi <= 127, got [0, 0]"),
+    (layer(4, "clamp", [127, 0]), None, "layers[4] (fc3).clamp must be [lo, hi] with -128 <= lo < hi <= 127"),
+    (layer(0, "kind", "xyz"), None, "layers[0].kind must be one of conv, fc, got 'xyz'"),
+    (None, lambda a: a["conv1.m0"].__setitem__(0, -5), "(conv1).multiplier must be M0 values in [2^30, 2^31)"),
+    (None, lambda a: a.update({"conv1.m0": a["conv1.m0"].astype(np.int64) << 10}),
+     "layers[0] (conv1).multiplier must be an array int32 of shape (12,), got 'int64 (12,)'"),
+    (None, lambda a: a["fc3.shift"].__setitem__(slice(None), 100), "layers[4] (fc3).shift must be values in"),
+    (lambda m: m.update({"rounding": "foo"}), None, "rounding must be one of gemmlowp, onnxruntime, got 'foo'"),
+    (lambda m: [m], None, "is not a quantlab-integer-network manifest of version 3"),
+    (lambda m: m.update({"layers": [1]}), None, "layers must be a non-empty list of layer records, got [1]"),
+    (layer(2, "pre_shift", "x"), None, "layers[2] (fc1).pre_shift must be an integer in [0, 31], got 'x'"),
+    (None, lambda a: a.update({"input.lut": a["input.lut"][:10]}),
+     "input.lut must be an array int16 of shape (256,), got 'int16 (10,)'"),
+    (layer(2, "input_shape", [1000]), None, "layers[2] (fc1).input_shape must be the previous output's [1152]"),
+    (layer(1, "accumulator_bound", 1), None, "layers[1] (conv2).accumulator_bound must be"),
+    (layer(0, "real_multiplier", 2.0), None, "layers[0] (conv1).real_multiplier must be M0 * 2^(shift - 31) of its"),
+    (layer(0, "real_multiplier", -1.0), None, "layers[0] (conv1).real_multiplier must be a positive finite number"),
+])
+def test_an_export_edited_with_its_checksum_recomputed_is_refused(tmp_path, edit_manifest, edit_arrays, message):
+    """The runner and the engine's reader check every field, not only the checksum: each edit gave garbage
+    predictions with exit 0, or a traceback."""
+    from quantlab.inference import export_format
+
+    from quant_fixture import IMAGES, random_export
+
+    directory, _ = random_export(tmp_path, per_channel=False)
+    retampered(directory, edit_manifest, edit_arrays)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        export_format.read(directory)
+    np.save(tmp_path / "images.npy", IMAGES.numpy())
+    runner = [sys.executable, str(directory / "runner.py"), str(directory)]
+    result = subprocess.run([*runner, str(tmp_path / "images.npy")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_the_runner_writes_logits_only_where_it_may(tmp_path):
+    from quant_fixture import IMAGES, random_export
+
+    directory, _ = random_export(tmp_path)
+    images = tmp_path / "images.npy"
+    np.save(images, IMAGES.numpy())
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+
+    def runner(*args):
+        return subprocess.run([sys.executable, str(directory / "runner.py"), str(directory), str(images), *args],
+                              capture_output=True, text=True)
+
+    for args, message in ((["--out", str(precious)], "--out must name an .npy file"),
+                          (["--out", str(images)], "is one of the runner's inputs"),
+                          (["--out", str(images), "--force"], "is one of the runner's inputs"),
+                          (["--out", str(directory / "model.npz"), "--force"], "--out must name an .npy file")):
+        result = runner(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+    assert precious.read_text() == "mine" and np.array_equal(np.load(images), IMAGES.numpy())
+    assert not (tmp_path / "precious.txt.npy").exists()
+    assert runner("--out", str(tmp_path / "logits.npy")).returncode == 0
+    first = np.load(tmp_path / "logits.npy")
+    result = runner("--out", str(tmp_path / "logits.npy"))
+    assert result.returncode == 2 and "exists: give another name, or --force to replace it" in result.stderr
+    assert runner("--out", str(tmp_path / "logits.npy"), "--force").returncode == 0
+    assert np.array_equal(np.load(tmp_path / "logits.npy"), first)
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []  # no partial file
+
+
+def test_files_that_lie_about_their_size_or_are_not_files(tmp_path):
+    """A 30 KB .npy whose header claims 10^9 images, and links to /dev/zero: refused before any allocation."""
+    from quant_fixture import random_export
+
+    directory, _ = random_export(tmp_path)
+    liar = tmp_path / "liar.npy"
+    with open(liar, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
+                                                    "shape": (10 ** 9, 3, 32, 32)})
+        file.write(bytes(30_000))
+    runner = [sys.executable, str(directory / "runner.py"), str(directory)]
+    result = subprocess.run([*runner, str(liar)], capture_output=True, text=True)
+    assert result.returncode == 2 and "but its header says (1000000000, 3, 32, 32) uint8" in result.stderr
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    result = subprocess.run([*runner, str(tmp_path / "zero.npy")], capture_output=True, text=True)
+    assert result.returncode == 2 and "zero.npy is not a regular file" in result.stderr
+    for name in ("model.npz", "manifest.json"):
+        (directory / name).unlink()
+        (directory / name).symlink_to("/dev/zero")
+        result = subprocess.run([*runner, str(liar)], capture_output=True, text=True)
+        assert result.returncode == 2 and f"{name} is not a regular file" in result.stderr
+
+
+def test_an_npz_with_a_huge_member_is_refused_before_reading_it(repo):
+    """The right weights plus 1 GiB of zeros deflated to 1 MB: the zip directory declares the size, and that
+    is checked before any member is read."""
+    path = repo / "models" / "float.npz"
+    save_npz(path, state_to_arrays(Net()))
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, archive.open("huge.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (2 ** 30,)})
+        for _ in range(2 ** 30 // 2 ** 24):
+            member.write(bytes(2 ** 24))
+    assert path.stat().st_size < 4 * 2 ** 20
+    line = fails_cleanly(repo, "stages.quantize", message="models/float.npz declares ")
+    assert "bytes of arrays, more than the 16777216 it can hold" in line
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_an_archive_with_a_huge_extended_header_is_refused_before_reading_it(repo, tmp_path, kind):
+    """A pax header or a GNU long name of 256 MiB, first in a 1 MB .tar.gz: tarfile would read it whole."""
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = kind, 2 ** 28
+    archive = tmp_path / "bomb.tar.gz"
+    with gzip.open(archive, "wb", compresslevel=1) as stream:
+        stream.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        for _ in range(2 ** 28 // 2 ** 24):
+            stream.write(b"0" * 2 ** 24)
+    set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
+    fails_cleanly(repo, "stages.download", message=f"has a {2 ** 28}-byte extended header (at most 65536)")
+    assert not (repo / "data").exists()

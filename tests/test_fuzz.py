@@ -163,3 +163,88 @@ def fails_in_one_line(repo: Path, *command: str, case) -> None:
 def snapshot(repo: Path) -> dict[str, str]:
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*"))
             if p.is_file() and ".git" not in p.parts and ".dvc" not in p.parts}
+
+
+SPELLINGS = ["010", "0x1f", "0o17", "1:30", "1_000", "1e400", "-.inf", ".nan", "yes", "No", "on", "~", "''", "-0",
+             "+5", "2001-12-14", "1e-05", "0.", "[]", "{}", "!!binary aGk="]
+
+
+def test_every_params_scalar_means_what_dvc_reads_or_is_refused(tmp_path):
+    """Every leaf of params.yaml, spelled each way YAML 1.1 and 1.2 read differently: the stages either refuse
+    it in one line or use exactly the value DVC reads (and shows, and passes to -S)."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    from quantlab.config import load_params
+    from quantlab.errors import UserError
+
+    params = yaml.safe_load(open("params.yaml"))
+    path, cases = tmp_path / "params.yaml", 0
+    for keys in leaf_paths(params):
+        for spelling in SPELLINGS:
+            copy = yaml.safe_load(yaml.safe_dump(params))
+            node = copy
+            for key in keys[:-1]:
+                node = node[key]
+            node[keys[-1]] = "SPELLING"
+            path.write_text(yaml.safe_dump(copy).replace("SPELLING", spelling))
+            dvc_value = dvc_parse_yaml(path.read_text(), str(path))
+            for key in keys:
+                dvc_value = dvc_value[key]
+            try:
+                loaded = load_params(path)
+            except UserError as error:
+                assert "\n" not in str(error)
+                continue
+            value = loaded
+            for key in keys:
+                value = getattr(value, key)
+            assert value == dvc_value or (value != value and dvc_value != dvc_value), (keys, spelling)
+            cases += 1
+    assert cases > 20  # some spellings are valid values: those the stages must read as DVC does
+
+
+def leaf_paths(node, path=()):
+    for key, value in node.items():
+        yield from leaf_paths(value, (*path, key)) if isinstance(value, dict) else [(*path, key)]
+
+
+JUNK = [None, "x", -1, 2 ** 40, 1e308, True, [], {}, [1], [0, 0], ""]
+
+
+def test_every_manifest_field_edited_is_refused_or_changes_nothing(tmp_path):
+    """Every field of an export's manifest, set to junk with the checksum recomputed: the reader (the engine's
+    and the runner's) refuses it in one line, or the network computes exactly the logits it computed before
+    (an informational field such as the provenance)."""
+    import json
+
+    from quantlab.inference import export_format, runner
+
+    from quant_fixture import IMAGES, random_export
+
+    directory, _ = random_export(tmp_path)
+    images = IMAGES.numpy()[:8]
+    original = json.loads((directory / "manifest.json").read_text())
+    payload = (directory / "model.npz").read_bytes()
+    expected = runner.run(*export_format.read(directory), images)
+    fields = [(key,) for key in original if key not in ("format", "version", "sha256")]
+    fields += [("input", key) for key in original["input"]]
+    fields += [("layers", i, key) for i in range(len(original["layers"])) for key in original["layers"][i]]
+    refused = accepted = 0
+    for field in fields:
+        for junk in JUNK:
+            manifest = json.loads(json.dumps(original))
+            node = manifest
+            for key in field[:-1]:
+                node = node[key]
+            node[field[-1]] = junk
+            manifest["sha256"] = export_format.checksum(manifest, payload)
+            (directory / "manifest.json").write_text(json.dumps(manifest))
+            try:
+                read = export_format.read(directory)
+            except ValueError as error:
+                assert "\n" not in str(error) and str(error).startswith(str(directory)), (field, junk, error)
+                refused += 1
+                continue
+            assert np.array_equal(runner.run(*read, images), expected), (field, junk)
+            accepted += 1
+    assert refused > 10 * accepted  # only the informational fields (model, provenance, onnx, ...) pass

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -110,3 +113,28 @@ def test_a_tampered_or_foreign_onnx_file_fails_with_one_line(tmp_path):
     (directory / onnx_graph.FILE).unlink()
     with pytest.raises(UserError, match="missing upstream output .*model.onnx: run `dvc repro`"):
         onnx_graph.load(directory, manifest)
+
+
+def test_the_readmes_onnx_runtime_snippet_refuses_a_tampered_model(tmp_path):
+    """The README's way to run model.onnx in ONNX Runtime checks it against the manifest's SHA-256: a model
+    with an edited initializer ran and printed wrong classes."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = readme.split("checked against the SHA-256 its manifest records")[1]
+    snippet = after.split("```python\n")[1].split("```")[0]
+    directory, _ = random_export(tmp_path)
+    (tmp_path / "export").rename(tmp_path / "float")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "float").rename(tmp_path / "export" / "float")
+    np.save(tmp_path / "images.npy", IMAGES.numpy()[:8])
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet)
+    ran = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.startswith("[")
+    model = onnx.load(tmp_path / "export/float/model.onnx")
+    weights = next(tensor for tensor in model.graph.initializer if tensor.raw_data and len(tensor.raw_data) > 100)
+    weights.raw_data = bytes(255 - byte for byte in weights.raw_data)  # a valid model, other weights
+    onnx.save(model, tmp_path / "export/float/model.onnx")
+    refused = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == ("export/float/model.onnx is not the exported model (edited or damaged): "
+                                      "export it again")

@@ -219,6 +219,73 @@ def pdf_text(repo) -> str:
     return unicodedata.normalize("NFC", " ".join(text.split()))
 
 
+def prose(markdown: str) -> list[str]:
+    """The sentences of report.md that the PDF must show as text: those of its paragraphs (no heading, table,
+    image, caption or display math, each of which ends a paragraph), cut at inline math, without Markdown's
+    markup, of four words or more."""
+    paragraphs, lines = [], []
+    body = markdown.split("\n\n", 2)[2].split("\n## References")[0]  # after the title block, before the list
+    for line in body.splitlines() + [""]:
+        if line.strip() and not re.match(r"\s*(#|\||!\[|\$\$|\*(Table|Fig\.|Index terms))", line):
+            lines.append(line)
+        elif lines:
+            paragraphs, lines = paragraphs + [" ".join(lines)], []
+    sentences = []
+    for paragraph in paragraphs:
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", paragraph)  # a link's text
+        text = re.sub(r"\\(.)", r"\1", re.sub(r"[*`]", "", text))  # emphasis, code and escapes
+        sentences += [piece.strip() for part in re.split(r"\$[^$]*\$", text)
+                      for piece in re.split(r"(?<=[.;:!?])\s+(?=[A-Z])", part) if len(piece.split()) >= 4]
+    return sentences
+
+
+def comparable(text: str) -> str:
+    """Text as a PDF reader's copy and the Markdown both give it: compatibility forms (ligatures, CJK) folded,
+    TeX's curly quotes straight, no whitespace, no hyphens (a word hyphenated at a line's end)."""
+    text = unicodedata.normalize("NFKC", text).translate(str.maketrans("\u2018\u2019\u201c\u201d", "''\"\""))
+    return re.sub(r"[\s\-\u2010\u2011]", "", text)
+
+
+FLOAT_TEXT = ("TABLE", "Fig.")  # how a table's or a figure's text starts in pdftotext's output
+
+
+def in_reading_order(sentence: str, text: str, gaps: int = 3, first: int = 8, piece: int = 24,
+                     reach: int = 12000) -> bool:
+    """Whether `sentence` is in `text`, allowing `gaps` breaks: pdftotext puts a table's or a figure's text where
+    the float falls, inside a sentence, and may read a column's end before its start. The sentence starts with a
+    run of at least `first` characters; after a break it resumes within `reach` characters either way, with a run
+    of at least `piece` characters, or of any length where the break is a float's text. Text that LaTeX
+    swallowed leaves neither."""
+    position, rest = None, sentence
+    for _ in range(gaps + 1):
+        if position is not None and text.startswith(rest, position):
+            return True
+        low = 0 if position is None else max(0, position - reach)
+        window = text[low:] if position is None else text[low:position + reach]
+        shortest = first if position is None else 1 if text.startswith(FLOAT_TEXT, position) else piece
+        if shortest > len(rest):
+            return False
+        found = max((k for k in range(shortest, len(rest) + 1) if rest[:k] in window), default=0)
+        if not found:
+            return False
+        position = low + window.index(rest[:found]) + found
+        rest = rest[found:]
+        if not rest:
+            return True
+    return False
+
+
+def test_every_sentence_of_the_markdown_report_is_in_the_pdf(repo):
+    """The same template renders both formats; a sentence missing from the PDF is LaTeX swallowing text (an
+    unescaped % makes the rest of its line a comment)."""
+    pdf = comparable(subprocess.run(["pdftotext", str(repo / "reports/build/report.pdf"), "-"],
+                                    capture_output=True, text=True, check=True).stdout)
+    sentences = prose((repo / "reports/build/report.md").read_text())
+    assert len(sentences) > 100
+    assert [sentence for sentence in sentences if not in_reading_order(comparable(sentence), pdf)] == []
+    assert not in_reading_order(comparable("every difference carries its 95 % Index Terms"), pdf)  # the check bites
+
+
 def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
     text = pdf_text(repo)
     accuracy = json.loads((repo / "metrics/accuracy.json").read_text())
@@ -480,6 +547,25 @@ def test_a_fresh_clone_restores_the_run_from_the_remote_alone(repo, tmp_path):
     missing = make(clone, "pull", f"REMOTE={tmp_path / 'nowhere'}", check=False)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert f"error: the DVC remote {tmp_path / 'nowhere'} does not exist" in missing.stderr.splitlines()[0]
+    # an edited output: make stops before DVC replaces it, and says how to keep it
+    model = clone / "models/float.npz"
+    state = dict(np.load(model))
+    state["fc3.weight"][0, 0] += 1
+    np.savez(model, **state)
+    edited = model.read_bytes()
+    for target in (["pipeline"], ["pull", f"REMOTE={remote}"]):
+        refused = make(clone, *target, check=False)
+        assert refused.returncode != 0 and "Running stage" not in refused.stdout and model.read_bytes() == edited
+        assert "error: models/float.npz differs from the run DVC recorded: DVC would replace it. Keep it as the " \
+               "stage's output with `dvc commit models/float.npz`" in refused.stderr
+    # a remote without this run: make pull says so, and builds nothing
+    empty, other = tmp_path / "empty-remote", tmp_path / "other" / "clone"
+    empty.mkdir()
+    run(tmp_path, "git", "clone", "-q", str(repo), str(other))
+    refused = make(other, "pull", f"REMOTE={empty}", check=False)
+    assert refused.returncode != 0 and "Running stage" not in refused.stdout
+    assert f"error: {empty} holds no run of this code and these params" in refused.stderr
+    assert not (other / "data" / "cifar10.npz").exists()
 
 
 def test_an_unpinned_run_says_its_numbers_are_this_machines_only(repo):

@@ -1,7 +1,9 @@
 """Report rendering: escaping of every printed value, tables, byte-stable figures, the code version."""
 
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -38,6 +40,16 @@ def test_templates_escape_values_but_not_markup():
     assert tex.render(name="50%_x", fragment=Markup(r"\alpha")) == r"\title{50\%\_x} \alpha"
     md = environment("markdown").from_string("# << name >>")
     assert md.render(name="a_b") == r"# a\_b"
+    # a constant is escaped as a value is: jinja2 folds it at compile time, where finalize must still apply
+    constant = environment("latex").from_string('<< "95 %" >> and << "a_b" if flag >> and << 50 >>%')
+    assert constant.render(flag=True) == r"95 \% and a\_b and 50%"
+
+
+def test_the_report_templates_own_text_has_no_bare_percent_sign():
+    """The prose of report.j2 is LaTeX as written: a bare % would make the rest of its line a comment, in the PDF
+    only. A percent sign is printed as a value, << "%" >>, which each format escapes."""
+    text = re.sub(r"<#.*?#>|<%.*?%>|<<.*?>>", "", (TEMPLATES / "report.j2").read_text(), flags=re.S)
+    assert [line for line in text.splitlines() if re.search(r"(?<!\\)%", line)] == []
 
 
 ONE_SOURCE = """<% import macros as f with context %>
@@ -67,7 +79,7 @@ def test_one_template_renders_both_formats_with_numbers_known_before_they_appear
     # LaTeX gets the numbers written, as Markdown does: one LuaLaTeX pass, with no \\ref or \\cite to resolve
     assert tex.startswith("\\section{Setup}\nTable~II follows Table~I and Fig.~1; \\textbf{71.23\\,\\%}~[1].\n")
     assert "\\ref" not in tex and "\\cite" not in tex
-    assert "\\caption{First\\_table}" in tex and "figures/plot.pdf" in tex
+    assert "\\placetable{First\\_table}" in tex and "figures/plot.pdf" in tex
     assert "With\n\\begin{gather}\na = b,\\\\\nc = d.\n\\end{gather}\n" in tex
     assert "\\bibitem{k} A. Author, 2017." in tex
 
@@ -117,6 +129,67 @@ def test_escaped_specials_compile_and_read_back(tmp_path):
     text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
     assert " ".join(text.split()) == SPECIAL and problems == []
     assert build_pdf(tex)[0] == pdf  # byte-reproducible
+
+
+@pytest.mark.skipif(shutil.which("lualatex") is None, reason="needs TeX Live (make test installs them)")
+def test_title_block_wraps_a_long_name_and_prints_ligature_pairs_as_typed(tmp_path):
+    from stages.pdf import build_pdf
+
+    for macros in ("latex.j2", "markdown.j2"):
+        shutil.copy(TEMPLATES / macros, tmp_path)
+    (tmp_path / "t.j2").write_text('<% import macros as f with context %>\n'
+                                   '<% call f.document(title, author, "x") %>Text.<% endcall %>\n')
+    author = "<<Ada>> ,,Lovelace'' !`a ?`b -- " + "".join(chr(ord("a") + i % 26) for i in range(200))
+    tex = tmp_path / "t.tex"
+    tex.write_text(render("t.j2", {"title": "Lab 1: Quantization", "author": author}, "latex", tmp_path))
+    pdf, problems = build_pdf(tex)
+    (tmp_path / "t.pdf").write_bytes(pdf)
+    text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
+    assert problems == []  # no overfull line: the 200 letters wrap
+    assert "".join(author.split()) in "".join(text.split())  # every character as typed, no « » „ ¡ ¿ –
+
+
+TABLE_SIZES = """<% import macros as f with context %>
+<% call f.document("Tables", "A", "B") %>
+<< f.table(narrow, "Narrow", "tab:narrow") >>
+<< f.table(wide, "Wide", "tab:wide") >>
+<< f.table(huge, "Huge", "tab:huge") >>
+<% endcall %>
+"""
+
+
+def word_boxes(pdf: Path) -> dict[str, tuple[float, float, float, float]]:
+    """Each word's box (xMin, yMin, xMax, yMax, in points) on the PDF's pages (pdftotext -bbox), by word."""
+    page = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    number = r'"([\d.]+)"'
+    return {word: tuple(map(float, box)) for *box, word in
+            re.findall(rf"<word xMin={number} yMin={number} xMax={number} yMax={number}>([^<]+)</word>", page)}
+
+
+@pytest.mark.skipif(shutil.which("lualatex") is None, reason="needs TeX Live (make test installs them)")
+def test_tables_keep_7_pt_type_across_both_columns_or_report_it(tmp_path):
+    from stages.pdf import build_pdf
+
+    for macros in ("latex.j2", "markdown.j2"):
+        shutil.copy(TEMPLATES / macros, tmp_path)
+    (tmp_path / "t.j2").write_text(TABLE_SIZES)
+
+    def columns(n: int, tag: str) -> pd.DataFrame:
+        return pd.DataFrame({f"{tag}{i}": [f"{tag}value{i}"] for i in range(n)})
+
+    tex = tmp_path / "t.tex"
+    tex.write_text(render("t.j2", {"narrow": columns(2, "n"), "wide": columns(11, "w"), "huge": columns(30, "h")},
+                          "latex", tmp_path))
+    pdf, problems = build_pdf(tex)
+    (tmp_path / "t.pdf").write_bytes(pdf)
+    boxes = word_boxes(tmp_path / "t.pdf")
+    height = {word: box[3] - box[1] for word, box in boxes.items()}
+    # the narrow table at the tables' 8 pt in a column; the wide one, which a column would shrink below 7 pt,
+    # at 8 pt too, across both columns (wider than one: IEEEtran's column is 252 pt); the huge one reported
+    assert height["wvalue0"] == pytest.approx(height["nvalue0"])
+    assert boxes["wvalue10"][2] - boxes["wvalue0"][0] > 252
+    assert height["hvalue0"] < 7 / 8 * height["nvalue0"]
+    assert len(problems) == 1 and "Table type below 7 pt" in problems[0]
 
 
 @pytest.mark.skipif(shutil.which("lualatex") is None, reason="needs TeX Live (make test installs them)")

@@ -1,6 +1,6 @@
 """Standalone integer runner for an exported quantized network. Needs NumPy only; copy it anywhere.
 
-    python runner.py EXPORT_DIR IMAGES.npy [--out LOGITS.npy]
+    python runner.py EXPORT_DIR IMAGES.npy [--out LOGITS.npy [--force]]
 
 IMAGES.npy holds uint8 images (N, 3, 32, 32); the runner prints the predicted class of each and can save
 the integer logits. Every value from the pixels to the logits is an integer, computed exactly as integer
@@ -19,11 +19,14 @@ The export stage writes this file into export/<model>/runner.py together with th
 """
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from quantlab.inference.export_format import INPUT_LUT, read
+from quantlab.files import npy_array
+from quantlab.inference.export_format import ARRAYS, INPUT_LUT, MANIFEST, read
 from quantlab.inference.fixed_point import (
     INT32_MAX,
     INT32_MIN,
@@ -111,17 +114,45 @@ def run(manifest: dict, arrays: dict[str, np.ndarray], images: np.ndarray, batch
     return np.concatenate(outputs) if outputs else np.zeros((0, manifest["layers"][-1]["output_shape"][0]), np.int64)
 
 
+IMAGES_LIMIT = 2 ** 40  # bytes of an images file: it is memory-mapped and run in batches, never read whole
+
+
+def output_path(out: str, force: bool, inputs: list[Path]) -> Path:
+    """Where the logits go: an .npy name (numpy.save would append .npy to any other), never one of the inputs,
+    and a file that exists only with --force."""
+    path = Path(out)
+    if path.suffix != ".npy":
+        raise ValueError(f"--out must name an .npy file, got {out}")
+    if path.exists():
+        if any(path.resolve() == i.resolve() for i in inputs if i.exists()):
+            raise ValueError(f"--out {out} is one of the runner's inputs: write the logits elsewhere")
+        if not force:
+            raise ValueError(f"--out {out} exists: give another name, or --force to replace it")
+    return path
+
+
+def save_atomically(path: Path, array: np.ndarray) -> None:
+    """The .npy written beside its destination, then renamed over it: never half a file."""
+    partial = path.with_name(f".{path.name}.tmp")
+    with open(partial, "wb") as file:
+        np.save(file, array)
+    os.replace(partial, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run an exported integer network on uint8 images.")
     parser.add_argument("export", help="folder with manifest.json and its arrays")
     parser.add_argument("images", help=".npy file of uint8 images (N, 3, 32, 32)")
-    parser.add_argument("--out", help="save the integer logits to this .npy file")
+    parser.add_argument("--out", help="save the integer logits to this new .npy file")
+    parser.add_argument("--force", action="store_true", help="with --out: replace the file if it exists")
     args = parser.parse_args(argv)
     try:
+        inputs = [Path(args.images), Path(args.export) / MANIFEST, Path(args.export) / ARRAYS]
+        out = output_path(args.out, args.force, inputs) if args.out else None
         manifest, arrays = read(args.export)
-        logits = run(manifest, arrays, np.load(args.images, allow_pickle=False))
-        if args.out:
-            np.save(args.out, logits.astype(np.int32))
+        logits = run(manifest, arrays, npy_array(args.images, IMAGES_LIMIT))
+        if out:
+            save_atomically(out, logits.astype(np.int32))
     except (OSError, EOFError, ValueError, KeyError, OverflowError) as error:  # EOFError: an empty .npy
         print(f"error: {error}", file=sys.stderr)
         return 2

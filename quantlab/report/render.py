@@ -25,14 +25,29 @@ _LATEX_PATTERN = re.compile("|".join(re.escape(c) for c in _LATEX))
 _MARKDOWN_PATTERN = re.compile(r"([\\`*_{}\[\]<>#|~$])")
 
 
+# TeX's ligatures of two characters: -- and --- (dashes), << and >> (guillemets), ,, (low quotes), !` and ?`
+_LIGATURE = frozenset("-<>,!?`")
+LONG_WORD = 24  # characters without a space: a word that long may break anywhere (a name, an address)
+
+
 def latex_escape(value) -> str:
-    escaped = _LATEX_PATTERN.sub(lambda m: _LATEX[m.group()], str(value))
-    return re.sub(r"-(?=-)", r"-\\kern0pt{}", escaped)  # a kern between hyphens: no -- or --- dash
+    """Every character printed as itself: TeX's specials escaped, and a zero kern between two characters that
+    TeX would join into a ligature."""
+    text = str(value)
+    return "".join((r"\kern0pt{}" if i and char in _LIGATURE and text[i - 1] in _LIGATURE else "")
+                   + _LATEX.get(char, char) for i, char in enumerate(text))
 
 
 def latex_breakable(value) -> str:
     """Escaped, with break points after / . _ - so long paths and URLs wrap inside a column."""
     return re.sub(r"(/|\.|\\_|-)", r"\1\\allowbreak{}", latex_escape(value))
+
+
+def latex_wrappable(value) -> str:
+    """Escaped, and a word longer than LONG_WORD characters may break after any character: an unbroken name
+    in the title block wraps instead of running off the page."""
+    return "".join(r"\allowbreak{}".join(map(latex_escape, word)) if len(word) > LONG_WORD else latex_escape(word)
+                   for word in re.split(r"(\s+)", str(value)))
 
 
 def markdown_escape(value) -> str:
@@ -103,12 +118,20 @@ def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TE
     escaping: every << value >> is escaped for the format unless it is markup built on purpose (a table, a
     macro's output)."""
     escape, table = {"latex": (latex_escape, latex_table), "markdown": (markdown_escape, markdown_table)}[fmt]
+
+    # Needing the evaluation context, it runs when the template renders: jinja2 would otherwise fold a constant
+    # such as << "95 %" >> at compile time, HTML-escape it into Markup, and so print it unescaped.
+    @jinja2.pass_eval_context
+    def finalize(_, value) -> Markup:
+        return value if isinstance(value, Markup) else Markup(escape(value))
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
-                             autoescape=True, finalize=lambda v: v if isinstance(v, Markup) else Markup(escape(v)),
+                             autoescape=True, finalize=finalize,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              block_start_string="<%", block_end_string="%>", variable_start_string="<<",
                              variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
-    env.filters.update(table=table, breakable=lambda v: Markup(latex_breakable(v)))
+    env.filters.update(table=table, breakable=lambda v: Markup(latex_breakable(v)),
+                       wrappable=lambda v: Markup(latex_wrappable(v)))
     env.globals.update(has_cjk=lambda text: any(within(char, CJK) for char in text), macros=f"{fmt}.j2",
                        numbers=numbers or Numbering())
     return env
