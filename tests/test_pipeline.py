@@ -249,21 +249,23 @@ def comparable(text: str) -> str:
 FLOAT_TEXT = ("TABLE", "Fig.")  # how a table's or a figure's text starts in pdftotext's output
 
 
-def in_reading_order(sentence: str, text: str, gaps: int = 3, first: int = 8, piece: int = 24,
+def in_reading_order(sentence: str, text: str, gaps: int = 3, first: int = 12, piece: int = 24,
                      reach: int = 12000) -> bool:
     """Whether `sentence` is in `text`, allowing `gaps` breaks: pdftotext puts a table's or a figure's text where
     the float falls, inside a sentence, and may read a column's end before its start. The sentence starts with a
     run of at least `first` characters; after a break it resumes within `reach` characters either way, with a run
     of at least `piece` characters, or of any length where the break is a float's text. Text that LaTeX
-    swallowed leaves neither."""
+    swallowed leaves neither. (A sentence's end shorter than `piece` may resume after any break if it has `first`
+    characters: a column's last words can come out of order.)"""
     position, rest = None, sentence
     for _ in range(gaps + 1):
         if position is not None and text.startswith(rest, position):
             return True
         low = 0 if position is None else max(0, position - reach)
         window = text[low:] if position is None else text[low:position + reach]
-        shortest = first if position is None else 1 if text.startswith(FLOAT_TEXT, position) else piece
-        if shortest > len(rest):
+        floats = position is not None and text.startswith(FLOAT_TEXT, position)
+        shortest = min(first, len(rest)) if position is None else 1 if floats else min(piece, len(rest))
+        if shortest > len(rest) or not floats and position is not None and len(rest) < first:
             return False
         found = max((k for k in range(shortest, len(rest) + 1) if rest[:k] in window), default=0)
         if not found:
@@ -283,7 +285,10 @@ def test_every_sentence_of_the_markdown_report_is_in_the_pdf(repo):
     sentences = prose((repo / "reports/build/report.md").read_text())
     assert len(sentences) > 100
     assert [sentence for sentence in sentences if not in_reading_order(comparable(sentence), pdf)] == []
-    assert not in_reading_order(comparable("every difference carries its 95 % Index Terms"), pdf)  # the check bites
+    # the check bites: the same PDF text with 30 characters of a sentence gone (as after a bare %) fails it
+    sentence = comparable(max(sentences, key=len))
+    start = pdf.index(sentence[:40]) + 40
+    assert not in_reading_order(sentence, pdf[:start] + pdf[start + 30:])
 
 
 def test_pdf_states_every_accuracy_and_the_escaped_author(repo):
