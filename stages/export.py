@@ -64,9 +64,10 @@ def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True,
 
 
 def standalone_runner() -> str:
-    """runner.py of an export: the runner with the fixed-point arithmetic and the export format it imports,
-    in one file that needs NumPy only, under the runner's docstring (their own docstrings and quantlab
-    imports left out; the `__future__` import lets it run on Pythons older than the project's)."""
+    """runner.py of an export: the runner with the bounded file readers, the fixed-point arithmetic and the
+    export format it imports, in one file that needs NumPy only, under the runner's docstring (their own
+    docstrings and quantlab imports left out; the `__future__` import lets it run on Pythons older than the
+    project's)."""
     bodies = []
     for module in (files, fixed_point, export_format, runner):
         source = Path(module.__file__).read_text(encoding="utf-8")
