@@ -42,6 +42,7 @@ def zeros(stream, size: int) -> None:
 
 
 def tar_bomb(path: Path, kind: bytes, size: int) -> Path:
+    """A .tar.gz whose first member is an extension header (pax or GNU long name) of `size` bytes."""
     header = tarfile.TarInfo("././@LongLink")
     header.type, header.size = kind, size
     with gzip.open(path, "wb", compresslevel=1) as stream:
@@ -51,18 +52,26 @@ def tar_bomb(path: Path, kind: bytes, size: int) -> Path:
 
 
 def npz_bomb(path: Path, size: int) -> Path:
+    """A model's .npz: the right weights, and a member of `size` zero bytes, deflated."""
     save_npz(path, state_to_arrays(Net()))
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED, compresslevel=1) as archive, \
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, \
             archive.open("huge.npy", "w", force_zip64=True) as member:
         np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (size,)})
         zeros(member, size)
     return path
 
 
-def alias_bomb(path: Path) -> Path:
-    text = path.read_text() + "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
-    path.write_text(text)
+# Nine levels of ten YAML aliases each: 10^9 strings once expanded
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
+
+
+def lying_npy(path: Path) -> Path:
+    """An .npy of 30 KB whose header claims 10^9 images (N, 3, 32, 32)."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
+                                                    "shape": (10 ** 9, 3, 32, 32)})
+        file.write(bytes(30_000))
     return path
 
 
@@ -92,7 +101,7 @@ def main() -> None:
         rows.append(("model .npz with an 8 GiB member", bomb.stat().st_size,
                      measured([*python, "stages.quantize"], repo)))
         (repo / "params.yaml").write_text(params)
-        alias_bomb(repo / "params.yaml")
+        (repo / "params.yaml").write_text(params + ALIAS_BOMB)
         rows.append(("params.yaml, 10^9 aliased strings", (repo / "params.yaml").stat().st_size,
                      measured([*python, "stages.check_params"], repo)))
         (repo / "params.yaml").write_text(yaml.safe_dump(yaml.safe_load(params), sort_keys=False))
@@ -100,11 +109,7 @@ def main() -> None:
         from quant_fixture import random_export  # tests/, one small export and its runner
 
         directory, _ = random_export(tmp)
-        liar = tmp / "liar.npy"
-        with open(liar, "wb") as file:
-            np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
-                                                        "shape": (10 ** 9, 3, 32, 32)})
-            file.write(bytes(30_000))
+        liar = lying_npy(tmp / "liar.npy")
         runner = [sys.executable, str(directory / "runner.py"), str(directory)]
         rows.append(("images.npy claiming 10^9 images", liar.stat().st_size, measured([*runner, str(liar)], tmp)))
         for name in ("model.npz", "manifest.json"):

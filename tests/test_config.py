@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from bench.bombs import ALIAS_BOMB
 from quantlab.config import load_params
 from quantlab.errors import UserError
 
@@ -109,9 +110,7 @@ def test_every_scalar_means_to_the_stages_what_it_means_to_dvc(tmp_path):
 
 def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
     """Nine levels of ten aliases each are 10^9 strings: refused from the parser's events, in no time."""
-    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
     path = tmp_path / "params.yaml"
-    path.write_text(bomb)
+    path.write_text(ALIAS_BOMB)
     with pytest.raises(UserError, match=r"params.yaml uses a YAML alias \(\*name\): write the value out instead$"):
         load_params(path)

@@ -1,6 +1,5 @@
 """Bad input through the real stage commands: one line on stderr, exit status 2, no output written."""
 
-import gzip
 import io
 import json
 import pickle
@@ -8,12 +7,12 @@ import re
 import subprocess
 import sys
 import tarfile
-import zipfile
 
 import numpy as np
 import pytest
 import yaml
 
+from bench.bombs import lying_npy, npz_bomb, tar_bomb
 from bench.sandbox import make_repo, run, set_params
 from quantlab.architecture import load_state
 from quantlab.data import MAX_MEMBER, md5_of, read_archive
@@ -382,11 +381,7 @@ def test_files_that_lie_about_their_size_or_are_not_files(tmp_path):
     from quant_fixture import random_export
 
     directory, _ = random_export(tmp_path)
-    liar = tmp_path / "liar.npy"
-    with open(liar, "wb") as file:
-        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
-                                                    "shape": (10 ** 9, 3, 32, 32)})
-        file.write(bytes(30_000))
+    liar = lying_npy(tmp_path / "liar.npy")
     runner = [sys.executable, str(directory / "runner.py"), str(directory)]
     result = subprocess.run([*runner, str(liar)], capture_output=True, text=True)
     assert result.returncode == 2 and "but its header says (1000000000, 3, 32, 32) uint8" in result.stderr
@@ -403,12 +398,7 @@ def test_files_that_lie_about_their_size_or_are_not_files(tmp_path):
 def test_an_npz_with_a_huge_member_is_refused_before_reading_it(repo):
     """The right weights plus 1 GiB of zeros deflated to 1 MB: the zip directory declares the size, and that
     is checked before any member is read."""
-    path = repo / "models" / "float.npz"
-    save_npz(path, state_to_arrays(Net()))
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, archive.open("huge.npy", "w") as member:
-        np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (2 ** 30,)})
-        for _ in range(2 ** 30 // 2 ** 24):
-            member.write(bytes(2 ** 24))
+    path = npz_bomb(repo / "models" / "float.npz", 2 ** 30)
     assert path.stat().st_size < 4 * 2 ** 20
     line = fails_cleanly(repo, "stages.quantize", message="models/float.npz declares ")
     assert "bytes of arrays, more than the 16777216 it can hold" in line
@@ -417,13 +407,7 @@ def test_an_npz_with_a_huge_member_is_refused_before_reading_it(repo):
 @pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
 def test_an_archive_with_a_huge_extended_header_is_refused_before_reading_it(repo, tmp_path, kind):
     """A pax header or a GNU long name of 256 MiB, first in a 1 MB .tar.gz: tarfile would read it whole."""
-    header = tarfile.TarInfo("././@LongLink")
-    header.type, header.size = kind, 2 ** 28
-    archive = tmp_path / "bomb.tar.gz"
-    with gzip.open(archive, "wb", compresslevel=1) as stream:
-        stream.write(header.tobuf(format=tarfile.USTAR_FORMAT))
-        for _ in range(2 ** 28 // 2 ** 24):
-            stream.write(b"0" * 2 ** 24)
+    archive = tar_bomb(tmp_path / "bomb.tar.gz", kind, 2 ** 28)
     set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
     fails_cleanly(repo, "stages.download", message=f"has a {2 ** 28}-byte extended header (at most 65536)")
     assert not (repo / "data").exists()
