@@ -41,15 +41,20 @@ def make_deterministic(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over `images`: every batch full but the last."""
+    return -(-images // batch_size)
+
+
 def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float, flip: bool, seed: int, desc: str, log_every: int = 0) -> list[dict]:
     """Train with AdamW and a one-cycle learning-rate schedule. The history has a row per epoch with the
     epoch's mean loss, train and test accuracy; with `log_every`, also a row every that many steps with
     the mean loss and train accuracy since the last row (no test accuracy)."""
     generator = torch.Generator(device=train.x.device).manual_seed(seed)
-    steps_per_epoch = -(-len(train) // batch_size)
+    per_epoch = steps_per_epoch(len(train), batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * per_epoch)
     history, step = [], 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -77,7 +82,7 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
             for sums in (epoch_sums, interval_sums):
                 for i, value in enumerate(batch):
                     sums[i] += value
-            if log_every and step % log_every == 0 and step % steps_per_epoch:
+            if log_every and step % log_every == 0 and step % per_epoch:
                 history.append(_row(epoch - 1 + (start + len(index)) / len(train), step, interval_sums))
                 interval_sums = [0.0, 0, 0]
         model.eval()

@@ -18,7 +18,7 @@ from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import LEARNED_STEP, calibrator
 from quantlab.quantize.qat import QATNet
 from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
-from quantlab.training import device, fit, make_deterministic, training_subset
+from quantlab.training import device, fit, make_deterministic, steps_per_epoch, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
 # Learned step sizes start from this post-training method's thresholds: the least squared quantization error,
@@ -60,7 +60,7 @@ def main() -> None:
     on = device(params.compute.device)
     train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
     test = Split.of(dataset["test_x"], dataset["test_y"], on)
-    steps = params.qat.epochs * -(-len(train) // params.train.batch_size)
+    steps = params.qat.epochs * steps_per_epoch(len(train), params.train.batch_size)
     if params.qat.start >= steps:  # nothing would be fake-quantized: a float fine-tune reported as QAT
         raise UserError(f"params.yaml: qat.start must be below the fine-tune's {steps} steps ({params.qat.epochs} "
                         f"epoch(s) of {len(train)} images in batches of {params.train.batch_size}), got "
