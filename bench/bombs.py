@@ -27,9 +27,9 @@ import yaml
 from bench import verdict
 from bench.sandbox import make_repo, set_params
 from quantlab.data import md5_of
-from quantlab.errors import run_main
 from quantlab.io import save_npz
 from quantlab.model import Net, state_to_arrays
+from quantlab.stage import run_main
 
 GOAL = 200 * 2 ** 20
 GIB = 2 ** 30

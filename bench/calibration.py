@@ -9,11 +9,10 @@ import time
 from bench import verdict
 from quantlab import paths
 from quantlab.architecture import MODELS
-from quantlab.config import load_params
-from quantlab.errors import run_main
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import POST_TRAINING, calibrator
 from quantlab.quantize.symmetric import activation_signs
+from quantlab.stage import load_params, run_main
 
 GOAL_SECONDS = 1.0
 

@@ -37,18 +37,20 @@ import numpy as np  # noqa: E402
 from bench.experiments import dvc, revisions  # noqa: E402
 from quantlab import paths  # noqa: E402
 from quantlab.data import split  # noqa: E402
-from quantlab.errors import UserError, run_main  # noqa: E402
+from quantlab.differences import HEADLINE  # noqa: E402
+from quantlab.errors import UserError  # noqa: E402
 from quantlab.io import load_npz, save_text  # noqa: E402
 from quantlab.report import figures  # noqa: E402
+from quantlab.stage import run_main
 from quantlab.statistics import paired, signed  # noqa: E402
-from stages.statistics import HEADLINE, REFERENCES  # noqa: E402
+from quantlab.variants import BY_NAME  # noqa: E402
 
 OUT = Path("compare")
 WORKSPACE = "workspace"
 # What must be the same for a paired comparison: the test images, and the trained float models.
 SHARED = {paths.DATASET.as_posix(): "data", paths.model("float").as_posix(): "float models",
           paths.model("bias").as_posix(): "bias models"}
-VARIANTS = tuple(dict.fromkeys([*REFERENCES.values(), *HEADLINE]))  # float, bias_float, then the quantized ones
+VARIANTS = tuple(dict.fromkeys([*(BY_NAME[v].reference for v in HEADLINE), *HEADLINE]))  # float models first
 PREDICTIONS = (paths.predictions("float").as_posix(), paths.predictions("quantized").as_posix())
 
 

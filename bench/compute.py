@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from quantlab.errors import run_main
+from quantlab.stage import run_main
 
 WORKER = """
 import json, sys, time
@@ -28,7 +28,7 @@ from quantlab.model import Net, load_model
 from quantlab.quantize.qat import QATNet
 from quantlab.quantize.symmetric import activation_widths
 from quantlab.training import fit, make_deterministic, training_subset
-from quantlab.variants import build, fixed_point_engine
+from quantlab.variants import BY_NAME, fixed_point_engine
 
 fraction = float(sys.argv[2])
 data = load_npz(paths.DATASET, ["train_x", "train_y", "test_x", "test_y"])
@@ -51,7 +51,7 @@ timed("training, one epoch", lambda: epoch(Net(MODELS["float"])))
 trained = load_model(load_state(paths.model("float"), "float"))
 timed("QAT W4/A4, one epoch", lambda: epoch(QATNet(trained, 4, activation_widths(4, None), False, False, 0.99, 0,
                                                     "mse", 0, None)))
-model, engine = build("float"), fixed_point_engine("float")
+model, engine = BY_NAME["float"].build(), fixed_point_engine("float")
 timed("float model, 10,000 test images", lambda: outputs(model, test))
 timed("integer engine, 10,000 test images", lambda: outputs(engine, test))
 print(json.dumps(seconds))

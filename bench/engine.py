@@ -13,13 +13,13 @@ import torch
 
 from bench import verdict
 from quantlab import paths
-from quantlab.errors import run_main
 from quantlab.evaluation import Split, outputs
 from quantlab.inference import export_format, onnx_graph, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.fixed_point import ONNXRUNTIME
 from quantlab.io import load_npz
-from quantlab.variants import build, fixed_point_engine
+from quantlab.stage import run_main
+from quantlab.variants import BY_NAME, fixed_point_engine
 
 GOAL_RATIO = 1.0
 RUNNER_GOAL_S = 2.0
@@ -37,7 +37,7 @@ def best_of(repeats: int, work) -> tuple[float, torch.Tensor]:
 def main() -> None:
     dataset = load_npz(paths.DATASET, ["test_x", "test_y"])
     test = Split.of(dataset["test_x"], dataset["test_y"], torch.device("cpu"))
-    model, engine = build("float"), fixed_point_engine("float")
+    model, engine = BY_NAME["float"].build(), fixed_point_engine("float")
     float_time, _ = best_of(3, lambda: outputs(model, test))
     engine_time, engine_logits = best_of(3, lambda: outputs(engine, test))
     manifest, arrays = export_format.read(paths.export("float"))

@@ -21,7 +21,7 @@ import yaml
 from bench import verdict
 from bench.pipeline import measured_cold_run, sandbox
 from bench.sandbox import run
-from quantlab.errors import run_main
+from quantlab.stage import run_main
 
 GOAL = 10.0
 EXPERIMENT = ("dvc", "exp", "run", "-S", "calib=kl")

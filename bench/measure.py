@@ -10,26 +10,26 @@ import sys
 import time
 from pathlib import Path
 
-from quantlab import errors
+from quantlab import stage
 
 
 def main() -> None:
     start, marks = time.perf_counter(), {}
-    run_main = errors.run_main
+    run_main = stage.run_main
 
     def timed_run_main(main) -> None:  # every stage ends in run_main(main): its imports are done by then
         marks["startup"] = round(time.perf_counter() - start, 2)
         run_main(main)
 
-    errors.run_main = timed_run_main  # before the stage's `from quantlab.errors import run_main`
+    stage.run_main = timed_run_main  # before the stage's `from quantlab.stage import run_main`
     module, *args = sys.argv[1:]
-    stage = module.rsplit(".", 1)[-1] + "".join(f"@{arg}" for arg in args)
+    measured = module.rsplit(".", 1)[-1] + "".join(f"@{arg}" for arg in args)
     sys.argv = [module, *args]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         Path(".stage-measures").mkdir(exist_ok=True)
-        (Path(".stage-measures") / stage).write_text(json.dumps({
+        (Path(".stage-measures") / measured).write_text(json.dumps({
             "seconds": round(time.perf_counter() - start, 2), **marks,
             "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 

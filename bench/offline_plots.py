@@ -23,8 +23,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from quantlab.errors import UserError, run_main
+from quantlab.errors import UserError
 from quantlab.io import save_bytes
+from quantlab.stage import run_main
 
 TEMPLATE = Path("reports/plots.html")
 WINDOW = "1800x3400"  # pixels: every plot of `dvc plots show`

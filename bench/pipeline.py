@@ -23,7 +23,7 @@ import yaml
 
 from bench import verdict
 from bench.sandbox import ROOT, make_repo, run, set_params
-from quantlab.errors import run_main
+from quantlab.stage import run_main
 
 GIB = 2 ** 30
 GOALS = {"ratio": 1.15, "noop": 3.0, "exp": 20.0, "memory": 2 * GIB}

@@ -38,12 +38,13 @@ import pandas as pd
 import yaml
 
 from bench.offline_plots import screenshot
-from quantlab.config import load_params, parse_yaml
-from quantlab.errors import UserError, run_main
+from quantlab.config import parse_yaml
+from quantlab.errors import UserError
 from quantlab.io import load_json, save_bytes, save_json, save_text
 from quantlab.report import tables
 from quantlab.report.provenance import code_version
 from quantlab.report.render import markdown_table
+from quantlab.stage import load_params, run_main
 
 REFERENCES = Path(__file__).parent / "reference"
 EXPERIMENTS = REFERENCES / "experiments"  # experiments on the README's dataset, for the README's other tables

@@ -25,11 +25,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.experiments import dvc, revisions  # noqa: E402
 from quantlab import paths  # noqa: E402
-from quantlab.errors import UserError, run_main  # noqa: E402
+from quantlab.differences import HEADLINE  # noqa: E402
+from quantlab.errors import UserError  # noqa: E402
 from quantlab.io import save_json, save_text  # noqa: E402
 from quantlab.report import figures  # noqa: E402
+from quantlab.stage import run_main
 from quantlab.statistics import spread  # noqa: E402
-from stages.statistics import HEADLINE, REFERENCES  # noqa: E402
+from quantlab.variants import BY_NAME  # noqa: E402
 
 OUT = Path("seeds")
 
@@ -114,7 +116,7 @@ def results(names: dict[str, int]) -> dict[int, dict[str, float]]:
             metrics = revision["data"]["metrics"]
             values = dict(metrics[paths.ACCURACY.as_posix()]["data"])
             headline = metrics[paths.HEADLINE.as_posix()]["data"]
-            values |= {f"{variant} − {REFERENCES[variant]}": headline[variant]["delta"] for variant in HEADLINE}
+            values |= {f"{variant} − {BY_NAME[variant].reference}": headline[variant]["delta"] for variant in HEADLINE}
             found[names[revision["name"]]] = values
     missing = sorted(set(names.values()) - set(found))
     if missing:

@@ -12,7 +12,8 @@ import argparse
 import json
 
 from bench.experiments import dvc
-from quantlab.errors import UserError, run_main
+from quantlab.errors import UserError
+from quantlab.stage import run_main
 
 FIRST_STAGE = "download"  # the one stage whose run-cache entry a fresh clone can look up: it depends on no output
 

@@ -107,8 +107,9 @@ class Step(NamedTuple):
     relu: bool
 
 
-def steps() -> list[Step]:
-    """Every layer and max pool in order, with integer shapes: (C, H, W) for images, (features,) for fc."""
+def shapes() -> list[Step]:
+    """The rows of the lab's Table I: every layer and max pool in order, with integer shapes: (C, H, W) for
+    images, (features,) for fc."""
     rows, shape = [], INPUT_SHAPE
     for layer in LAYERS:
         size = shape[-1] - layer.kernel + 1

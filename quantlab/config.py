@@ -1,7 +1,9 @@
-"""params.yaml, read into frozen dataclasses that reject unknown keys, missing keys and bad values.
+"""params.yaml, read into frozen dataclasses that reject unknown keys, missing keys, wrong types and values out
+of range, with one line that names the key and says what is valid, instead of silently running with a default.
 
-Every stage calls `load_params()`: a typo such as `train.epoch` or `calib: kll` stops the stage at once with
-one line that names the key and lists what is valid, instead of silently running with a default.
+The names in params.yaml (a calibration method, a rounding, a bit width the integer networks hold) belong to
+the modules that define them: quantlab.stage.load_params, which every stage calls, checks them there, after
+`read_params` here.
 """
 
 import dataclasses
@@ -9,15 +11,11 @@ import math
 import re
 import types
 import typing
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from quantlab.errors import UserError
-from quantlab.inference.fixed_point import REQUANTIZATIONS
-from quantlab.quantize import calibration
-from quantlab.quantize.symmetric import BITS
 
 PARAMS_FILE = "params.yaml"
 MAX_VALIDATION = 25_000  # half of CIFAR-10's training images
@@ -27,7 +25,7 @@ MAX_LR = 10.0
 SHOWN = 60  # characters of a bad value quoted in an error
 
 
-def _check(condition: bool, key: str, message: str) -> None:
+def check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"{PARAMS_FILE}: {key} {message}")
 
@@ -39,7 +37,7 @@ def shown(value) -> str:
 
 
 def _check_lr(key: str, lr: float) -> None:
-    _check(0 < lr <= MAX_LR, key, f"must be in (0, {MAX_LR:g}], got {lr}")
+    check(0 < lr <= MAX_LR, key, f"must be in (0, {MAX_LR:g}], got {lr}")
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,15 @@ class DataParams:
     validation: int  # training images held out, seeded and stratified by class, for every choice (0: none)
 
     def __post_init__(self):
-        _check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
-        _check(self.url.isprintable(), "data.url", f"holds a control character: {self.url!r}")
-        _check(0 <= self.validation <= MAX_VALIDATION, "data.validation",
-               f"must be between 0 and {MAX_VALIDATION} images, got {self.validation}")
+        check(bool(self.url.strip()), "data.url", "is empty: set it to the archive's URL or local path")
+        check(self.url.isprintable(), "data.url", f"holds a control character: {self.url!r}")
+        check(0 <= self.validation <= MAX_VALIDATION, "data.validation",
+              f"must be between 0 and {MAX_VALIDATION} images, got {self.validation}")
         name = PurePosixPath(urlparse(self.url).path).name
-        _check(name not in ("", ".", ".."), "data.url",
-               f"must end in the archive's file name (cifar-10-python.tar.gz), got {self.url!r}")
-        _check(bool(re.fullmatch(r"[0-9a-f]{32}", self.md5)), "data.md5",
-               f"must be 32 lowercase hex digits, got {self.md5!r}")
+        check(name not in ("", ".", ".."), "data.url",
+              f"must end in the archive's file name (cifar-10-python.tar.gz), got {self.url!r}")
+        check(bool(re.fullmatch(r"[0-9a-f]{32}", self.md5)), "data.md5",
+              f"must be 32 lowercase hex digits, got {self.md5!r}")
 
 
 @dataclass(frozen=True)
@@ -70,13 +68,13 @@ class TrainParams:
     fraction: float  # share of the training images used (a seeded random subset), for scaling studies
 
     def __post_init__(self):
-        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
-        _check(0 < self.fraction <= 1, "train.fraction", f"must be in (0, 1], got {self.fraction}")
-        _check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size",
-               f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
+        check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        check(0 < self.fraction <= 1, "train.fraction", f"must be in (0, 1], got {self.fraction}")
+        check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size",
+              f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         _check_lr("train.lr", self.lr)
         # AdamW shrinks a weight by lr * weight_decay per step: from 1 on, by its whole value or more
-        _check(0 <= self.weight_decay < 1, "train.weight_decay", f"must be in [0, 1), got {self.weight_decay}")
+        check(0 <= self.weight_decay < 1, "train.weight_decay", f"must be in [0, 1), got {self.weight_decay}")
 
 
 CALIB_SELECTIONS = ("random", "stratified", "first")
@@ -91,21 +89,11 @@ class ProfileParams:
     bins: int  # histogram bins per sign: each histogram has 2*bins bins over [-max|x|, max|x|]
 
     def __post_init__(self):
-        _check(self.calib_images >= 1, "profile.calib_images", f"must be at least 1, got {self.calib_images}")
-        _check(self.calib_selection in CALIB_SELECTIONS, "profile.calib_selection",
-               f"is {self.calib_selection!r}; valid: {', '.join(CALIB_SELECTIONS)}")
+        check(self.calib_images >= 1, "profile.calib_images", f"must be at least 1, got {self.calib_images}")
+        check(self.calib_selection in CALIB_SELECTIONS, "profile.calib_selection",
+              f"is {self.calib_selection!r}; valid: {', '.join(CALIB_SELECTIONS)}")
         # KL's candidates start at 2^bits levels: 256 for 8-bit unsigned activations; KL's cost grows with bins
-        _check(256 <= self.bins <= MAX_BINS, "profile.bins", f"must be between 256 and {MAX_BINS}, got {self.bins}")
-
-
-def _check_bits(key: str, bits: int) -> None:
-    _check(bits in BITS, key, f"must be between {BITS.start} and {BITS.stop - 1} bits, got {bits}")
-
-
-def _check_method(key: str, name: str, family: str = "METHODS") -> None:
-    """`name` must be in the registry of calibration methods, or in its subset `family`."""
-    valid = getattr(calibration, family)
-    _check(name in valid, key, f"is {name!r}; valid: {', '.join(valid)}")
+        check(256 <= self.bins <= MAX_BINS, "profile.bins", f"must be between 256 and {MAX_BINS}, got {self.bins}")
 
 
 @dataclass(frozen=True)
@@ -118,23 +106,14 @@ class QuantParams:
     logit_bits: int | None  # bits of the last layer's output (the logits); None: activation_bits, as the lab
 
     def __post_init__(self):
-        _check_bits("quant.weight_bits", self.weight_bits)
-        _check_bits("quant.activation_bits", self.activation_bits)
-        if self.logit_bits is not None:
-            _check_bits("quant.logit_bits", self.logit_bits)
-        _check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
+        check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
 
 
 def _check_widths(key: str, widths: list) -> None:
-    _check(bool(widths), key, "is empty: list [weight bits, activation bits] pairs")
+    check(bool(widths), key, "is empty: list [weight bits, activation bits] pairs")
     for width in widths:
-        _check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
-               key, f"must hold [weight bits, activation bits] pairs, got {shown(width)}")
-        _check_bits(key, width[0])
-        _check_bits(key, width[1])
-
-
-REFERENCE_METHOD = "minmax"
+        check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
+              key, f"must hold [weight bits, activation bits] pairs, got {shown(width)}")
 
 
 @dataclass(frozen=True)
@@ -143,12 +122,6 @@ class CompareParams:
     widths: list  # [weight bits, activation bits] pairs
 
     def __post_init__(self):
-        for method in self.methods:
-            _check_method("compare.methods", method, "POST_TRAINING")
-        # the comparison's reference: every difference in it is against minmax, the lab's method
-        _check(REFERENCE_METHOD in self.methods, "compare.methods",
-               f"must include {REFERENCE_METHOD}, the lab's method that every other is compared with, got "
-               f"{shown(self.methods)}")
         _check_widths("compare.widths", self.widths)
 
 
@@ -161,54 +134,34 @@ class QATParams:
     ranges: str  # the calibration method whose batch threshold the EMA tracks, or lsq (quantlab.quantize.qat)
 
     def __post_init__(self):
-        _check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
+        check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
         _check_lr("qat.lr", self.lr)
-        _check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
-        _check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
-        _check_method("qat.ranges", self.ranges, "QAT_RANGES")
+        check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
+        check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
 
 
-ROUNDINGS = ("nearest", "adaround")  # how weights become integers (quantlab.quantize.ptq)
-NEAREST = ROUNDINGS[0]  # also the name of no technique at all: the lab's quantization
-# The post-training techniques, in the order they apply, as the report names them.
-TECHNIQUES = {"equalize": "cross-layer equalization", "adaround": "learned rounding (AdaRound)",
-              "bias_correction": "bias correction"}
-# Their short names in tables and figures.
-TECHNIQUE_LABELS = {NEAREST: "nearest", "equalize": "CLE", "bias_correction": "BC", "adaround": "AdaRound"}
 MAX_ITERATIONS = 100_000
-
-
-def combination_label(name: str) -> str:
-    """A combination of techniques as stage techniques names it, for the report: "adaround+bias_correction" ->
-    "AdaRound + BC"."""
-    return " + ".join(TECHNIQUE_LABELS[part] for part in name.split("+"))
 
 
 @dataclass(frozen=True)
 class PTQParams:
+    """The post-training techniques' switches (quantlab.quantize.techniques) and AdaRound's optimization."""
+
     equalize: bool  # cross-layer equalization of the weight ranges before quantizing
     bias_correction: bool  # subtract each layer's mean output error on the calibration images, as a bias
-    rounding: str  # one of ROUNDINGS
+    rounding: str  # nearest, or a rounding technique
     iterations: int  # adaround: optimizer steps per layer
     batch_size: int  # adaround: calibration images per step
     lr: float  # adaround: Adam's learning rate
     images: int  # the layers are reconstructed on the first this many calibration images (at most)
 
     def __post_init__(self):
-        _check(self.rounding in ROUNDINGS, "ptq.rounding", f"is {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
-        _check(1 <= self.iterations <= MAX_ITERATIONS, "ptq.iterations",
-               f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
-        _check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
-               f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
+        check(1 <= self.iterations <= MAX_ITERATIONS, "ptq.iterations",
+              f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
+        check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
+              f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         _check_lr("ptq.lr", self.lr)
-        _check(self.images >= 1, "ptq.images", f"must be at least 1, got {self.images}")
-
-    @property
-    def techniques(self) -> tuple[str, ...]:
-        """The techniques switched on, in the order they apply: () quantizes as the lab does."""
-        on = {"equalize": self.equalize, "adaround": self.rounding == "adaround",
-              "bias_correction": self.bias_correction}
-        return tuple(name for name in TECHNIQUES if on[name])
+        check(self.images >= 1, "ptq.images", f"must be at least 1, got {self.images}")
 
 
 @dataclass(frozen=True)
@@ -221,22 +174,17 @@ class TechniquesParams:
 
     def __post_init__(self):
         _check_widths("techniques.widths", self.widths)
-        _check(bool(self.per_channel) and all(isinstance(v, bool) for v in self.per_channel)
-               and len(set(self.per_channel)) == len(self.per_channel), "techniques.per_channel",
+        check(bool(self.per_channel) and all(isinstance(v, bool) for v in self.per_channel)
+              and len(set(self.per_channel)) == len(self.per_channel), "techniques.per_channel",
                f"must list false (per tensor), true (per channel) or both, got {shown(self.per_channel)}")
-        _check_method("techniques.calib", self.calib, "POST_TRAINING")
-        _check(1 <= self.iterations <= MAX_ITERATIONS, "techniques.iterations",
-               f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
+        check(1 <= self.iterations <= MAX_ITERATIONS, "techniques.iterations",
+              f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
 
 
 @dataclass(frozen=True)
 class ExportParams:
     headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
     rounding: str  # the engine's requantization: one of fixed_point.REQUANTIZATIONS
-
-    def __post_init__(self):
-        _check(self.rounding in REQUANTIZATIONS, "export.rounding",
-               f"is {self.rounding!r}; valid: {', '.join(REQUANTIZATIONS)}")
 
 
 DEVICES = ("cpu", "cuda")
@@ -248,7 +196,7 @@ class ComputeParams:
     device: str  # where training and fine-tuning run: one of DEVICES; cuda's numbers are not the CPU's
 
     def __post_init__(self):
-        _check(self.device in DEVICES, "compute.device", f"is {self.device!r}; valid: {', '.join(DEVICES)}")
+        check(self.device in DEVICES, "compute.device", f"is {self.device!r}; valid: {', '.join(DEVICES)}")
 
     @property
     def machine_independent(self) -> bool:
@@ -267,26 +215,12 @@ class ReportParams:
             _check_text(f"report.{key}", getattr(self, key))
 
 
-# What the report's fonts have glyphs for (FreeSerif; Noto Serif CJK for Chinese, Japanese and Korean; checked
-# with fc-query): Latin, Greek, Cyrillic, punctuation, currency and letterlike symbols, CJK ideographs, kana,
-# Hangul and full-width forms; no control, invisible or unassigned characters.
-CJK = ((0x3000, 0x30FF), (0x3400, 0x4DB5), (0x4E00, 0x9FEA), (0xAC00, 0xD7A3), (0xFF01, 0xFF60))
-TYPESET = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x37E), (0x384, 0x527), (0x1E00, 0x1FFF), (0x2010, 0x205E),
-           (0x20A0, 0x20B9), (0x2100, 0x213C), *CJK)
-MAX_TEXT = 200  # characters of a title, name or affiliation
-
-
-def within(char: str, ranges: tuple[tuple[int, int], ...]) -> bool:
-    return any(low <= ord(char) <= high for low, high in ranges)
+MAX_TEXT = 200  # characters of a title, name or affiliation (which characters: quantlab.report.render)
 
 
 def _check_text(key: str, text: str) -> None:
-    _check(0 < len(text.strip()) and len(text) <= MAX_TEXT, key,
-           f"must be 1 to {MAX_TEXT} characters, got {len(text)}{'' if text.strip() else ' of white space'}")
-    for char in text:
-        name = unicodedata.name(char, "a line break" if char in "\r\n" else "a control character")
-        _check(within(char, TYPESET) and unicodedata.category(char) not in ("Cc", "Cf", "Cn", "Zl"),
-               key, f"holds {name} (U+{ord(char):04X}), which the report cannot typeset: remove it")
+    check(0 < len(text.strip()) and len(text) <= MAX_TEXT, key,
+          f"must be 1 to {MAX_TEXT} characters, got {len(text)}{'' if text.strip() else ' of white space'}")
 
 
 @dataclass(frozen=True)
@@ -306,11 +240,7 @@ class Params:
     report: ReportParams
 
     def __post_init__(self):
-        _check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
-        _check_method("calib", self.calib)
-        _check(not (self.ptq.equalize and calibration.METHODS[self.calib].weights != calibration.TRAINED),
-               "ptq.equalize", f"cannot apply to calib={self.calib}: its ranges were learned on the network "
-               f"before equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")
+        check(0 <= self.seed < 2 ** 63, "seed", f"must be between 0 and 2^63 - 1, got {self.seed}")
 
 
 def _matches(value, kind) -> bool:
@@ -371,7 +301,8 @@ def parse_yaml(text: str, path: str | Path = PARAMS_FILE):
         raise UserError(f"{path} is not valid YAML ({str(error).strip().splitlines()[0]}): fix its syntax") from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+def read_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml with its keys, types and ranges checked (its names: quantlab.stage.load_params)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

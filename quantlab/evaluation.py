@@ -10,10 +10,8 @@ import torch
 
 from quantlab import paths
 from quantlab.data import normalize, split
-from quantlab.io import load_npz, save_csv, save_npz
-
-# The variants that quantization does not touch, by the model they evaluate (their own stage evaluates them).
-FLOAT_VARIANTS = {"float": "float", "bias_float": "bias"}
+from quantlab.io import load_npz, save_csv, save_npz_tree
+from quantlab.statistics import accuracy
 
 
 @dataclass(frozen=True)
@@ -24,8 +22,8 @@ class Split:
     y: torch.Tensor
 
     @classmethod
-    def of(cls, images, labels, on: torch.device) -> "Split":
-        return cls(torch.as_tensor(images).to(on), torch.as_tensor(labels).to(on, torch.int64))
+    def of(cls, images, labels, device: torch.device) -> "Split":
+        return cls(torch.as_tensor(images).to(device), torch.as_tensor(labels).to(device, torch.int64))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -47,26 +45,26 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split) -> to
     return outputs(forward, split).argmax(1)
 
 
-def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percent of correct predictions, rounded to two decimals as in metrics/accuracy.json."""
-    return round(100.0 * (predictions == labels).sum().item() / len(labels), 2)
-
-
 def evaluation_images(validation: int, seed: int) -> tuple[dict[str, Split], np.ndarray]:
     """The images every variant is evaluated on, on the CPU: "validation", the training images held out for
     every choice (none if `validation` is 0), and "test", only ever reported; and the class names."""
     dataset = load_npz(paths.DATASET)
-    _, held = split(dataset["train_y"], validation, seed)
+    _, held_out = split(dataset["train_y"], validation, seed)
     cpu = torch.device("cpu")
-    images = {"validation": Split.of(dataset["train_x"][held], dataset["train_y"][held], cpu)} if validation else {}
+    images = {"validation": Split.of(dataset["train_x"][held_out], dataset["train_y"][held_out], cpu)} \
+        if validation else {}
     return {**images, "test": Split.of(dataset["test_x"], dataset["test_y"], cpu)}, dataset["classes"]
 
 
-def save_predictions(path: Path, predictions: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Every variant's predicted class of every image, as uint8 arrays "<variant>/<images>" of an .npz, so that
-    any statistic can be computed again without running a network."""
-    save_npz(path, {f"{variant}/{images}": classes.numpy().astype(np.uint8)
-                    for variant, by_images in predictions.items() for images, classes in by_images.items()})
+def save_predictions(path: Path, predictions: dict) -> None:
+    """Predicted classes of every image, so that any statistic can be computed again without running a network:
+    the variants' {variant: {images: classes}} or a comparison's {group: {cell: {images: classes}}}, as uint8
+    arrays "<variant>/<images>" or "<group>/<cell>/<images>" of an .npz (`io.load_npz_tree` reads them)."""
+    def as_uint8(node):
+        return {key: as_uint8(child) for key, child in node.items()} if isinstance(node, dict) else \
+            node.numpy().astype(np.uint8)
+
+    save_npz_tree(path, as_uint8(predictions))
 
 
 def save_class_plots(name: str, predictions: torch.Tensor, labels: torch.Tensor, classes) -> None:

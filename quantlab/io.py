@@ -84,6 +84,16 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     save_bytes(path, npz_bytes(arrays))
 
 
+def save_npz_tree(path: str | Path, tree: dict) -> None:
+    """Nested dicts with arrays at their leaves, as an .npz whose array names are the leaves' keys joined by "/"
+    ({"W8A8": {"minmax": {"test": ...}}} -> "W8A8/minmax/test"); `load_npz_tree` nests them again."""
+    def flat(node: dict, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
+        for key, child in node.items():
+            yield from flat(child, f"{prefix}{key}/") if isinstance(child, dict) else [(f"{prefix}{key}", child)]
+
+    save_npz(path, dict(flat(tree, "")))
+
+
 def save_csv(path: str | Path, frame) -> None:
     """A pandas DataFrame as CSV; floats keep their shortest round-trip repr, so output is stable."""
     with atomic_write(path, "w") as f:
@@ -115,3 +125,15 @@ def load_npz(path: str | Path, names: list[str] | None = None, limit: int = NPZ_
 def load_json(path: str | Path):
     with open(require(path), encoding="utf-8") as f:
         return json.load(f)
+
+
+def load_npz_tree(path: str | Path) -> dict:
+    """What `save_npz_tree` wrote."""
+    tree = {}
+    for name, array in load_npz(path).items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = array
+    return tree

@@ -14,6 +14,8 @@ b = images A gets right and B wrong, c = the reverse; their accuracy difference 
   favours A with probability 1/2, so p = min(1, 2 P(X <= min(b, c))), X ~ Binomial(m, 1/2); p = 1 for m = 0.
 - One accuracy p on n images has the standard error sqrt(p (1 - p) / n): 0.45 points at 71 % on 10,000.
 - Over seeds: mean, sample standard deviation and the 95 % Student-t interval of the mean.
+
+quantlab.differences applies them to every comparison the pipeline makes.
 """
 
 import math
@@ -42,6 +44,12 @@ def paired(a_right: np.ndarray, b_right: np.ndarray, seed: int = 0, resamples: i
     low, high = np.quantile(deltas, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return {"delta": round(100.0 * (b - c) / n, 2), "ci_low": round(float(low), 2), "ci_high": round(float(high), 2),
             "p": mcnemar(b, c), "only_a_right": b, "only_b_right": c}
+
+
+def accuracy(predictions, labels) -> float:
+    """Percent of correct predictions (NumPy arrays or torch tensors), rounded to two decimals as in
+    metrics/accuracy.json."""
+    return round(100.0 * float((predictions == labels).sum()) / len(labels), 2)
 
 
 def mcnemar(b: int, c: int) -> float:
@@ -112,3 +120,4 @@ def regularized_beta(x: float, a: float, b: float) -> float:
             break
     log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     return math.exp(log_front) * fraction / a
+

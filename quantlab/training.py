@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from quantlab.data import normalize
 from quantlab.errors import UserError
-from quantlab.evaluation import Split, accuracy, predict
+from quantlab.evaluation import Split, predict
+from quantlab.statistics import accuracy
 
 
 def device(name: str) -> torch.device:

@@ -1,10 +1,9 @@
 """Stage download: fetch and verify cifar-10-python.tar.gz, then store its images as data/cifar10.npz."""
 
 from quantlab import paths
-from quantlab.config import load_params
 from quantlab.data import fetch_archive, read_archive
-from quantlab.errors import run_main
 from quantlab.io import save_npz
+from quantlab.stage import load_params, run_main
 
 
 def main() -> None:

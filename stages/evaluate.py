@@ -9,14 +9,14 @@ import onnxruntime
 import torch
 
 from quantlab import paths
-from quantlab.config import load_params
-from quantlab.errors import run_main
-from quantlab.evaluation import FLOAT_VARIANTS, accuracy, evaluation_images, outputs, save_class_plots, save_predictions
+from quantlab.evaluation import evaluation_images, outputs, save_class_plots, save_predictions
 from quantlab.inference import export_format, onnx_graph
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME, REQUANTIZATIONS
 from quantlab.io import load_json, save_json
-from quantlab.variants import ENGINE_REFERENCE, VARIANTS, build
+from quantlab.stage import load_params, run_main
+from quantlab.statistics import accuracy
+from quantlab.variants import ENGINE_REFERENCE, QUANTIZED, VARIANTS
 
 
 def agreement(engine: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -48,18 +48,18 @@ def main() -> None:
     params = load_params()
     images, classes = evaluation_images(params.data.validation, params.seed)
     test, logits, predictions = images["test"], {}, {}
-    for variant in (v for v in VARIANTS if v not in FLOAT_VARIANTS):
-        forward = build(variant)
-        logits[variant] = outputs(forward, test)  # the engine's agreement compares logits
-        predictions[variant] = {name: outputs(forward, split).argmax(1) if name != "test"
-                                else logits[variant].argmax(1) for name, split in images.items()}
+    for variant in QUANTIZED:
+        forward, name = variant.build(), variant.name
+        logits[name] = outputs(forward, test)  # the engine's agreement compares logits
+        predictions[name] = {part: outputs(forward, split).argmax(1) if part != "test" else logits[name].argmax(1)
+                             for part, split in images.items()}
     engine = {"machine_independent": params.compute.machine_independent, "reference": ENGINE_REFERENCE,
               **agreement(logits["integer_engine"], logits[ENGINE_REFERENCE], test.y),
               **deployment(test, logits["integer_engine"])}  # before any output: a refused ONNX file writes none
     save_predictions(paths.predictions("quantized"), predictions)
     measured = {**load_json(paths.FLOAT_ACCURACY),
                 **{variant: accuracy(p["test"], test.y) for variant, p in predictions.items()}}
-    accuracies = {variant: measured[variant] for variant in VARIANTS}
+    accuracies = {variant.name: measured[variant.name] for variant in VARIANTS}
     save_json(paths.ACCURACY, accuracies)
     save_json(paths.ENGINE, engine)
     save_class_plots("quant", predictions["quant_weights_activations"]["test"], test.y, classes)

@@ -4,21 +4,20 @@ and confusion matrix (DVC plots). Apart from evaluate, because nothing about qua
 switching `calib` or the bit widths never reruns this stage."""
 
 from quantlab import paths
-from quantlab.architecture import load_state
-from quantlab.config import load_params
-from quantlab.errors import run_main
-from quantlab.evaluation import FLOAT_VARIANTS, accuracy, evaluation_images, predict, save_class_plots, save_predictions
+from quantlab.evaluation import evaluation_images, predict, save_class_plots, save_predictions
 from quantlab.io import save_json
-from quantlab.model import load_model
+from quantlab.stage import load_params, run_main
+from quantlab.statistics import accuracy
+from quantlab.variants import FLOAT
 
 
 def main() -> None:
     params = load_params()
     images, classes = evaluation_images(params.data.validation, params.seed)
     predictions = {}
-    for variant, model_name in FLOAT_VARIANTS.items():
-        model = load_model(load_state(paths.model(model_name), model_name))
-        predictions[variant] = {name: predict(model, split) for name, split in images.items()}
+    for variant in FLOAT:
+        model = variant.build()
+        predictions[variant.name] = {name: predict(model, split) for name, split in images.items()}
     save_predictions(paths.predictions("float"), predictions)
     test = images["test"]
     save_json(paths.FLOAT_ACCURACY, {variant: accuracy(p["test"], test.y) for variant, p in predictions.items()})

@@ -4,106 +4,22 @@ shifts, the input lookup table), manifest.json (layer order, shapes, bit widths,
 engine's rounding, the SHA-256 of the arrays and of the ONNX model), model.onnx (the same network for ONNX
 Runtime, quantlab.inference.onnx_graph) and runner.py, the standalone NumPy runner that executes it."""
 
-import ast
-import hashlib
-from pathlib import Path
-
-import numpy as np
-
-from quantlab import files, paths
-from quantlab.architecture import INPUT_SHAPE, LAYERS, MODELS, POOL, steps
-from quantlab.config import load_params
-from quantlab.errors import run_main
-from quantlab.inference import export_format, fixed_point, onnx_graph, runner
-from quantlab.inference.export_format import INPUT_LUT, array_name, layer_record
-from quantlab.io import load_npz, npz_bytes, save_bytes, save_json, save_text
+from quantlab import paths
+from quantlab.architecture import MODELS
+from quantlab.inference.export import integer_network, package, write
+from quantlab.io import load_npz
 from quantlab.quantize.network import QuantizedNetwork
-
-
-def export(network: QuantizedNetwork, classes: list[str], headroom: bool = True,
-           rounding: str = fixed_point.GEMMLOWP) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest (without its ONNX model and checksum) and the arrays of the integer network; with
-    `headroom`, each layer's accumulators are pre-shifted into the int32 headroom its worst case leaves (see
-    fixed_point); `rounding`: how the engine and the runner requantize."""
-    shapes = {step.name: step for step in steps()}
-    arrays = {INPUT_LUT: network.input_table()}
-    layers = []
-    input_range = network.activations["input"].range
-    for layer in LAYERS:
-        quantized = network.layers[layer.name]
-        rescale = np.broadcast_to(network.multiplier(layer.name), (layer.outputs,))
-        m0, shift = zip(*(fixed_point.quantize_multiplier(float(m)) for m in rescale), strict=True)
-        names = {key: array_name(layer.name, key) for key in ("weight", "bias", "m0", "shift")}
-        arrays[names["weight"]] = quantized.weight
-        arrays[names["m0"]] = np.array(m0, np.int32)
-        arrays[names["shift"]] = np.array(shift, np.int32)
-        if quantized.q_bias is not None:
-            arrays[names["bias"]] = quantized.q_bias
-        qmin, qmax = network.activations[layer.name].range
-        bound = fixed_point.accumulator_bound(quantized.weight, input_range, quantized.q_bias)
-        clamp = [max(qmin, 0) if layer.relu else qmin, qmax]
-        layers.append(layer_record(
-            name=layer.name, kind=layer.kind, input_shape=list(shapes[layer.name].input),
-            output_shape=list(shapes[layer.name].output), weight=names["weight"], weight_bits=network.weight_bits,
-            weight_scale=quantized.scale.tolist(), bias=names["bias"] if quantized.q_bias is not None else None,
-            multiplier=names["m0"], shift=names["shift"], real_multiplier=rescale.tolist(), accumulator_bound=bound,
-            pre_shift=fixed_point.headroom_shift(bound, arrays[names["shift"]]) if headroom else 0,
-            output_scale=network.activations[layer.name].scale, output_range=[qmin, qmax], clamp=clamp,
-            relu=layer.relu, pool=POOL if layer.pool else 0))
-        input_range = tuple(clamp)
-    first = network.activations["input"]
-    manifest = {
-        "format": export_format.FORMAT, "version": export_format.VERSION, "model": network.provenance.model,
-        "provenance": vars(network.provenance), "rounding": rounding,
-        "activation_bits": {n: a.bits for n, a in network.activations.items()},
-        "input": {"shape": list(INPUT_SHAPE), "lut": INPUT_LUT, "normalization": "x = pixel / 127.5 - 1 (float32)",
-                  "scale": first.scale, "range": list(first.range)},
-        "layers": layers, "classes": classes,
-    }
-    return manifest, arrays
-
-
-def standalone_runner() -> str:
-    """runner.py of an export: the runner with the bounded file readers, the fixed-point arithmetic and the
-    export format it imports, in one file that needs NumPy only, under the runner's docstring (their own
-    docstrings and quantlab imports left out; the `__future__` import lets it run on Pythons older than the
-    project's)."""
-    bodies = []
-    for module in (files, fixed_point, export_format, runner):
-        source = Path(module.__file__).read_text(encoding="utf-8")
-        tree = ast.parse(source)
-        dropped = {line for node in tree.body
-                   if node is tree.body[0] or isinstance(node, ast.ImportFrom) and node.module.startswith("quantlab.")
-                   for line in range(node.lineno - 1, node.end_lineno)}
-        kept = "".join(line for i, line in enumerate(source.splitlines(keepends=True)) if i not in dropped)
-        bodies.append(f"# --- {module.__name__} ".ljust(110, "-") + "\n" + kept.strip("\n") + "\n")
-    docstring = ast.get_source_segment(source, tree.body[0])  # the runner's, the last module
-    return f"{docstring}\n\nfrom __future__ import annotations\n\n" + "\n\n".join(bodies)
-
-
-def built(manifest: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, bytes, bytes]:
-    """An export's manifest, completed with the ONNX model's and the arrays' checksums, the arrays (.npz) and
-    the ONNX model."""
-    payload, model = npz_bytes(arrays), onnx_graph.build(manifest, arrays).SerializeToString()
-    manifest = {**manifest, "onnx": {"file": onnx_graph.FILE, "opset": onnx_graph.OPSET,
-                                     "sha256": hashlib.sha256(model).hexdigest()}}
-    return {**manifest, "sha256": export_format.checksum(manifest, payload)}, payload, model
-
-
-def save(directory: Path, manifest: dict, payload: bytes, model: bytes) -> None:
-    save_bytes(directory / export_format.ARRAYS, payload)
-    save_bytes(directory / onnx_graph.FILE, model)
-    save_json(directory / export_format.MANIFEST, manifest)
-    save_text(directory / "runner.py", standalone_runner())
+from quantlab.stage import load_params, run_main
 
 
 def main() -> None:
     params = load_params()
     classes = load_npz(paths.DATASET, ["classes"])["classes"].tolist()
-    exports = {name: built(*export(QuantizedNetwork.load(paths.quantized(name)), classes, params.export.headroom,
-                                   params.export.rounding)) for name in MODELS}  # all built before any is written
-    for name, built_export in exports.items():
-        save(paths.export(name), *built_export)
+    exports = {name: package(*integer_network(QuantizedNetwork.load(paths.quantized(name)), classes,
+                                              params.export.headroom, params.export.rounding))
+               for name in MODELS}  # all built before any is written
+    for name, files in exports.items():
+        write(paths.export(name), *files)
 
 
 if __name__ == "__main__":

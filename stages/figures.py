@@ -6,13 +6,12 @@ thresholds and are drawn by the report stage, so `dvc exp run -S calib=...` redr
 import pandas as pd
 
 from quantlab import paths
-from quantlab.config import load_params
-from quantlab.errors import run_main
 from quantlab.io import load_json, require
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import calibrator
-from quantlab.quantize.symmetric import activation_signs, activation_widths, width_label, width_name
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
 from quantlab.report import figures
+from quantlab.stage import load_params, run_main
 
 
 def main() -> None:
@@ -31,8 +30,8 @@ def main() -> None:
     float_accuracy, calibration = load_json(paths.FLOAT_ACCURACY)["float"], load_json(paths.CALIBRATION)
     figures.save(figures.calibration(calibration, float_accuracy), directory, "calibration")
     figures.save(figures.techniques(load_json(paths.TECHNIQUES), calibration, float_accuracy), directory, "techniques")
-    widths = [width_name(*width) for width in params.compare.widths]
-    figures.save(figures.fine_tuning({width_label(width): pd.read_csv(require(paths.qat_history("float", width)))
+    widths = [Setting(*width) for width in params.compare.widths]
+    figures.save(figures.fine_tuning({width.label: pd.read_csv(require(paths.qat_history("float", width.name)))
                                       for width in widths}), directory, "qat")
 
 

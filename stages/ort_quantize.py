@@ -23,13 +23,13 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
 
 from quantlab import paths
-from quantlab.config import load_params
 from quantlab.data import calibration_images
-from quantlab.errors import run_main
-from quantlab.evaluation import accuracy, evaluation_images, save_predictions
+from quantlab.evaluation import evaluation_images, save_predictions
 from quantlab.inference import onnx_graph
 from quantlab.io import load_npz, save_json
-from quantlab.quantize.symmetric import setting_name
+from quantlab.quantize.symmetric import Setting
+from quantlab.stage import load_params, run_main
+from quantlab.statistics import accuracy
 
 CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -49,13 +49,13 @@ class Batches(CalibrationDataReader):
 
 def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndarray, images: dict,
                               folder: Path) -> dict[str, dict]:
-    """Predictions {"W8A8-tensor/minmax": {"validation": classes, "test": classes}, ...} of every calibrator at
-    every granularity; `folder` holds the ONNX files meanwhile."""
+    """Predictions {"W8A8-tensor": {"minmax": {"validation": classes, "test": classes}, ...}, ...} of every
+    calibrator at every granularity; `folder` holds the ONNX files meanwhile."""
     source = folder / "float.onnx"
     onnx.save(onnx_graph.float_model(state), source)
     predictions, by_model = {}, {}
     for per_channel in (False, True):
-        setting = setting_name(*BITS, per_channel)
+        setting = Setting(*BITS, per_channel).name
         for name, method in CALIBRATORS.items():
             target = folder / f"{setting}-{name}.onnx"
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
@@ -68,7 +68,7 @@ def quantize_with_onnxruntime(state: dict[str, np.ndarray], calibration: np.ndar
                 by_model[payload] = {split: torch.from_numpy(onnx_graph.outputs(session, split_images.x.numpy(),
                                                                                 "logits").argmax(1))
                                      for split, split_images in images.items()}
-            predictions[f"{setting}/{name}"] = by_model[payload]
+            predictions.setdefault(setting, {})[name] = by_model[payload]
     return predictions
 
 
@@ -81,8 +81,8 @@ def main() -> None:
         predictions = quantize_with_onnxruntime(load_npz(paths.model("float")), calibration, images, Path(folder))
     save_predictions(paths.predictions("onnxruntime"), predictions)
     save_json(paths.ONNXRUNTIME, {"version": onnxruntime.__version__,
-                                  **{cell: accuracy(classes["test"], images["test"].y)
-                                     for cell, classes in predictions.items()}})
+                                  **{f"{setting}/{name}": accuracy(classes["test"], images["test"].y)
+                                     for setting, row in predictions.items() for name, classes in row.items()}})
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 
 from quantlab import paths
-from quantlab.errors import UserError, run_main
+from quantlab.errors import UserError
 from quantlab.io import require, save_bytes
 from quantlab.report.provenance import source_date
+from quantlab.stage import run_main
 
 PACKAGES = ("texlive-latex-recommended texlive-publishers texlive-fonts-recommended texlive-luatex "
             "fonts-freefont-otf fonts-noto-cjk")

@@ -7,11 +7,11 @@ import torch
 
 from quantlab import paths
 from quantlab.architecture import load_state, model_name_argument
-from quantlab.config import ProfileParams, load_params
+from quantlab.config import ProfileParams
 from quantlab.data import calibration_images, normalize
-from quantlab.errors import run_main
 from quantlab.model import load_model
 from quantlab.profiling import profile_model, save_profiles
+from quantlab.stage import load_params, run_main
 
 
 def main() -> None:

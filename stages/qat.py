@@ -8,16 +8,17 @@ import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import load_state
-from quantlab.config import Params, load_params
+from quantlab.config import Params
 from quantlab.data import without_validation
-from quantlab.errors import UserError, run_main
+from quantlab.errors import UserError
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import LEARNED_STEP, calibrator
 from quantlab.quantize.qat import QATNet
-from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.stage import load_params, run_main
 from quantlab.training import device, fit, make_deterministic, steps_per_epoch, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
@@ -37,18 +38,18 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
               params: Params) -> tuple[dict, dict, list[dict]]:
     """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
-    on = device(params.compute.device)
-    model = load_model(load_state(paths.model(model_name), model_name)).to(on)
+    target = device(params.compute.device)
+    model = load_model(load_state(paths.model(model_name), model_name)).to(target)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
     signs = activation_signs(quant.unsigned_activations)
     initial = calibrator(INITIAL).thresholds(load_profiles(paths.profile(model_name), "activations"), widths, signs) \
         if qat.ranges == LEARNED_STEP else None
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,
-                     qat.decay, qat.start, qat.ranges, params.seed, initial).to(on)
+                     qat.decay, qat.start, qat.ranges, params.seed, initial).to(target)
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
-                  desc=f"qat@{model_name} {width_name(weight_bits, activation_bits)}", log_every=LOG_EVERY)
+                  desc=f"qat@{model_name} {Setting(weight_bits, activation_bits).name}", log_every=LOG_EVERY)
     learned = {"thresholds": network.learned_thresholds(), "bits": widths, "signed": signs,
                "weight_bits": weight_bits, "fake_quant_test_accuracy": history[-1]["test_accuracy"]}
     return state_to_arrays(model.cpu()), learned, history
@@ -57,16 +58,17 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
 def main() -> None:
     params = load_params()
     dataset = without_validation(load_npz(paths.DATASET), params.data.validation, params.seed)
-    on = device(params.compute.device)
-    train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], on), params.train.fraction, params.seed)
-    test = Split.of(dataset["test_x"], dataset["test_y"], on)
+    target = device(params.compute.device)
+    train = training_subset(Split.of(dataset["train_x"], dataset["train_y"], target), params.train.fraction,
+                            params.seed)
+    test = Split.of(dataset["test_x"], dataset["test_y"], target)
     steps = params.qat.epochs * steps_per_epoch(len(train), params.train.batch_size)
     if params.qat.start >= steps:  # nothing would be fake-quantized: a float fine-tune reported as QAT
         raise UserError(f"params.yaml: qat.start must be below the fine-tune's {steps} steps ({params.qat.epochs} "
                         f"epoch(s) of {len(train)} images in batches of {params.train.batch_size}), got "
                         f"{params.qat.start}")
     for model_name, weight_bits, activation_bits in runs(params):
-        width = width_name(weight_bits, activation_bits)
+        width = Setting(weight_bits, activation_bits).name
         state, learned, history = fine_tune(model_name, weight_bits, activation_bits, train, test, params)
         save_npz(paths.qat(model_name, width).with_suffix(".npz"), state)
         save_json(paths.qat(model_name, width).with_suffix(".json"), learned)

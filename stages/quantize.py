@@ -23,14 +23,15 @@ import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import MODELS, load_state
-from quantlab.config import Params, load_params
+from quantlab.config import Params
 from quantlab.data import calibration_images
-from quantlab.errors import run_main
 from quantlab.io import load_json, save_csv
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator, diagnose, sqnr_db
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
-from quantlab.quantize.symmetric import activation_signs, activation_widths, width_name
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.quantize.techniques import switched_on
+from quantlab.stage import load_params, run_main
 
 
 def quantized(model_name: str, params: Params) -> tuple[QuantizedNetwork, dict[str, np.ndarray],
@@ -38,23 +39,24 @@ def quantized(model_name: str, params: Params) -> tuple[QuantizedNetwork, dict[s
     """The quantized network of one model (`model_name` in MODELS), as the params say; and the float state and
     activation profiles it was quantized from (equalized and profiled again where `ptq.equalize` says)."""
     quant = params.quant
-    fine_tune = paths.qat(model_name, width_name(quant.weight_bits, quant.activation_bits))
+    fine_tune = paths.qat(model_name, Setting(quant.weight_bits, quant.activation_bits).name)
     weights = METHODS[params.calib].weights  # the float weights the method's thresholds belong to
     source = {TRAINED: paths.model(model_name), FINE_TUNED: fine_tune.with_suffix(".npz")}[weights]
     state = load_state(source, model_name)
     method = calibrator(params.calib, quant.percentile, load_json(fine_tune.with_suffix(".json"))["thresholds"])
     profiles = load_profiles(paths.profile(model_name), "activations")
-    provenance = Provenance(model_name, params.calib, weights, source.as_posix(), list(params.ptq.techniques))
+    techniques = switched_on(params.ptq)
+    provenance = Provenance(model_name, params.calib, weights, source.as_posix(), [t.name for t in techniques])
     widths = activation_widths(quant.activation_bits, quant.logit_bits)
     signs = activation_signs(quant.unsigned_activations)
-    if not params.ptq.techniques:
+    if not techniques:
         activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
         return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance), state, profiles
     from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
-    start = prepare(state, calibration_images(params), profiles, params.ptq.equalize, params.profile.bins)
-    network, _ = apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, params.ptq,
-                                  params.seed, provenance)
+    start = prepare(state, calibration_images(params), profiles, techniques, params.profile.bins)
+    network, _ = apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, techniques,
+                                  params.ptq, params.seed, provenance)
     return network, start.state, start.profiles
 
 

@@ -1,8 +1,8 @@
 """Stage techniques: the post-training techniques (quantlab.quantize.ptq) as an axis of the comparison, on the
 float model. At every width of `techniques.widths` (the logits keep 8 bits) and every granularity of
-`techniques.per_channel`, every combination of COMBINATIONS quantizes the network through the same
-float-rescale forward as the headline metrics: its predictions on the validation and test images
-(evaluation/techniques.npz; the statistics stage chooses among them on the validation images), its test
+`techniques.per_channel`, every combination of the registry's (quantlab.quantize.techniques) quantizes the
+network through the same float-rescale forward as the headline metrics: its predictions on the validation and
+test images (evaluation/techniques.npz; the statistics stage chooses among them on the validation images), its test
 accuracy (metrics/techniques.json) and, per layer, the weight-range spread before and after equalization and
 the output's mean squared error with nearest rounding and after the techniques (compare/techniques.csv)."""
 
@@ -14,58 +14,59 @@ import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import load_state
-from quantlab.config import NEAREST, Params, load_params
+from quantlab.config import Params
 from quantlab.data import calibration_images
-from quantlab.errors import run_main
-from quantlab.evaluation import Split, accuracy, evaluation_images, predict, save_predictions
+from quantlab.evaluation import Split, evaluation_images, predict, save_predictions
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.io import save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator
 from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import apply_techniques, prepare
-from quantlab.quantize.symmetric import activation_signs, activation_widths, setting_name
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.quantize.techniques import PREPARE, combination_name, combinations
+from quantlab.stage import load_params, run_main
+from quantlab.statistics import accuracy
 
-# Each alone, then the combinations that can beat them; the order in which they apply is ptq's.
-COMBINATIONS = ((), ("equalize",), ("bias_correction",), ("adaround",), ("equalize", "bias_correction"),
-                ("adaround", "bias_correction"), ("equalize", "adaround", "bias_correction"))
 LOGIT_BITS = 8
 
 
 def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
                        splits: dict[str, Split], params: Params) -> tuple[dict, pd.DataFrame, dict]:
     """Test accuracy {setting: {combination: %}}, the per-layer diagnostics of every cell, and every cell's
-    predictions on every set of `splits` ({"W4A8-tensor/adaround": {"test": classes, ...}, ...}), as
+    predictions on every set of `splits` ({"W4A8-tensor": {"adaround": {"test": classes, ...}, ...}, ...}), as
     `params.techniques` says. `images`: the calibration images (uint8), `profiles` the float model's
     activation profiles."""
     settings = params.techniques
     method = calibrator(settings.calib, params.quant.percentile)
     signs = activation_signs(settings.unsigned_activations)
-    starts = {equalized: prepare(state, images, profiles, equalized, params.profile.bins)
-              for equalized in (False, True)}
+    ptq = dataclasses.replace(params.ptq, iterations=settings.iterations)
+
+    def preparation(combination) -> tuple:
+        return tuple(t for t in combination if t.phase == PREPARE)
+
+    prepared = {preparing: prepare(state, images, profiles, preparing, params.profile.bins)
+              for preparing in dict.fromkeys(map(preparation, combinations()))}
     results, rows, predictions = {}, [], {}
     for weight_bits, activation_bits in settings.widths:
         widths = activation_widths(activation_bits, LOGIT_BITS)
         for per_channel in settings.per_channel:
-            setting = setting_name(weight_bits, activation_bits, per_channel)
-            results[setting] = {}
-            for combination in COMBINATIONS:
+            setting = Setting(weight_bits, activation_bits, per_channel).name
+            results[setting], predictions[setting] = {}, {}
+            for combination in combinations():
                 began = time.perf_counter()
-                chosen = dataclasses.replace(params.ptq, equalize="equalize" in combination,
-                                             bias_correction="bias_correction" in combination,
-                                             rounding="adaround" if "adaround" in combination else NEAREST,
-                                             iterations=settings.iterations)
+                name = combination_name(combination)
                 network, diagnostics = apply_techniques(
-                    starts[chosen.equalize], method, widths, signs, weight_bits, per_channel, chosen, params.seed,
-                    Provenance("float", method.name, TRAINED, paths.model("float").as_posix(), list(combination)))
-                name, forward = "+".join(combination) or NEAREST, FloatRescaleNet(network)
-                cell = f"{setting}/{name}"
-                predictions[cell] = {part: predict(forward, split) for part, split in splits.items()}
-                results[setting][name] = accuracy(predictions[cell]["test"], splits["test"].y)
+                    prepared[preparation(combination)], method, widths, signs, weight_bits, per_channel, combination,
+                    ptq, params.seed, Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
+                                                 [t.name for t in combination]))
+                forward = FloatRescaleNet(network)
+                cell = predictions[setting][name] = {part: predict(forward, split) for part, split in splits.items()}
+                results[setting][name] = accuracy(cell["test"], splits["test"].y)
                 rows += [{"setting": setting, "techniques": name, "layer": layer, **values}
                          for layer, values in diagnostics.items()]
-                print(f"{cell:<45} test {results[setting][name]:6.2f}  {time.perf_counter() - began:5.1f} s",
-                      flush=True)
+                seconds = time.perf_counter() - began
+                print(f"{f'{setting}/{name}':<45} test {results[setting][name]:6.2f}  {seconds:5.1f} s", flush=True)
     return results, pd.DataFrame(rows), predictions
 
 

@@ -6,12 +6,12 @@ import pandas as pd
 
 from quantlab import paths
 from quantlab.architecture import MODELS, model_name_argument
-from quantlab.config import TrainParams, load_params
+from quantlab.config import TrainParams
 from quantlab.data import without_validation
-from quantlab.errors import run_main
 from quantlab.evaluation import Split
 from quantlab.io import load_npz, save_csv, save_npz
 from quantlab.model import Net, state_to_arrays
+from quantlab.stage import load_params, run_main
 from quantlab.training import device, fit, make_deterministic, training_subset
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 
 from quantlab.architecture import MODELS
+from quantlab.inference.export import integer_network, package, write
 from quantlab.inference.fixed_point import GEMMLOWP
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.model import Net, state_to_arrays
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths
-from stages.export import built, export, save
 
 IMAGES = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
 
@@ -46,5 +46,5 @@ def random_export(tmp_path, bits=8, per_channel=False, unsigned=False, headroom=
     """A random network exported to tmp_path/export, and its float-rescale forward."""
     _, network = random_network(bits, per_channel, unsigned, logit_bits, model, seed)
     directory = tmp_path / "export"
-    save(directory, *built(*export(network, [str(c) for c in range(10)], headroom, rounding)))
+    write(directory, *package(*integer_network(network, [str(c) for c in range(10)], headroom, rounding)))
     return directory, FloatRescaleNet(network)

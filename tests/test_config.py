@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from bench.bombs import ALIAS_BOMB
-from quantlab.config import load_params
 from quantlab.errors import UserError
+from quantlab.stage import load_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
 

@@ -8,9 +8,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules that hold paths, read params or report errors, and package docstrings: they decide nothing a stage
-# computes (config validates params against the calibration registry, which is no routing).
-INFRASTRUCTURE = {"quantlab/errors.py", "quantlab/config.py", "quantlab/paths.py", "quantlab/__init__.py",
-                  "quantlab/quantize/__init__.py", "quantlab/inference/__init__.py", "quantlab/report/__init__.py"}
+# computes (stage checks the names in params against the registries, which is no routing).
+INFRASTRUCTURE = {"quantlab/errors.py", "quantlab/config.py", "quantlab/stage.py", "quantlab/paths.py",
+                  "quantlab/__init__.py", "quantlab/quantize/__init__.py", "quantlab/inference/__init__.py",
+                  "quantlab/report/__init__.py"}
 
 
 def module_file(dotted: str) -> str | None:

@@ -18,6 +18,7 @@ from quantlab.evaluation import Split, outputs
 from quantlab.inference import engine as engine_module
 from quantlab.inference import export_format, runner
 from quantlab.inference.engine import EngineLayer, FixedPointEngine
+from quantlab.inference.export import standalone_runner
 from quantlab.inference.fixed_point import (
     INT32_MAX,
     INT32_MIN,
@@ -27,7 +28,6 @@ from quantlab.inference.fixed_point import (
     saturating_rounding_doubling_high_mul,
 )
 from quantlab.quantize.symmetric import int_range
-from stages.export import standalone_runner
 
 from quant_fixture import IMAGES, random_export
 

@@ -128,7 +128,7 @@ def test_params_read_the_way_dvc_writes_them(repo):
     params["train"]["lr"], params["quant"]["percentile"], params["report"]["author"] = 1e-05, 1e-9, "No"
     (repo / "params.yaml").write_text(dumps_yaml(params))
     assert "lr: 1e-05" in (repo / "params.yaml").read_text()
-    result = run(repo, "python", "-c", "from quantlab.config import load_params; p = load_params(); "
+    result = run(repo, "python", "-c", "from quantlab.stage import load_params; p = load_params(); "
                  "print(p.train.lr, p.quant.percentile, p.report.author)")
     assert result.stdout.split() == ["1e-05", "1e-09", "No"]
 

@@ -174,8 +174,8 @@ def test_every_params_scalar_means_what_dvc_reads_or_is_refused(tmp_path):
     it in one line or use exactly the value DVC reads (and shows, and passes to -S)."""
     from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
 
-    from quantlab.config import load_params
     from quantlab.errors import UserError
+    from quantlab.stage import load_params
 
     params = yaml.safe_load(open("params.yaml"))
     path, cases = tmp_path / "params.yaml", 0

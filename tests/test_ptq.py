@@ -13,6 +13,7 @@ from quantlab.config import PTQParams
 from quantlab.errors import UserError
 from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.export import integer_network, package, write
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.model import Net, layer_output, load_model, state_to_arrays, walk
 from quantlab.profiling import profile_model
@@ -20,7 +21,7 @@ from quantlab.quantize.calibration import calibrator
 from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import adaround, apply_techniques, equalize, prepare, range_spread
 from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
-from stages.export import built, export, save
+from quantlab.quantize.techniques import switched_on
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
 PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01,
@@ -75,9 +76,10 @@ def techniques(state, ptq, weight_bits=4, activation_bits=8, per_channel=False):
     """The network the techniques of `ptq` quantize (without their diagnostics)."""
     profiles = activations_for(state)
     widths, signs = activation_widths(activation_bits, 8), activation_signs(True)
-    return apply_techniques(prepare(state, IMAGES, profiles, ptq.equalize, 256), calibrator("mse"), widths, signs,
-                            weight_bits, per_channel, ptq, 0, Provenance("float", "mse", "trained", "random",
-                                                                         list(ptq.techniques)))[0]
+    on = switched_on(ptq)
+    return apply_techniques(prepare(state, IMAGES, profiles, on, 256), calibrator("mse"), widths, signs,
+                            weight_bits, per_channel, on, ptq, 0,
+                            Provenance("float", "mse", "trained", "random", [t.name for t in on]))[0]
 
 
 def test_learned_rounding_picks_the_floor_or_the_ceiling_of_every_weight():
@@ -160,7 +162,7 @@ def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settin
     network = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=8,
                          per_channel=True)
     directory = tmp_path / "export"
-    save(directory, *built(*export(network, [str(c) for c in range(10)], True)))
+    write(directory, *package(*integer_network(network, [str(c) for c in range(10)], True)))
     manifest, arrays = export_format.read(directory)
     images = torch.from_numpy(IMAGES)
     logits = FixedPointEngine(manifest, arrays)(images).numpy()

@@ -8,8 +8,8 @@ import torch
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
 from quantlab.data import normalize
+from quantlab.inference.fixed_point import FLOAT32_EXACT
 from quantlab.inference.float_rescale import (
-    FLOAT32_EXACT_LIMIT,
     FloatRescaleNet,
     accumulation_dtype,
     integer_layer,
@@ -18,6 +18,7 @@ from quantlab.inference.float_rescale import (
 from quantlab.model import Net, state_to_arrays
 from quantlab.quantize.network import Activation, Provenance, activations_of, quantize_network
 from quantlab.quantize.symmetric import (
+    Setting,
     activation_signs,
     activation_widths,
     bias_scale,
@@ -28,8 +29,6 @@ from quantlab.quantize.symmetric import (
     scale_for,
     squared_errors,
     weight_scale,
-    width_label,
-    width_name,
 )
 
 from quant_fixture import random_network
@@ -88,8 +87,14 @@ def test_squared_errors_agree_for_numpy_and_torch():
     assert numpy_errors[2] == pytest.approx(expected, rel=1e-12)
 
 
-def test_width_names_and_labels():
-    assert width_name(8, 4) == "W8A4" and width_label(width_name(8, 4)) == "8/4"
+def test_setting_names_labels_and_parse():
+    assert Setting(8, 4).name == "W8A4" and Setting(8, 4).label == "8/4"
+    assert Setting(4, 8, False).name == "W4A8-tensor" and Setting(3, 8, True).label == "3/8 per channel"
+    for setting in (Setting(8, 4), Setting(4, 8, False), Setting(2, 8, True)):
+        assert Setting.parse(setting.name) == setting
+    assert Setting(4, 8, True).width == Setting(4, 8)
+    with pytest.raises(ValueError, match="not a setting name"):
+        Setting.parse("W4A8-row")
 
 
 def test_quantize_weights_matches_hand_values():
@@ -119,7 +124,7 @@ def test_fc1_sized_accumulation_is_exact_where_float32_is_not():
     q_w = torch.full((1, 1152), 127.0)
     q_x[0, 0] = 0.0  # an odd total: float32 cannot hold it above 2^24
     exact = 1151 * 127 * 127
-    assert exact > FLOAT32_EXACT_LIMIT and int(np.float32(exact)) != exact  # float32 cannot hold the sum
+    assert exact > FLOAT32_EXACT and int(np.float32(exact)) != exact  # float32 cannot hold the sum
     fc1 = next(layer for layer in LAYERS if layer.name == "fc1")
     q_w = q_w.to(accumulation_dtype(q_w, 128))
     assert integer_layer(fc1, q_x, q_w).item() == exact

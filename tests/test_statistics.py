@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from quantlab.differences import differences
 from quantlab.report.tables import difference as printed
 from quantlab.report.tables import verdict
 from quantlab.statistics import mcnemar, paired, spread, standard_error, t_cdf, t_quantile
-from stages.statistics import differences
+from quantlab.variants import VARIANTS
 
 RNG = np.random.default_rng(3)
 
@@ -100,31 +101,26 @@ def test_student_t_against_closed_forms_and_the_spread_over_seeds():
     assert result["low"] == pytest.approx(3 - half, abs=1e-3) and result["high"] == pytest.approx(3 + half, abs=1e-3)
 
 
-def synthetic(seed: int = 0) -> tuple[dict, dict, dict, dict]:
+def synthetic(seed: int = 0) -> tuple[dict, dict, dict, dict, dict]:
     """Labels of 500 validation and 1000 test images, predictions of the variants and of two widths'
     calibration cells, of two settings' techniques cells and of ONNX Runtime's quantizer at two settings, each
     right on a chosen share of images."""
     rng = np.random.default_rng(seed)
     labels = {"validation": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
 
-    def predicted(share: float, images: str) -> np.ndarray:
-        y = labels[images]
-        return np.where(rng.random(len(y)) < share, y, (y + 1) % 10).astype(np.uint8)
+    def predicted(share: float) -> dict[str, np.ndarray]:
+        return {images: np.where(rng.random(len(y)) < share, y, (y + 1) % 10).astype(np.uint8)
+                for images, y in labels.items()}
 
-    names = ["float", "bias_float", "quant_weights", "quant_weights_activations", "integer_engine",
-             "bias_quant_raw_bias", "bias_quant"]
-    shares = {"minmax": 0.70, "sigma3": 0.74, "kl": 0.72, "qat": 0.73}
-    predictions = {f"{name}/{images}": predicted(0.7, images) for name in names for images in labels}
-    for width in ("W8A8", "W4A4"):
-        predictions |= {f"{width}/{method}/{images}": predicted(share, images) for method, share in shares.items()
-                        for images in labels}
-    combinations = {"nearest": 0.60, "equalize": 0.65, "adaround": 0.69, "adaround+bias_correction": 0.68}
-    techniques = {f"{setting}/{name}/{images}": predicted(share, images) for setting in ("W4A8-tensor", "W3A8-channel")
-                  for name, share in combinations.items() for images in labels}
-    calibrators = {"minmax": 0.69, "entropy": 0.71, "percentile": 0.70}
-    peers = {f"{setting}/{name}/{images}": predicted(share, images) for setting in ("W8A8-tensor", "W8A8-channel")
-             for name, share in calibrators.items() for images in labels}
-    return labels, predictions, techniques, peers
+    def grid(groups, shares: dict[str, float]) -> dict:
+        return {group: {name: predicted(share) for name, share in shares.items()} for group in groups}
+
+    variants = {variant.name: predicted(0.7) for variant in VARIANTS}
+    calibration = grid(("W8A8", "W4A4"), {"minmax": 0.70, "sigma3": 0.74, "kl": 0.72, "qat": 0.73})
+    techniques = grid(("W4A8-tensor", "W3A8-channel"),
+                      {"nearest": 0.60, "equalize": 0.65, "adaround": 0.69, "adaround+bias_correction": 0.68})
+    peers = grid(("W8A8-tensor", "W8A8-channel"), {"minmax": 0.69, "entropy": 0.71, "percentile": 0.70})
+    return labels, variants, calibration, techniques, peers
 
 
 def choices(result: dict) -> dict:
@@ -133,38 +129,36 @@ def choices(result: dict) -> dict:
 
 
 def test_the_choices_read_the_validation_images_only():
-    labels, predictions, techniques, peers = synthetic()
-    chosen = choices(differences(labels, predictions, techniques, peers, False))
+    labels, variants, calibration, techniques, peers = synthetic()
+    chosen = choices(differences(labels, variants, calibration, techniques, peers, False))
 
-    def shuffled(cells: dict) -> dict:
-        return {key: (np.random.default_rng(1).permutation(value) if key.endswith("/test") else value)
-                for key, value in cells.items()}
+    def shuffled(tree: dict) -> dict:
+        return {key: shuffled(value) if isinstance(value, dict) else
+                np.random.default_rng(1).permutation(value) if key == "test" else value for key, value in tree.items()}
 
     relabelled = {**labels, "test": np.random.default_rng(9).permutation(labels["test"])}
-    assert choices(differences(relabelled, shuffled(predictions), shuffled(techniques), shuffled(peers),
-                               False)) == chosen
+    assert choices(differences(relabelled, shuffled(variants), shuffled(calibration), shuffled(techniques),
+                               shuffled(peers), False)) == chosen
 
-    def on_validation(cells: dict, group: str, names) -> str:
-        return max(names, key=lambda name: np.mean(cells[f"{group}/{name}/validation"] == labels["validation"]))
+    def on_validation(cells: dict, names) -> str:
+        return max(names, key=lambda name: np.mean(cells[name]["validation"] == labels["validation"]))
 
-    expected = {f"calibration/{width}": on_validation(predictions, width, ("minmax", "sigma3", "kl"))
-                for width in ("W8A8", "W4A4")}
-    expected |= {f"techniques/{setting}": on_validation(techniques, setting, [key.split("/")[1] for key in techniques
-                                                                              if key.startswith(f"{setting}/")])
-                 for setting in ("W4A8-tensor", "W3A8-channel")}
-    expected |= {f"onnxruntime/{setting}": on_validation(peers, setting, ("minmax", "entropy", "percentile"))
-                 for setting in ("W8A8-tensor", "W8A8-channel")}
+    expected = {f"calibration/{width}": on_validation(cells, ("minmax", "sigma3", "kl"))
+                for width, cells in calibration.items()}
+    expected |= {f"techniques/{setting}": on_validation(cells, cells) for setting, cells in techniques.items()}
+    expected |= {f"onnxruntime/{setting}": on_validation(cells, cells) for setting, cells in peers.items()}
     assert chosen == expected
     right = labels["validation"].astype(np.uint8)
-    flipped = differences(labels, dict(predictions, **{"W8A8/kl/validation": right}),
-                          dict(techniques, **{"W3A8-channel/equalize/validation": right}), peers, False)
+    calibration["W8A8"]["kl"]["validation"] = right
+    techniques["W3A8-channel"]["equalize"]["validation"] = right
+    flipped = differences(labels, variants, calibration, techniques, peers, False)
     assert flipped["calibration"]["W8A8"]["best"] == "kl"
     assert flipped["techniques"]["W3A8-channel"]["best"] == "equalize"
 
 
 def test_without_validation_images_the_choice_is_on_the_test_images():
-    labels, predictions, techniques, peers = synthetic()
-    result = differences({"test": labels["test"]}, predictions, techniques, peers, True)
+    labels, variants, calibration, techniques, peers = synthetic()
+    result = differences({"test": labels["test"]}, variants, calibration, techniques, peers, True)
     assert result["choices_on"] == "test" and "validation_accuracy" not in result["variants"]["quant_weights"]
     row = result["calibration"]["W8A8"]
     assert row["best"] == max(("minmax", "sigma3", "kl"), key=lambda m: row[m]["test_accuracy"])
@@ -176,14 +170,14 @@ def test_without_validation_images_the_choice_is_on_the_test_images():
 
 
 def test_onnxruntimes_choice_is_held_against_this_projects_at_the_same_granularity():
-    labels, predictions, techniques, peers = synthetic()
+    labels, variants, calibration, techniques, peers = synthetic()
     for per_channel, setting in ((False, "W8A8-tensor"), (True, "W8A8-channel")):
-        result = differences(labels, predictions, techniques, peers, per_channel)
+        result = differences(labels, variants, calibration, techniques, peers, per_channel)
         ours, theirs = result["calibration"]["W8A8"]["best"], result["onnxruntime"][setting]["best"]
         record = result["onnxruntime"][setting]["vs_project"]
         assert record["project"] == ours
         right = [np.mean(cells == labels["test"]) * 100
-                 for cells in (peers[f"{setting}/{theirs}/test"], predictions[f"W8A8/{ours}/test"])]
+                 for cells in (peers[setting][theirs]["test"], calibration["W8A8"][ours]["test"])]
         assert record["delta"] == pytest.approx(right[0] - right[1], abs=0.01)
         assert record["ci_low"] <= record["delta"] <= record["ci_high"]
         other = "W8A8-channel" if setting == "W8A8-tensor" else "W8A8-tensor"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.architecture import MODELS, steps
+from quantlab.architecture import MODELS, shapes
 from quantlab.config import TrainParams
 from quantlab.errors import UserError
 from quantlab.evaluation import Split
@@ -26,17 +26,17 @@ def test_architecture_is_the_labs_table_and_the_models_shapes():
         ["fc2", "Fully-connected", "256", "64", "ReLU"],
         ["fc3", "Fully-connected", "64", "10", "None"],
     ]
-    shapes = []  # what the torch model computes, layer by layer
+    computed = []  # what the torch model computes, layer by layer
 
     def apply(module, inputs, output):
-        shapes.append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
+        computed.append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
 
     model = Net()
     for module in model.children():
         module.register_forward_hook(apply)
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
-    assert shapes == [(step.input, step.output) for step in steps() if step.kind != "pool"]
+    assert computed == [(step.input, step.output) for step in shapes() if step.kind != "pool"]
     assert Net().fc3.bias is None and Net(MODELS["bias"]).fc3.bias is not None
     assert all(getattr(Net(), name).bias is None for name in ("conv1", "conv2", "fc1", "fc2"))
 

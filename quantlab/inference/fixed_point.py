@@ -16,6 +16,8 @@ import math
 import numpy as np
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+# float32 represents every integer up to here and no further: integer sums in float32 are exact below it
+FLOAT32_EXACT = 2 ** 24
 # How accumulators become the next layer's integers: gemmlowp's M0 * 2^shift (TFLite, the default), or ONNX
 # Runtime's float32 multiplier with rounding half to even (onnxruntime_multiplier, round_scaled).
 GEMMLOWP, ONNXRUNTIME = REQUANTIZATIONS = ("gemmlowp", "onnxruntime")

@@ -12,17 +12,16 @@ import numpy as np
 import torch
 
 from quantlab.architecture import LAYERS, Layer, input_of
+from quantlab.inference.fixed_point import FLOAT32_EXACT
 from quantlab.model import layer_output, max_pool, walk
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import channel_shaped
-
-FLOAT32_EXACT_LIMIT = 2 ** 24
 
 
 def accumulation_dtype(q_weight: torch.Tensor, max_abs_input: int) -> torch.dtype:
     """float32 when no partial sum of this layer can reach 2^24, else float64 (see the module docstring)."""
     worst = q_weight.abs().flatten(1).sum(1).max().item() * max_abs_input
-    return torch.float32 if worst < FLOAT32_EXACT_LIMIT else torch.float64
+    return torch.float32 if worst < FLOAT32_EXACT else torch.float64
 
 
 def integer_layer(layer: Layer, q_x: torch.Tensor, q_weight: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import numpy as np
 from quantlab.files import npy_array
 from quantlab.inference.export_format import ARRAYS, INPUT_LUT, MANIFEST, read
 from quantlab.inference.fixed_point import (
+    FLOAT32_EXACT,
     INT32_MAX,
     INT32_MIN,
     ONNXRUNTIME,
@@ -52,7 +53,7 @@ def exact_dtype(terms: int):
     """A float dtype in which sums of `terms` products of 8-bit values (each |q| <= 255 times |w| <= 128)
     are exact in any order: float32 below 2^24, where it stops representing every integer, else float64
     (exact to 2^53). NumPy has no integer BLAS; a float matrix product is exact within those bounds."""
-    return np.float32 if terms * 255 * 128 < 2 ** 24 else np.float64
+    return np.float32 if terms * 255 * 128 < FLOAT32_EXACT else np.float64
 
 
 def accumulate(layer: dict, arrays: dict[str, np.ndarray], q: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ threshold, and the post-ReLU outputs are 50-80 % zeros, a spike that would other
 (it halves the 3-sigma range and dominates KL's divergence). Tensors without zeros are unaffected.
 """
 
+import enum
+
 import numpy as np
 
 from quantlab.errors import UserError
@@ -18,8 +20,16 @@ from quantlab.profiling import TensorProfile
 from quantlab.quantize.symmetric import int_range, squared_errors
 
 METHODS: dict[str, type["Calibrator"]] = {}
-# The float weights a method's thresholds belong to; "qat" also names the fine-tunes' row of the comparison.
-TRAINED, FINE_TUNED = "trained", "qat"
+class Weights(enum.StrEnum):
+    """The float weights a method's thresholds belong to, by the name files and metrics give them; "qat" also
+    names the fine-tunes' row of the comparison."""
+
+    TRAINED = "trained"
+    FINE_TUNED = "qat"
+
+
+TRAINED, FINE_TUNED = Weights.TRAINED, Weights.FINE_TUNED
+BASELINE = "minmax"  # the lab's method: the comparison measures every other method against it
 
 
 def register(cls: type["Calibrator"]) -> type["Calibrator"]:

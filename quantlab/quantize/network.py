@@ -66,7 +66,7 @@ class QuantizedLayer:
 class Provenance:
     model: str  # a name in quantlab.architecture.MODELS
     calib: str  # the calibration method that chose the activation thresholds
-    weights: str  # which float weights were quantized: "trained", "qat" (the quantization-aware fine-tune), ...
+    weights: str  # which float weights were quantized: a calibration.Weights, "trained" or "qat" (the fine-tune)
     source: str  # the file they came from
     techniques: list[str] = dataclasses.field(default_factory=list)  # post-training techniques applied, in order
 

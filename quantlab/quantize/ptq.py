@@ -21,7 +21,9 @@
                       f the layer's ReLU), beta annealed from 20 to 2 after a warm-up with no regularizer,
                       lambda = 0.01, Adam; then each weight takes floor or floor + 1 as h(V) >= 1/2.
 
-The layers are taken in order so that each one sees the inputs the quantized network will give it.
+The layers are taken in order so that each one sees the inputs the quantized network will give it. The
+registry of the techniques, which says which hook each one is and when it applies, is
+quantlab.quantize.techniques.
 """
 
 import math
@@ -40,6 +42,7 @@ from quantlab.profiling import TensorProfile, profile_model
 from quantlab.quantize.calibration import Calibrator
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import channel_shaped, int_range, quantize, weight_scale
+from quantlab.quantize.techniques import CORRECT, PREPARE, ROUND, Technique
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that h reaches 0 and 1 exactly
 REGULARIZER = 0.01  # lambda
@@ -143,10 +146,20 @@ def adaround(layer: Layer, weight: torch.Tensor, scale: torch.Tensor, bits: int,
         return torch.clamp(floor + (soft_rounding(v) >= 0.5), qmin, qmax).double()
 
 
+def correct_bias(layer: Layer, output: torch.Tensor, target: torch.Tensor,
+                 bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bias correction: the layer's bias less its mean output error per output channel, and its output so corrected."""
+    shift = (output - target).transpose(0, 1).flatten(1).double().mean(1)  # per output channel
+    bias = (torch.zeros(layer.outputs) if bias is None else bias) - shift.float()
+    return bias, output - channel_shaped(shift.float(), output.ndim, 1)
+
+
 def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: int, per_channel: bool,
-                images: torch.Tensor, ptq: PTQParams, seed: int) -> tuple[dict, dict, dict]:
-    """Every layer's weights rounded as `ptq.rounding` says and, with `ptq.bias_correction`, its bias corrected, layer
-    by layer on the calibration `images` (normalized floats). `quantize_activation(name, x)` fake-quantizes the
+                images: torch.Tensor, techniques: tuple[Technique, ...], ptq: PTQParams,
+                seed: int) -> tuple[dict, dict, dict]:
+    """Every layer's weights rounded by the rounding technique of `techniques` (nearest without one) and its bias
+    corrected by its correcting techniques, layer by layer on the calibration `images` (normalized floats); `ptq`:
+    the settings of AdaRound's optimization. `quantize_activation(name, x)` fake-quantizes the
     activation `name` as the quantized network will (scale times integers). Returns the float state with the
     corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's integer weights
     (int8), and per layer the mean squared error of its output against the float network's, with nearest rounding
@@ -155,6 +168,7 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
     x_float = images.float()
     x_quant = quantize_activation("input", x_float)
     corrected, integers, errors = dict(state), {}, {}
+    rounding = next((t for t in techniques if t.phase == ROUND), None)
     for layer in LAYERS:
         weight = torch.from_numpy(state[f"{layer.name}.weight"])
         bias = state.get(f"{layer.name}.bias")
@@ -165,16 +179,15 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
             target = layer_output(layer, x_float, weight, bias)
             output = layer_output(layer, x_quant, (nearest * shaped).float(), bias)
             errors[layer.name] = {"nearest": mse(output, target)}
-        q = nearest if ptq.rounding == "nearest" else adaround(
+        q = nearest if rounding is None else rounding.round(
             layer, weight.double(), shaped, weight_bits, bias, x_quant, F.relu(target) if layer.relu else target,
             ptq, generator)
         with torch.no_grad():
             if q is not nearest:
                 output = layer_output(layer, x_quant, (q * shaped).float(), bias)
-            if ptq.bias_correction:
-                shift = (output - target).transpose(0, 1).flatten(1).double().mean(1)  # per output channel
-                bias = (torch.zeros(layer.outputs) if bias is None else bias) - shift.float()
-                output = output - channel_shaped(shift.float(), output.ndim, 1)
+            for technique in techniques:
+                if technique.phase == CORRECT:
+                    bias, output = technique.correct(layer, output, target, bias)
             errors[layer.name]["final"] = mse(output, target)
             x_float = next_input(layer, target)
             x_quant = next_input(layer, output, lambda x, name=layer.name: quantize_activation(name, x))
@@ -190,9 +203,9 @@ def mse(output: torch.Tensor, target: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The float network the techniques start from: its state (equalized where asked), the activation profiles
+    """The float network the techniques start from: its state (after the prepare phase), the activation profiles
     of that state, the calibration images (normalized) and, per layer, the weight-range spread before any
-    equalization."""
+    preparation."""
 
     state: dict[str, np.ndarray]
     profiles: dict[str, TensorProfile]
@@ -200,25 +213,27 @@ class Prepared:
     spread: dict[str, float]
 
 
-def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile], equalized: bool,
-            bins: int) -> Prepared:
+def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
+            techniques: tuple[Technique, ...], bins: int) -> Prepared:
     """The start of `apply_techniques` from the calibration `images` (uint8) and their activation `profiles`:
-    with `equalized`, the state is equalized and profiled again with `bins` bins (the thresholds follow the
-    scaled channels). It depends on no bit width, so one serves every setting."""
+    where `techniques` has a prepare phase, the state is prepared and profiled again with `bins` bins (the
+    thresholds follow the scaled channels). It depends on no bit width, so one serves every setting."""
     spread = range_spread(state)
     images = normalize(torch.from_numpy(images))
-    if equalized:
-        state, _ = equalize(state)
+    preparing = [t for t in techniques if t.phase == PREPARE]
+    for technique in preparing:
+        state = technique.prepare(state)
+    if preparing:
         with torch.no_grad():
             profiles = profile_model(load_model(state), images, bins)["activations"]
     return Prepared(state, profiles, images, spread)
 
 
 def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int], signs: dict[str, bool],
-                     weight_bits: int, per_channel: bool, ptq: PTQParams, seed: int,
+                     weight_bits: int, per_channel: bool, techniques: tuple[Technique, ...], ptq: PTQParams, seed: int,
                      provenance: Provenance) -> tuple[QuantizedNetwork, dict[str, dict[str, float]]]:
-    """The network quantized from `start` (`prepare` with `ptq.equalize`), with the activations calibrated on its
-    state, after the rounding and bias correction `ptq` switches on; and, per layer, the weight-range spread before
+    """The network quantized from `start` (`prepare` with the same `techniques`), with the activations calibrated
+    on its state, after the rounding and correcting `techniques`; and, per layer, the weight-range spread before
     and after equalization and the output's mean squared error with nearest rounding and after the techniques.
     The layers are reconstructed on the first `ptq.images` calibration images, or all if there are fewer
     (AdaRound's paper uses 1024: the error of a layer's mean output is well measured on far fewer images than
@@ -230,7 +245,7 @@ def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int]
         return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
 
     state, integers, errors = reconstruct(start.state, quantize_activation, weight_bits, per_channel,
-                                          start.images[:ptq.images], ptq, seed)
+                                          start.images[:ptq.images], techniques, ptq, seed)
     after = range_spread(start.state)
     diagnostics = {name: {"spread_before": start.spread[name], "spread_after": after[name], **layer_errors}
                    for name, layer_errors in errors.items()}

@@ -11,6 +11,9 @@ Every function uses only operations that NumPy and torch define alike, so post-t
 float64) and quantization-aware training (torch, the weights' own float32) share them.
 """
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
@@ -103,16 +106,41 @@ def quantize_bias(bias: np.ndarray, weight_scale, input_scale: float) -> np.ndar
     return q.astype(np.int32)
 
 
-def width_name(weight_bits: int, activation_bits: int) -> str:
-    """The name of a [weight bits, activation bits] pair in file names and metrics: "W8A4"."""
-    return f"W{weight_bits}A{activation_bits}"
+@dataclass(frozen=True)
+class Setting:
+    """A [weight bits, activation bits] pair, and where a comparison sets it per cell, the weight granularity
+    (None: the run's quant.per_channel, not part of the name). Its name keys files and metrics, its label
+    tables and figures; `parse` reads a name back, the only place that does."""
 
+    weight_bits: int
+    activation_bits: int
+    per_channel: bool | None = None
 
-def setting_name(weight_bits: int, activation_bits: int, per_channel: bool) -> str:
-    """A width with its weight granularity, as the techniques and ONNX Runtime comparisons name it: "W4A8-tensor"."""
-    return f"{width_name(weight_bits, activation_bits)}-{'channel' if per_channel else 'tensor'}"
+    @property
+    def granularity(self) -> str | None:
+        return None if self.per_channel is None else "channel" if self.per_channel else "tensor"
 
+    @property
+    def name(self) -> str:
+        """"W8A4", or with a granularity "W4A8-tensor"."""
+        width = f"W{self.weight_bits}A{self.activation_bits}"
+        return width if self.per_channel is None else f"{width}-{self.granularity}"
 
-def width_label(name: str) -> str:
-    """How tables and figures print a width name: "W8A4" -> "8/4"."""
-    return name[1:].replace("A", "/")
+    @property
+    def width(self) -> "Setting":
+        """The setting without its granularity."""
+        return Setting(self.weight_bits, self.activation_bits)
+
+    @property
+    def label(self) -> str:
+        """"8/4", or "4/8 per tensor"."""
+        width = f"{self.weight_bits}/{self.activation_bits}"
+        return width if self.per_channel is None else f"{width} per {self.granularity}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Setting":
+        match = re.fullmatch(r"W(\d+)A(\d+)(?:-(tensor|channel))?", name)
+        if match is None:
+            raise ValueError(f"{name!r} is not a setting name such as W8A4 or W4A8-tensor")
+        granularity = match[3]
+        return cls(int(match[1]), int(match[2]), None if granularity is None else granularity == "channel")

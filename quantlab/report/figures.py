@@ -14,10 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from quantlab.config import combination_label  # noqa: E402
 from quantlab.io import save_bytes  # noqa: E402
 from quantlab.profiling import TensorProfile  # noqa: E402
-from quantlab.quantize.symmetric import width_label  # noqa: E402
+from quantlab.quantize.calibration import FINE_TUNED  # noqa: E402
+from quantlab.quantize.symmetric import Setting  # noqa: E402
+from quantlab.quantize.techniques import combination_label  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.16  # inches
 KL_TENSOR = "conv2"  # the tensor whose KL divergence per candidate threshold the report plots
@@ -136,7 +137,7 @@ def calibration(results: dict[str, dict[str, float]], float_accuracy: float):
             ax.plot(x, [results[w][method] for w in widths], marker=MARKERS[i % len(MARKERS)], ms=3, lw=1,
                     label=method)
         ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
-        ax.set_xticks(x, [width_label(w) for w in widths])
+        ax.set_xticks(x, [Setting.parse(w).label for w in widths])
         ax.set(xlabel="weight / activation bits", ylabel="test accuracy (%)")
         ax.legend(frameon=False, ncol=3, loc="lower left")
         return figure
@@ -147,21 +148,23 @@ def techniques(results: dict[str, dict[str, float]], calibration: dict[str, dict
     """Test accuracy of every combination of post-training techniques against the weight/activation bits, one
     panel per weight granularity; the quantization-aware fine-tune of the calibration comparison (where it ran
     at that width) and the float model as references."""
-    granularities = list(dict.fromkeys(setting.split("-")[1] for setting in results))
+    settings = {name: Setting.parse(name) for name in results}
+    granularities = list(dict.fromkeys(setting.granularity for setting in settings.values()))
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(1, len(granularities), figsize=(COLUMN, 2.1), layout="constrained",
                                     sharey=True, squeeze=False)
         for ax, granularity in zip(axes[0], granularities, strict=True):
-            widths = [setting.split("-")[0] for setting in results if setting.endswith(f"-{granularity}")]
-            x = np.arange(len(widths))
-            for i, name in enumerate(next(iter(results.values()))):
-                ax.plot(x, [results[f"{w}-{granularity}"][name] for w in widths], marker=MARKERS[i % len(MARKERS)],
-                        ms=3, lw=1, label=combination_label(name))
-            qat = [i for i, w in enumerate(widths) if w in calibration]
+            panel = [name for name, setting in settings.items() if setting.granularity == granularity]
+            widths = [settings[name].width for name in panel]
+            x = np.arange(len(panel))
+            for i, combination in enumerate(next(iter(results.values()))):
+                ax.plot(x, [results[name][combination] for name in panel], marker=MARKERS[i % len(MARKERS)],
+                        ms=3, lw=1, label=combination_label(combination))
+            qat = [i for i, w in enumerate(widths) if w.name in calibration]
             if qat:
-                ax.plot(qat, [calibration[widths[i]]["qat"] for i in qat], "kx", ms=5, label="QAT")
+                ax.plot(qat, [calibration[widths[i].name][FINE_TUNED] for i in qat], "kx", ms=5, label="QAT")
             ax.axhline(float_accuracy, color="0.4", lw=0.8, ls="--", label="float")
-            ax.set_xticks(x, [width_label(w) for w in widths])
+            ax.set_xticks(x, [w.label for w in widths])
             ax.set(title=f"per {granularity}", xlabel="weight / activation bits")
         axes[0][0].set(ylabel="test accuracy (%)")
         figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False)

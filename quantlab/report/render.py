@@ -13,9 +13,10 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from quantlab.config import CJK, within
+from quantlab.report.glyphs import CJK, within
 
 TEMPLATES = Path("reports")
+
 
 # Quotes and runs of hyphens too: a value prints as typed, not as TeX's ligatures (curly quotes, dashes).
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

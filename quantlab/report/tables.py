@@ -5,25 +5,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from quantlab.architecture import ACTIVATIONS, input_of, steps
-from quantlab.config import combination_label
+from quantlab.architecture import ACTIVATIONS, input_of, shapes
 from quantlab.data import archive_name
 from quantlab.profiling import TensorProfile
-from quantlab.quantize.calibration import FINE_TUNED, merge_and_expand
+from quantlab.quantize.calibration import BASELINE, FINE_TUNED, merge_and_expand
 from quantlab.quantize.network import QuantizedNetwork
-from quantlab.quantize.symmetric import width_label
+from quantlab.quantize.symmetric import Setting
+from quantlab.quantize.techniques import combination_label
 from quantlab.statistics import signed
+from quantlab.variants import BY_NAME
 
-# How the report names the keys of metrics/accuracy.json (a key without a name here is printed as itself).
-VARIANT_NAMES = {
-    "float": "float model",
-    "quant_weights": "weights quantized",
-    "quant_weights_activations": "weights and activations quantized",
-    "bias_float": "float model, bias in fc3",
-    "bias_quant_raw_bias": "quantized, bias added unscaled",
-    "bias_quant": "quantized, int32 bias",
-    "integer_engine": "integer engine, fixed-point rescale",
-}
 KINDS = {"conv": "Convolutional", "fc": "Fully-connected", "pool": "Max pool"}
 
 
@@ -50,7 +41,7 @@ def variants(accuracy: dict[str, float], differences: dict) -> pd.DataFrame:
     rows = []
     for key, value in accuracy.items():
         record = differences["variants"].get(key)
-        rows.append({"variant": VARIANT_NAMES.get(key, key), "metric key": key, "test (%)": f"{value:.2f}",
+        rows.append({"variant": BY_NAME[key].label, "metric key": key, "test (%)": f"{value:.2f}",
                      "− its float model [95 % CI]": difference(record) if record else "reference",
                      "McNemar": p_value(record["p"]) if record else ""})
     return pd.DataFrame(rows)
@@ -60,7 +51,7 @@ def architecture() -> pd.DataFrame:
     """The lab's Table I: every layer and pool with its input and output shape."""
     return pd.DataFrame([{"layer": s.name, "type": KINDS[s.kind], "input": "x".join(map(str, s.input)),
                           "output": "x".join(map(str, s.output)), "activation": "ReLU" if s.relu else "None"}
-                         for s in steps()])
+                         for s in shapes()])
 
 
 def interval(low: float, high: float) -> str:
@@ -69,35 +60,31 @@ def interval(low: float, high: float) -> str:
 
 def ranges(profiles: dict[str, TensorProfile], first: str) -> pd.DataFrame:
     """The lab's range table: actual and 3-sigma range of every tensor."""
-    return pd.DataFrame({first: list(profiles), "actual range": [interval(p.min, p.max) for p in profiles.values()],
-                         "3-sigma range": [interval(*p.sigma3) for p in profiles.values()]})
+    return pd.DataFrame({first: list(profiles),
+                         "actual range": [interval(profile.min, profile.max) for profile in profiles.values()],
+                         "3-sigma range": [interval(*profile.sigma3) for profile in profiles.values()]})
 
 
 def sigma3_verdicts(profiles: dict[str, TensorProfile]) -> dict[str, list[str]]:
     """Which tensors' 3-sigma range would clip (narrower than the actual range) and which would waste levels."""
-    clips = [name for name, p in profiles.items() if p.sigma3[0] > p.min or p.sigma3[1] < p.max]
+    clips = [name for name, profile in profiles.items()
+             if profile.sigma3[0] > profile.min or profile.sigma3[1] < profile.max]
     return {"clips": clips, "wastes": [name for name in profiles if name not in clips]}
 
 
-def scale_text(value: np.ndarray) -> str:
-    """A scale or multiplier; per-channel ones as their range."""
-    return f"{value:.4g}" if np.ndim(value) == 0 else f"{value.min():.3g} to {value.max():.3g}"
-
-
-def span_text(values) -> str:
-    """A number, or the range of per-channel numbers, to 4 significant digits."""
+def span(values, single: str = ".4g", ranged: str = ".4g") -> str:
+    """One number, or "min to max" of per-channel numbers that differ, each in its format."""
     values = np.asarray(values)
-    if values.size == 1 or values.min() == values.max():
-        return f"{values.max():.4g}"
-    return f"{values.min():.4g} to {values.max():.4g}"
+    low, high = values.min(), values.max()
+    return format(high, single) if low == high else f"{low:{ranged}} to {high:{ranged}}"
 
 
 def layer_factors(network: QuantizedNetwork, name: str) -> dict[str, str]:
     """The lab's scaling factors of a layer (its equations (5), (6)), n = 1/S: n_W of its weights, n_In of the
     activation entering it, n_Out = M the factor its accumulator is rescaled by, and their product 1/S_out."""
     s_in, s_out = network.activations[input_of(name)].scale, network.activations[name].scale
-    return {"n_w": span_text(1 / network.layers[name].scale), "n_in": span_text(1 / s_in),
-            "n_out": span_text(network.multiplier(name)), "product": span_text(1 / s_out)}
+    return {"n_w": span(1 / network.layers[name].scale), "n_in": span(1 / s_in),
+            "n_out": span(network.multiplier(name)), "product": span(1 / s_out)}
 
 
 LAB_P = (1, 0, 2, 3, 5, 3, 1, 7)  # the lab's worked example of the KL calibration (its Fig. 5)
@@ -124,64 +111,65 @@ def low_bit_activations(differences: dict, layers: pd.DataFrame) -> dict | None:
     the method chosen on validation and its difference to minmax, and the tensor where that method keeps the
     least signal (lowest SQNR) with minmax's SQNR for it. None when every width has 8-bit activations, or
     minmax is not compared, or it is the chosen method."""
-    widths = [w for w, row in differences["calibration"].items() if int(w.split("A")[1]) < 8 and "minmax" in row]
-    width = min(widths, key=lambda w: (int(w.split("A")[1]), -int(w[1:].split("A")[0])), default=None)
-    if width is None or differences["calibration"][width]["best"] == "minmax":  # nothing to set against minmax
+    widths = [Setting.parse(w) for w, row in differences["calibration"].items() if BASELINE in row]
+    width = min((w for w in widths if w.activation_bits < 8), key=lambda w: (w.activation_bits, -w.weight_bits),
+                default=None)
+    if width is None or differences["calibration"][width.name]["best"] == BASELINE:  # nothing to set against it
         return None
-    row, bits = differences["calibration"][width], int(width.split("A")[1])
+    row, bits = differences["calibration"][width.name], width.activation_bits
     at = layers[(layers.activation_bits == bits) & (layers.tensor != "input")].set_index(["method", "tensor"])
     worst = at.loc[row["best"]]["sqnr_db"].idxmin()
-    return {"width": width_label(width), "bits": bits, "chosen": row["best"], "row": row,
+    return {"width": width.label, "bits": bits, "chosen": row["best"], "row": row,
             "tensor": worst, "sqnr": f"{at.loc[(row['best'], worst), 'sqnr_db']:.1f}",
             "clipped": f"{100 * at.loc[(row['best'], worst), 'clipped']:.2f}",
-            "minmax_sqnr": f"{at.loc[('minmax', worst), 'sqnr_db']:.1f}",
+            "minmax_sqnr": f"{at.loc[(BASELINE, worst), 'sqnr_db']:.1f}",
             "best_sqnr": f"{at.loc[row['best']]['sqnr_db'].max():.1f}"}
 
 
 def qat_extremes(differences: dict) -> tuple[dict | None, dict | None]:
     """The QAT cells at the comparison's fewest and most bits (weights plus activations): its width and record."""
-    widths = [w for w, row in differences["calibration"].items() if FINE_TUNED in row]
+    widths = [Setting.parse(w) for w, row in differences["calibration"].items() if FINE_TUNED in row]
     if not widths:
         return None, None
 
-    def bits(width: str) -> int:
-        return sum(int(part) for part in width[1:].split("A"))
+    def bits(width: Setting) -> int:
+        return width.weight_bits + width.activation_bits
 
     low, high = min(widths, key=bits), max(widths, key=bits)
-    cells = [{"width": width_label(w), "record": differences["calibration"][w][FINE_TUNED]} for w in (low, high)]
+    cells = [{"width": w.label, "record": differences["calibration"][w.name][FINE_TUNED]} for w in (low, high)]
     return cells[0], cells[1] if high != low else None
 
 
 def weight_scales(profiles: dict[str, TensorProfile], network: QuantizedNetwork) -> pd.DataFrame:
     return pd.DataFrame({"layer": list(profiles), "max |W|": [f"{p.absmax:.4f}" for p in profiles.values()],
-                         "S_W": [scale_text(network.layers[name].scale) for name in profiles]})
+                         "S_W": [span(network.layers[name].scale, ranged=".3g") for name in profiles]})
 
 
 def activation_scales(network: QuantizedNetwork) -> pd.DataFrame:
     return pd.DataFrame([{"tensor": name, "threshold T": f"{activation.threshold:.4f}",
                           "scale S": f"{activation.scale:.4g}", "range": "[{}, {}]".format(*activation.range),
-                          "M": "" if name == "input" else scale_text(network.multiplier(name))}
+                          "M": "" if name == "input" else span(network.multiplier(name), ranged=".3g")}
                          for name, activation in network.activations.items()])
 
 
 def calibration(results: dict[str, dict[str, float]]) -> pd.DataFrame:
     frame = pd.DataFrame(results).T.map(lambda v: f"{v:.2f}")
-    frame.insert(0, "W/A bits", [width_label(w) for w in frame.index])
+    frame.insert(0, "W/A bits", [Setting.parse(w).label for w in frame.index])
     return frame
 
 
 def choices(differences: dict) -> pd.DataFrame:
     """Per width: every method's accuracy on the images the choice is made on, and the method chosen."""
     images = differences["choices_on"]
-    rows = [{"W/A bits": width_label(width),
+    rows = [{"W/A bits": Setting.parse(width).label,
              **{method: f"{cell[f'{images}_accuracy']:.2f}" for method, cell in row.items() if method != "best"},
              "chosen": row["best"]} for width, row in differences["calibration"].items()]
     return pd.DataFrame(rows)
 
 
-def against_baseline(differences: dict, baseline: str = "minmax") -> pd.DataFrame:
+def against_baseline(differences: dict, baseline: str = BASELINE) -> pd.DataFrame:
     """Per width: every method's test accuracy minus the baseline's, with its 95 % interval."""
-    rows = [{"W/A bits": width_label(width), **{method: difference(cell[f"vs_{baseline}"])
+    rows = [{"W/A bits": Setting.parse(width).label, **{method: difference(cell[f"vs_{baseline}"])
                                                for method, cell in row.items() if f"vs_{baseline}" in cell}}
             for width, row in differences["calibration"].items()]
     return pd.DataFrame(rows)
@@ -200,12 +188,9 @@ def diagnostics(layers: pd.DataFrame, bits: int) -> pd.DataFrame:
 
 def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     """Every layer's rescale M, its fixed-point form M0 * 2^(shift - 31), pre-shift and accumulator bound."""
-    def span(values: np.ndarray) -> str:
-        return str(values.min()) if values.min() == values.max() else f"{values.min()} to {values.max()}"
-
-    return pd.DataFrame([{"layer": layer["name"],
-                          "M": scale_text(np.unique(layer["real_multiplier"]).squeeze()),
-                          "M0": span(arrays[layer["multiplier"]]), "shift": span(arrays[layer["shift"]]),
+    return pd.DataFrame([{"layer": layer["name"], "M": span(layer["real_multiplier"], ranged=".3g"),
+                          "M0": span(arrays[layer["multiplier"]], "d", "d"),
+                          "shift": span(arrays[layer["shift"]], "d", "d"),
                           "pre-shift": str(layer["pre_shift"]), "max |acc|": str(layer["accumulator_bound"])}
                          for layer in manifest["layers"]])
 
@@ -213,23 +198,17 @@ def fixed_point(manifest: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
 def qat(calibration: dict[str, dict[str, float]], differences: dict) -> pd.DataFrame:
     """Per width: the post-training method chosen on the validation images and its test accuracy, the
     quantization-aware fine-tune's, and the fine-tune's differences to float and to that method."""
-    return pd.DataFrame([{"W/A bits": width_label(width),
+    return pd.DataFrame([{"W/A bits": Setting.parse(width).label,
                           "chosen post-training": f"{row['best']} {calibration[width][row['best']]:.2f}",
                           "QAT": f"{calibration[width][FINE_TUNED]:.2f}", "QAT − float": difference(row[FINE_TUNED]),
                           "QAT − chosen": difference(row[FINE_TUNED][f"vs_best_{differences['choices_on']}"])}
                          for width, row in differences["calibration"].items()])
 
 
-def setting_label(setting: str) -> str:
-    """"W4A8-tensor" -> "4/8 per tensor"."""
-    width, granularity = setting.split("-")
-    return f"{width_label(width)} per {granularity}"
-
-
 def onnxruntime(differences: dict) -> pd.DataFrame:
     """ONNX Runtime's quantizer: per setting and calibrator, the test accuracy (the choice on the validation
     images marked with *) and the difference to float."""
-    return pd.DataFrame([{"setting": setting_label(setting), "calibrator": name,
+    return pd.DataFrame([{"setting": Setting.parse(setting).label, "calibrator": name,
                           "test (%)": f"{record['test_accuracy']:.2f}{' *' if row['best'] == name else ''}",
                           "− float [95 % CI]": difference(record)}
                          for setting, row in differences["onnxruntime"].items()
@@ -241,7 +220,7 @@ def techniques(results: dict[str, dict[str, float]], differences: dict) -> pd.Da
     the one chosen on the validation images marked with *."""
     chosen = {setting: row["best"] for setting, row in differences["techniques"].items()}
     return pd.DataFrame([{"techniques": combination_label(name),
-                          **{setting_label(setting): f"{row[name]:.2f}{' *' if chosen[setting] == name else ''}"
+                          **{Setting.parse(setting).label: f"{row[name]:.2f}{' *' if chosen[setting] == name else ''}"
                              for setting, row in results.items()}}
                          for name in next(iter(results.values()))])
 
@@ -252,7 +231,7 @@ def techniques_chosen(differences: dict) -> pd.DataFrame:
     rows = []
     for setting, row in differences["techniques"].items():
         best = row[row["best"]]
-        rows.append({"setting": setting_label(setting), "chosen": combination_label(row["best"]),
+        rows.append({"setting": Setting.parse(setting).label, "chosen": combination_label(row["best"]),
                      "test (%)": f"{best['test_accuracy']:.2f}", "− float": difference(best),
                      "− nearest": difference(best["vs_nearest"]) if "vs_nearest" in best else "itself"})
     return pd.DataFrame(rows)
