@@ -3,6 +3,7 @@ correction removes each layer's mean output error, and every technique's network
 integer engine."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from quantlab.architecture import LAYERS, Layer
 from quantlab.config import PTQParams
 from quantlab.errors import UserError
+from quantlab.evaluation import Split
 from quantlab.inference import export_format, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.export import integer_network, package, write
@@ -20,8 +22,17 @@ from quantlab.profiling import profile_model
 from quantlab.quantize.calibration import calibrator
 from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import adaround, apply_techniques, equalize, prepare, range_spread
-from quantlab.quantize.symmetric import activation_signs, activation_widths, channel_shaped, quantize, weight_scale
-from quantlab.quantize.techniques import switched_on
+from quantlab.quantize.symmetric import (
+    activation_signs,
+    activation_widths,
+    channel_shaped,
+    int_range,
+    quantize,
+    weight_scale,
+)
+from quantlab.quantize.techniques import ROUND, TECHNIQUES, Technique, combination_label, switched_on
+from quantlab.stage import load_params
+from stages.techniques import compare_techniques
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
 PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01,
@@ -171,3 +182,38 @@ def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settin
     assert np.abs(logits - FloatRescaleNet(network)(images).numpy().astype(np.int64)).max() <= 2
     if settings.get("bias_correction"):
         assert all(network.layers[layer.name].q_bias is not None for layer in LAYERS)
+
+
+class RoundDown(Technique):
+    """A technique defined here only: every weight rounded down (toward minus infinity) instead of to the nearest."""
+
+    name, label, title, phase = "round_down", "down", "rounding down", ROUND
+
+    def round(self, layer, weight, scale, bits, bias, x_quant, target, ptq, generator):
+        return torch.clamp(torch.floor(weight / scale), *int_range(bits))
+
+
+def test_a_technique_is_its_class_and_its_switch(monkeypatch, tmp_path):
+    """Registered from outside the package, a rounding technique is a valid ptq.rounding, the quantize stage's
+    networks round with it, and the techniques stage compares it alone and under bias correction."""
+    monkeypatch.setitem(TECHNIQUES, RoundDown.name, RoundDown())
+    params = load_params()
+    path = tmp_path / "params.yaml"
+    path.write_text(Path("params.yaml").read_text().replace("rounding: nearest", "rounding: round_down"))
+    assert switched_on(load_params(path).ptq) == (TECHNIQUES["round_down"],)
+    params = dataclasses.replace(params, techniques=dataclasses.replace(
+        params.techniques, widths=[[4, 8]], per_channel=[False], iterations=2))
+    state = unbalanced_state(2)
+    labels = np.random.default_rng(1).integers(0, 10, len(IMAGES))
+    splits = {"test": Split.of(IMAGES, labels, torch.device("cpu"))}
+    results, layers, predictions = compare_techniques(state, IMAGES, activations_for(state), splits, params)
+    names = list(results["W4A8-tensor"])
+    assert {"round_down", "round_down+bias_correction", "equalize+round_down+bias_correction"} <= set(names)
+    assert "adaround+round_down" not in " ".join(names)  # one rounding at a time
+    assert combination_label("equalize+round_down+bias_correction") == "CLE + down + BC"
+    network = techniques(state, dataclasses.replace(PTQ, rounding="round_down"))
+    for layer in LAYERS:
+        weight = state[f"{layer.name}.weight"].astype(np.float64)
+        floor = np.floor(weight / weight_scale(weight, 4))
+        assert np.array_equal(network.layers[layer.name].weight, np.clip(floor, -8, 7)), layer.name
+    assert set(layers[layers.techniques == "round_down"].layer) == {layer.name for layer in LAYERS}
