@@ -4,8 +4,8 @@ generated from them.
     python -m bench.reference verify    (make verify) this workspace's result files against the reference of
                                         its dataset (params.yaml's data.md5): same or different, file by file
     python -m bench.reference record    after `make pipeline` at the default params: this workspace becomes the
-                                        reference of its dataset (bench/reference/<md5>.json) and the README's
-                                        generated blocks are rewritten from it
+                                        reference of its dataset (bench/reference/<md5>.json) and the generated
+                                        blocks of the README and docs/*.md are rewritten from it
     python -m bench.reference record --experiment NAME
                                         after `dvc exp run -S …` on the README's dataset: the experiment's
                                         changed params and metrics (bench/reference/experiments/NAME.json), for
@@ -15,14 +15,15 @@ generated from them.
                                         `dvc exp show --only-changed --md …` and `bench.compare` show of those
                                         experiments, and `dvc plots diff` of the layer plots (in headless
                                         Chromium), in bench/reference/comparison/, for the README
-    python -m bench.reference readme    the README's generated blocks, rewritten from the committed references
-                                        and experiments
+    python -m bench.reference readme    the generated blocks of the README and of every docs/*.md page,
+                                        rewritten from the committed references and experiments
 
-A reference holds the fingerprints and the metrics the README shows, so the README's tables are the reference
-run's, and tests/test_reference.py checks that they still are. ONNX Runtime's own quantizer (stage
-ort_quantize) is the one part that may differ on another CPU: MLAS picks its kernels by the CPU at run time
-with no switch to cap them, and its int8 products saturate without VNNI. Its files, and the files that quote
-it (the differences and the report), are named as such when they differ.
+A reference holds the fingerprints and the metrics the README shows, so the README's tables (and those of its
+pages under docs/) are the reference run's, and tests/test_reference.py checks that they still are. A block,
+`<!-- generated: NAME -->` … `<!-- end generated -->`, may stand in README.md or in any docs/*.md page.
+ONNX Runtime's own quantizer (stage ort_quantize) is the one part that may differ on another CPU: MLAS picks
+its kernels by the CPU at run time with no switch to cap them, and its int8 products saturate without VNNI.
+Its files, and the files that quote it (the differences and the report), are named as such when they differ.
 """
 
 import argparse
@@ -59,6 +60,7 @@ QAT_EXPERIMENTS = "qat-"  # the experiments of the README's table of QAT fine-tu
 README_DATA = "5fb6e4e932840b32ddf703fa39bf4bb3"  # the dataset whose reference run the README shows: ../shared/data's
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"  # the README's pages: their generated blocks are rewritten as the README's are
 RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "quant/float/network.npz",
            "quant/bias/network.json", "quant/bias/network.npz", "export/float/model.npz", "export/float/model.onnx",
            "export/bias/model.npz", "export/bias/model.onnx", "metrics/accuracy.json", "metrics/calibration.json",
@@ -115,7 +117,7 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
         if name not in reference:
             note = " (the reference has no fingerprint of it: it was recorded by older code)"
         elif name in differ and name in MACHINE_DEPENDENT:
-            note = " (ONNX Runtime's quantizer: its kernels are chosen by this CPU, see the README)"
+            note = " (ONNX Runtime's quantizer: its kernels are chosen by this CPU, see docs/reproducibility.md)"
         elif name in differ and name.startswith("reports/") and stale:
             note = f" ({stale})"
         elif name in differ and name in QUOTES_IT and differ & set(MACHINE_DEPENDENT):
@@ -200,14 +202,25 @@ def recorded_experiments() -> dict[str, dict]:
     return {path.stem: load_json(path) for path in sorted(EXPERIMENTS.glob("*.json"))}
 
 
-def rewrite_readme(readme: Path = README) -> None:
-    """The README's generated blocks, from the README's dataset's reference run and the recorded experiments."""
+def documents() -> list[Path]:
+    """The files whose generated blocks `readme` rewrites: README.md and every docs/*.md page."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def rewrite_readme(paths: list[Path] | None = None) -> None:
+    """The generated blocks of the README and its docs/ pages (or of `paths`), from the README's dataset's reference
+    run and the recorded experiments. A block may stand in any of the files; a name that is no generated block is
+    refused, naming its file, before any file is written."""
     generated = blocks(load_json(reference_path(README_DATA)), recorded_experiments())
-    text = readme.read_text(encoding="utf-8")
-    unknown = [name for _, name, _ in BLOCK.findall(text) if name not in generated]
-    if unknown:
-        raise UserError(f"{readme}: unknown generated block {unknown[0]!r}; known: {', '.join(generated)}")
-    save_text(readme, BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}", text))
+    texts = {path: path.read_text(encoding="utf-8") for path in (documents() if paths is None else paths)}
+    for path, text in texts.items():
+        unknown = [name for _, name, _ in BLOCK.findall(text) if name not in generated]
+        if unknown:
+            raise UserError(f"{path}: unknown generated block {unknown[0]!r}; known: {', '.join(generated)}")
+    for path, text in texts.items():
+        rewritten = BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}", text)
+        if rewritten != text:
+            save_text(path, rewritten)
 
 
 def shown_metrics() -> dict:
@@ -240,7 +253,7 @@ def workspace_changes() -> dict:
 
 def record(md5: str, experiment: str | None) -> None:
     """This workspace as the reference run of its dataset (at the committed params), or as the experiment
-    `experiment` on it; the README rewritten."""
+    `experiment` on it; the README and its docs/ pages rewritten."""
     metrics, changes = shown_metrics(), workspace_changes()
     if experiment is None:
         if stale_report():
@@ -267,7 +280,7 @@ def layer_plots() -> list[str]:
 
 def record_comparison(md5: str, names: list[str]) -> None:
     """What `dvc exp show --only-changed --md` and `bench.compare NAMES` show now, and bench.compare's figure,
-    for the README."""
+    for the README's pages."""
     if md5 != README_DATA:
         raise UserError(f"the README's comparison is of experiments on its dataset (data.md5 {README_DATA}), this "
                         f"workspace runs {md5}")

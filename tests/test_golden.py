@@ -6,7 +6,8 @@ A change of the code that changes these bytes on purpose changes the constants: 
 the new digest.
 
 ONNX Runtime's peer (metrics/onnxruntime.json, and its section of metrics/differences.json) is left out: its
-kernels are chosen by the CPU at run time, with no switch to pin them (see the README, "Reproducibility")."""
+kernels are chosen by the CPU at run time, with no switch to pin them (see docs/reproducibility.md, "The same
+bytes on every machine")."""
 
 import hashlib
 import json

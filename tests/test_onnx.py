@@ -115,11 +115,11 @@ def test_a_tampered_or_foreign_onnx_file_fails_with_one_line(tmp_path):
         onnx_graph.load(directory, manifest)
 
 
-def test_the_readmes_onnx_runtime_snippet_refuses_a_tampered_model(tmp_path):
-    """The README's way to run model.onnx in ONNX Runtime checks it against the manifest's SHA-256: a model
-    with an edited initializer ran and printed wrong classes."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    after = readme.split("checked against the SHA-256 its manifest records")[1]
+def test_the_documented_onnx_runtime_snippet_refuses_a_tampered_model(tmp_path):
+    """The way docs/onnx.md (linked from the README) runs model.onnx in ONNX Runtime checks it against the
+    manifest's SHA-256: a model with an edited initializer ran and printed wrong classes."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    after = page.split("checked against the SHA-256 its manifest records")[1]
     snippet = after.split("```python\n")[1].split("```")[0]
     directory, _ = random_export(tmp_path)
     (tmp_path / "export").rename(tmp_path / "float")

@@ -1,4 +1,5 @@
-"""The reference runs: `make verify` against fingerprints, and the README's results as generated from them."""
+"""The reference runs: `make verify` against fingerprints, and the results of the README and its docs/ pages as
+generated from them."""
 
 import hashlib
 import json
@@ -52,16 +53,42 @@ def test_verify_refuses_an_unfinished_run_in_one_line(tmp_path, monkeypatch):
         reference.verify("a", tmp_path)
 
 
-def test_the_readme_shows_the_reference_run():
-    """The README's generated blocks are what `python -m bench.reference readme` writes from the committed
-    reference run: no number in them was typed by hand."""
-    text = reference.README.read_text(encoding="utf-8")
-    generated = reference.blocks(json.loads(reference.reference_path(reference.README_DATA).read_text()),
-                                 reference.recorded_experiments())
-    found = {m.group(2): text[m.end(1):m.start(3)] for m in reference.BLOCK.finditer(text)}
-    assert set(found) <= set(generated)
-    for name, body in found.items():
-        assert body == generated[name] + "\n", f"README block {name!r} is not the reference run's"
+def generated_blocks() -> dict[str, str]:
+    return reference.blocks(json.loads(reference.reference_path(reference.README_DATA).read_text()),
+                            reference.recorded_experiments())
+
+
+def test_the_readme_and_its_pages_show_the_reference_run():
+    """The generated blocks of the README and of every docs/*.md page are what `python -m bench.reference readme`
+    writes from the committed reference run: no number in them was typed by hand."""
+    generated = generated_blocks()
+    assert reference.documents()[0] == reference.README and len(reference.documents()) > 1
+    for path in reference.documents():
+        text = path.read_text(encoding="utf-8")
+        found = {m.group(2): text[m.end(1):m.start(3)] for m in reference.BLOCK.finditer(text)}
+        assert set(found) <= set(generated), f"{path.name}: unknown blocks {set(found) - set(generated)}"
+        for name, body in found.items():
+            assert body == generated[name] + "\n", f"{path.name} block {name!r} is not the reference run's"
+
+
+def test_readme_rewrites_the_blocks_of_every_file_and_refuses_an_unknown_one(tmp_path):
+    """`readme` rewrites a block in whichever of its files it stands; a name that is no block is refused by
+    file and name before any file is written."""
+    generated = generated_blocks()
+    readme, page = tmp_path / "README.md", tmp_path / "page.md"
+    readme.write_text("# R\n\n<!-- generated: accuracy -->\nstale\n<!-- end generated -->\n")
+    page.write_text("# P\n\ntext <!-- generated: engine -->\nold\n<!-- end generated -->.\n")
+    reference.rewrite_readme([readme, page])
+    end = "<!-- end generated -->"
+    assert readme.read_text() == f"# R\n\n<!-- generated: accuracy -->\n{generated['accuracy']}\n{end}\n"
+    assert page.read_text() == f"# P\n\ntext <!-- generated: engine -->\n{generated['engine']}\n{end}.\n"
+    reference.rewrite_readme([readme, page])  # idempotent
+    assert generated["accuracy"] in readme.read_text() and generated["engine"] in page.read_text()
+    readme.write_text("<!-- generated: accuracy -->\nstale\n<!-- end generated -->\n")
+    page.write_text("<!-- generated: no-such-table -->\nx\n<!-- end generated -->\n")
+    with pytest.raises(reference.UserError, match=r"page\.md: unknown generated block 'no-such-table'"):
+        reference.rewrite_readme([readme, page])
+    assert readme.read_text() == "<!-- generated: accuracy -->\nstale\n<!-- end generated -->\n"
 
 
 def test_an_experiment_is_named_by_the_params_it_changes():
