@@ -42,7 +42,6 @@ from quantlab.profiling import TensorProfile, profile_model
 from quantlab.quantize.calibration import Calibrator
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import channel_shaped, int_range, quantize, weight_scale
-from quantlab.quantize.techniques import CORRECT, PREPARE, ROUND, Technique
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that h reaches 0 and 1 exactly
 REGULARIZER = 0.01  # lambda
@@ -155,8 +154,7 @@ def correct_bias(layer: Layer, output: torch.Tensor, target: torch.Tensor,
 
 
 def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: int, per_channel: bool,
-                images: torch.Tensor, techniques: tuple[Technique, ...], ptq: PTQParams,
-                seed: int) -> tuple[dict, dict, dict]:
+                images: torch.Tensor, techniques: tuple, ptq: PTQParams, seed: int) -> tuple[dict, dict, dict]:
     """Every layer's weights rounded by the rounding technique of `techniques` (nearest without one) and its bias
     corrected by its correcting techniques, layer by layer on the calibration `images` (normalized floats); `ptq`:
     the settings of AdaRound's optimization. `quantize_activation(name, x)` fake-quantizes the
@@ -168,7 +166,6 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
     x_float = images.float()
     x_quant = quantize_activation("input", x_float)
     corrected, integers, errors = dict(state), {}, {}
-    rounding = next((t for t in techniques if t.phase == ROUND), None)
     for layer in LAYERS:
         weight = torch.from_numpy(state[f"{layer.name}.weight"])
         bias = state.get(f"{layer.name}.bias")
@@ -179,15 +176,15 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
             target = layer_output(layer, x_float, weight, bias)
             output = layer_output(layer, x_quant, (nearest * shaped).float(), bias)
             errors[layer.name] = {"nearest": mse(output, target)}
-        q = nearest if rounding is None else rounding.round(
+        rounded = [q for technique in techniques if (q := technique.round(
             layer, weight.double(), shaped, weight_bits, bias, x_quant, F.relu(target) if layer.relu else target,
-            ptq, generator)
+            ptq, generator)) is not None]
+        q = rounded[0] if rounded else nearest
         with torch.no_grad():
             if q is not nearest:
                 output = layer_output(layer, x_quant, (q * shaped).float(), bias)
             for technique in techniques:
-                if technique.phase == CORRECT:
-                    bias, output = technique.correct(layer, output, target, bias)
+                bias, output = technique.correct(layer, output, target, bias)
             errors[layer.name]["final"] = mse(output, target)
             x_float = next_input(layer, target)
             x_quant = next_input(layer, output, lambda x, name=layer.name: quantize_activation(name, x))
@@ -214,23 +211,24 @@ class Prepared:
 
 
 def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str, TensorProfile],
-            techniques: tuple[Technique, ...], bins: int) -> Prepared:
+            techniques: tuple, bins: int) -> Prepared:
     """The start of `apply_techniques` from the calibration `images` (uint8) and their activation `profiles`:
     where `techniques` has a prepare phase, the state is prepared and profiled again with `bins` bins (the
     thresholds follow the scaled channels). It depends on no bit width, so one serves every setting."""
     spread = range_spread(state)
     images = normalize(torch.from_numpy(images))
-    preparing = [t for t in techniques if t.phase == PREPARE]
-    for technique in preparing:
-        state = technique.prepare(state)
-    if preparing:
+    prepared = state
+    for technique in techniques:
+        prepared = technique.prepare(prepared)
+    if prepared is not state:
+        state = prepared
         with torch.no_grad():
             profiles = profile_model(load_model(state), images, bins)["activations"]
     return Prepared(state, profiles, images, spread)
 
 
 def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int], signs: dict[str, bool],
-                     weight_bits: int, per_channel: bool, techniques: tuple[Technique, ...], ptq: PTQParams, seed: int,
+                     weight_bits: int, per_channel: bool, techniques: tuple, ptq: PTQParams, seed: int,
                      provenance: Provenance) -> tuple[QuantizedNetwork, dict[str, dict[str, float]]]:
     """The network quantized from `start` (`prepare` with the same `techniques`), with the activations calibrated
     on its state, after the rounding and correcting `techniques`; and, per layer, the weight-range spread before

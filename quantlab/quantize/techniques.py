@@ -30,10 +30,10 @@ def register(cls: type["Technique"]) -> type["Technique"]:
 
 
 class Technique:
-    """Base class. `phase` says which hook it implements:
+    """Base class. `phase` says which hook a technique implements; the others leave everything as it is:
 
         prepare(state) -> state                                         the float state, arrays by name
-        round(layer, weight, scale, bits, bias, x_quant, target, ptq, generator) -> integers (float64)
+        round(layer, weight, scale, bits, bias, x_quant, target, ptq, generator) -> integers (float64) or None
         correct(layer, output, target, bias) -> (bias, output)          on the calibration images
     """
 
@@ -45,6 +45,15 @@ class Technique:
     def enabled(self, ptq) -> bool:
         """Whether params.yaml's `ptq` section switches it on."""
         return ptq.rounding == self.name if self.phase == ROUND else getattr(ptq, self.name)
+
+    def prepare(self, state):
+        return state
+
+    def round(self, layer, weight, scale, bits, bias, x_quant, target, ptq, generator):
+        return None  # not a rounding: the layer's weights are rounded by another technique, or to the nearest
+
+    def correct(self, layer, output, target, bias):
+        return bias, output
 
 
 @register
