@@ -21,19 +21,18 @@ The builders import torch when they run, not here: the statistics and report sta
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from quantlab import paths
 
 Forward = Callable  # images (N, 3, 32, 32) to logits, float or integer
 
 
-def float_model(model_name: str) -> Callable[[], Forward]:
-    def build() -> Forward:
-        from quantlab.architecture import load_state
-        from quantlab.model import load_model
+def float_model(model_name: str) -> Forward:
+    from quantlab.architecture import load_state
+    from quantlab.model import load_model
 
-        return load_model(load_state(paths.model(model_name), model_name))
-    return build
+    return load_model(load_state(paths.model(model_name), model_name))
 
 
 def dequantized_weights() -> Forward:
@@ -43,13 +42,11 @@ def dequantized_weights() -> Forward:
     return load_model(QuantizedNetwork.load(paths.quantized("float")).dequantized_state())
 
 
-def float_rescale(model_name: str, bias: str = "int32") -> Callable[[], Forward]:
-    def build() -> Forward:
-        from quantlab.inference.float_rescale import FloatRescaleNet
-        from quantlab.quantize.network import QuantizedNetwork
+def float_rescale(model_name: str, bias: str = "int32") -> Forward:
+    from quantlab.inference.float_rescale import FloatRescaleNet
+    from quantlab.quantize.network import QuantizedNetwork
 
-        return FloatRescaleNet(QuantizedNetwork.load(paths.quantized(model_name)), bias=bias)
-    return build
+    return FloatRescaleNet(QuantizedNetwork.load(paths.quantized(model_name)), bias=bias)
 
 
 def fixed_point_engine(model_name: str = "float") -> Forward:
@@ -68,12 +65,14 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("float", "float model", None, float_model("float")),
+    Variant("float", "float model", None, partial(float_model, "float")),
     Variant("quant_weights", "weights quantized", "float", dequantized_weights),
-    Variant("quant_weights_activations", "weights and activations quantized", "float", float_rescale("float")),
-    Variant("bias_float", "float model, bias in fc3", None, float_model("bias")),
-    Variant("bias_quant_raw_bias", "quantized, bias added unscaled", "bias_float", float_rescale("bias", "raw")),
-    Variant("bias_quant", "quantized, int32 bias", "bias_float", float_rescale("bias")),
+    Variant("quant_weights_activations", "weights and activations quantized", "float",
+            partial(float_rescale, "float")),
+    Variant("bias_float", "float model, bias in fc3", None, partial(float_model, "bias")),
+    Variant("bias_quant_raw_bias", "quantized, bias added unscaled", "bias_float",
+            partial(float_rescale, "bias", "raw")),
+    Variant("bias_quant", "quantized, int32 bias", "bias_float", partial(float_rescale, "bias")),
     Variant("integer_engine", "integer engine, fixed-point rescale", "float", fixed_point_engine),
 )
 BY_NAME = {variant.name: variant for variant in VARIANTS}
