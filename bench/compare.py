@@ -39,7 +39,7 @@ from quantlab import paths  # noqa: E402
 from quantlab.data import split  # noqa: E402
 from quantlab.differences import HEADLINE  # noqa: E402
 from quantlab.errors import UserError  # noqa: E402
-from quantlab.io import load_npz, save_text  # noqa: E402
+from quantlab.io import load_npz, load_npz_tree, save_text  # noqa: E402
 from quantlab.report import figures  # noqa: E402
 from quantlab.stage import run_main
 from quantlab.statistics import paired, signed  # noqa: E402
@@ -151,9 +151,9 @@ def compare(revisions: dict[str, dict], cache: Path, images: str = "test") -> di
     labels = labels_of(revisions, cache, images)
     right = {}
     for name, revision in revisions.items():
-        predictions = {key: value for path in PREDICTIONS
-                       for key, value in load_npz(cached(cache, revision, path)).items()}
-        right[name] = {variant: predictions[f"{variant}/{images}"] == labels for variant in VARIANTS}
+        predictions = {variant: classes for path in PREDICTIONS
+                       for variant, classes in load_npz_tree(cached(cache, revision, path)).items()}
+        right[name] = {variant: predictions[variant][images] == labels for variant in VARIANTS}
     accuracies = {name: {variant: round(100.0 * float(np.mean(correct)), 2) for variant, correct in by_name.items()}
                   for name, by_name in right.items()}
     pairs = [{"a": a, "b": b, "variant": variant, **paired(right[b][variant], right[a][variant])}
