@@ -334,7 +334,7 @@ def test_second_repro_runs_nothing_and_status_is_clean(repo):
 
 
 def test_changing_a_report_template_reruns_only_the_report_stages(repo):
-    template = repo / "reports/report.j2"
+    template = repo / "reports/sections/summary.j2"
     original = template.read_text()
     template.write_text(original.replace('f.section("Results")', 'f.section("Results of this run")'))
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["report", "pdf"]
@@ -512,7 +512,7 @@ def test_a_misspelled_top_level_param_fails_repro(repo):
 
 
 def test_a_failed_pdf_build_keeps_the_last_pdf_recoverable(repo):
-    template = repo / "reports/report.j2"
+    template = repo / "reports/sections/summary.j2"
     original, pdf = template.read_text(), (repo / "reports/build/report.pdf").read_bytes()
     template.write_text(original.replace('<< f.section("Results") >>', '<< f.section("Results") >>\n\\undefinedmacro'))
     result = run(repo, "dvc", "repro", check=False)

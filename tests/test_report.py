@@ -46,9 +46,11 @@ def test_templates_escape_values_but_not_markup():
 
 
 def test_the_report_templates_own_text_has_no_bare_percent_sign():
-    """The prose of report.j2 is LaTeX as written: a bare % would make the rest of its line a comment, in the PDF
-    only. A percent sign is printed as a value, << "%" >>, which each format escapes."""
-    text = re.sub(r"<#.*?#>|<%.*?%>|<<.*?>>", "", (TEMPLATES / "report.j2").read_text(), flags=re.S)
+    """The prose of report.j2 and its sections is LaTeX as written: a bare % would make the rest of its line a
+    comment, in the PDF only. A percent sign is printed as a value, << "%" >>, which each format escapes."""
+    sources = [TEMPLATES / "report.j2", *sorted((TEMPLATES / "sections").glob("*.j2"))]
+    assert len(sources) > 5
+    text = re.sub(r"<#.*?#>|<%.*?%>|<<.*?>>", "", "".join(path.read_text() for path in sources), flags=re.S)
     assert [line for line in text.splitlines() if re.search(r"(?<!\\)%", line)] == []
 
 

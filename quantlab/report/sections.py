@@ -1,5 +1,7 @@
-"""What the report's template prints, one builder per part of reports/report.j2 (named after its sections), from
-the run's artifacts (`Run`, which stage report reads). `context` merges them; no two builders give the same key."""
+"""What the report's template prints, from the run's artifacts (`Run`, which stage report reads): one builder per
+part of the template, named as its file in reports/sections/ (`shared` for every part; `appendix` for the end
+of report.j2; summary.j2, the Results, Discussion and Conclusion, reads the others' values). `context` merges
+them; no two builders give the same key."""
 
 import dataclasses
 from dataclasses import dataclass
