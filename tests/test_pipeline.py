@@ -33,6 +33,7 @@ from cifar_fixture import make_archive
 AUTHOR = r"""Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\ --- "q" 'q' ``q'' Ελένη Ирина 李小龍 山田 김철수"""
 KEYS = ["float", "quant_weights", "quant_weights_activations", "bias_float", "bias_quant_raw_bias", "bias_quant",
         "integer_engine"]
+pytestmark = pytest.mark.slow  # the whole pipeline through `dvc repro`, and more runs after it
 
 
 @pytest.fixture(scope="module")
