@@ -3,6 +3,7 @@
 #   make pipeline                                  dvc repro (downloads CIFAR-10 from the official URL)
 #   make pipeline DATA=path.tar.gz DATA_MD5=<md5>  the same on a local archive, as a DVC experiment
 #   make test                                      the test suite
+#   make test-fast                                 the same without the tests marked slow (dvc, stage processes)
 #   make golden                                    the golden tests under every kernel and thread setting
 #   make verify                                    this run's result files against the reference run's SHA-256
 #   make seeds N=5 J=2                             the pipeline over seeds 0..N-1 through DVC's queue, J workers
@@ -24,7 +25,7 @@ REMOTE := $(HOME)/.cache/quantlab/dvc-remote
 LOCAL_REMOTE = $(if $(findstring ://,$(REMOTE)),,yes)
 REMOTE_URL = $(if $(LOCAL_REMOTE),$(abspath $(REMOTE)),$(REMOTE))
 
-.PHONY: pipeline test golden verify tex seeds compare remote push pull
+.PHONY: pipeline test test-fast golden verify tex seeds compare remote push pull
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -54,6 +55,10 @@ endif
 
 test: $(STAMP) tex
 	python -m pytest
+
+# The tests marked slow (pytest.ini) left out: about a minute on 2 cores instead of 10 or more
+test-fast: $(STAMP) tex
+	python -m pytest -m "not slow"
 
 # The pin (quantlab/compute.py) must win over whatever the environment asks for: the golden bytes under each
 # combination of ATen's kernels, oneDNN's ISA and the thread count.

@@ -245,6 +245,7 @@ for number, (bits, per_channel, unsigned) in enumerate([(8, False, False), (8, T
 """
 
 
+@pytest.mark.slow  # a process each, which imports torch
 @pytest.mark.parametrize("cap", ["AVX2", "AVX512_CORE", None])
 def test_engine_equals_the_runner_whatever_isa_onednn_runs(tmp_path, cap):
     """Unpinned, in a process of its own: oneDNN capped at AVX2 (no VNNI), at AVX512_CORE (no VNNI), and not

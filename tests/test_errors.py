@@ -22,6 +22,7 @@ from quantlab.model import Net, state_to_arrays
 from cifar_fixture import batches, make_archive, write_archive
 
 
+# The tests in a sandbox are marked slow: each runs `dvc init` (make_repo) and the real stage command
 @pytest.fixture
 def repo(tmp_path):
     return make_repo(tmp_path / "repo")
@@ -36,6 +37,7 @@ def fails_cleanly(repo, *command, message):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_truncated_archive(repo, tmp_path):
     archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
     archive.write_bytes(archive.read_bytes()[:3000])
@@ -44,6 +46,7 @@ def test_truncated_archive(repo, tmp_path):
     assert not (repo / "data").exists()
 
 
+@pytest.mark.slow
 def test_wrong_md5(repo, tmp_path):
     archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
     set_params(repo, data__url=str(archive), data__md5="0" * 32)
@@ -52,17 +55,20 @@ def test_wrong_md5(repo, tmp_path):
     assert not (repo / "data").exists()
 
 
+@pytest.mark.slow
 def test_missing_archive(repo, tmp_path):
     set_params(repo, data__url=str(tmp_path / "absent.tar.gz"))
     fails_cleanly(repo, "stages.download", message="not found")
 
 
+@pytest.mark.slow
 def test_unknown_calib(repo):
     set_params(repo, calib="kll")
     fails_cleanly(repo, "stages.quantize", message="calib is 'kll'; valid: minmax")
     assert not (repo / "quant").exists()
 
 
+@pytest.mark.slow
 def test_missing_upstream_output(repo):
     fails_cleanly(repo, "stages.quantize", message="missing upstream output models/float.npz")
     assert not (repo / "quant").exists()
@@ -73,10 +79,12 @@ def test_missing_upstream_output(repo):
     assert figure.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_unknown_model_argument(repo):
     fails_cleanly(repo, "stages.train", "big", message="MODEL is one of float, bias")
 
 
+@pytest.mark.slow
 def test_member_escaping_the_folder(repo, tmp_path):
     archive = write_archive(tmp_path / "evil.tar.gz", {**batches(train_per_batch=10, test=10), "../escape": b"x"})
     set_params(repo, data__url=str(archive), data__md5=md5_of(archive))
@@ -84,6 +92,7 @@ def test_member_escaping_the_folder(repo, tmp_path):
     assert not (repo / "data").exists() and not (tmp_path / "escape").exists()
 
 
+@pytest.mark.slow
 def test_archive_missing_a_batch(repo, tmp_path):
     members = {k: v for k, v in batches(train_per_batch=10, test=10).items() if k != "data_batch_4"}
     archive = write_archive(tmp_path / "partial.tar.gz", members)
@@ -91,12 +100,14 @@ def test_archive_missing_a_batch(repo, tmp_path):
     fails_cleanly(repo, "stages.download", message="lacks cifar-10-batches-py/data_batch_4")
 
 
+@pytest.mark.slow
 def test_offline_without_a_local_archive(repo):
     set_params(repo, data__url="http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens: as offline
     fails_cleanly(repo, "stages.download", message="set data.url to a local copy of cifar-10-python.tar.gz")
     assert not (repo / "data" / "cifar10.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [0, 1, 17])
 def test_bits_out_of_range(repo, bits):
     set_params(repo, quant__weight_bits=bits)
@@ -104,12 +115,14 @@ def test_bits_out_of_range(repo, bits):
                   message=f"quant.weight_bits must be between 2 and 8 bits, got {bits}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epochs", [0, -3])
 def test_zero_or_negative_epochs(repo, epochs):
     set_params(repo, train__epochs=epochs)
     fails_cleanly(repo, "stages.train", "float", message=f"train.epochs must be at least 1, got {epochs}")
 
 
+@pytest.mark.slow
 def test_checkpoint_with_nan_weights(repo):
     state = state_to_arrays(Net())
     state["fc1.weight"][0, 0] = np.nan
@@ -120,6 +133,7 @@ def test_checkpoint_with_nan_weights(repo):
 
 # --- what a hostile or careless user tried (issue 12): each fails on the code before the fix --------------
 
+@pytest.mark.slow
 def test_params_read_the_way_dvc_writes_them(repo):
     """DVC writes YAML 1.2: `1e-05` is a float there and `No` a string (PyYAML's YAML 1.1 says str and false)."""
     from dvc.utils.serialize import dumps_yaml
@@ -133,6 +147,7 @@ def test_params_read_the_way_dvc_writes_them(repo):
     assert result.stdout.split() == ["1e-05", "1e-09", "No"]
 
 
+@pytest.mark.slow
 def test_run_main_turns_a_full_disk_into_one_line(repo, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import errno, os\n"
@@ -148,6 +163,7 @@ def test_run_main_turns_a_full_disk_into_one_line(repo, tmp_path):
     assert not list((repo / "data").iterdir())  # neither the output nor a temporary file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.pop("fc2.weight"), "fc2.weight is missing from the float model's weights"),
     (lambda s: s.update({"fc1.weight": s["fc1.weight"][:128]}), "fc1.weight of shape (128, 1152) (float32) is not"),
@@ -162,6 +178,7 @@ def test_a_model_that_does_not_fit_the_architecture(repo, edit, message):
     assert not (repo / "quant").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_model_file(repo):
     save_npz(repo / "models" / "float.npz", state_to_arrays(Net()))
     payload = (repo / "models" / "float.npz").read_bytes()
@@ -169,6 +186,7 @@ def test_a_damaged_model_file(repo):
     fails_cleanly(repo, "stages.quantize", message="models/float.npz is damaged or incomplete")
 
 
+@pytest.mark.slow
 def test_weights_that_overflow_the_float_forward(repo, tmp_path):
     archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
     save_npz(repo / "data" / "cifar10.npz", read_archive(archive))
@@ -186,6 +204,7 @@ def test_weights_that_overflow_the_float_forward(repo, tmp_path):
     assert load_state(repo / "models" / "float.npz", "float")["fc1.weight"][0, 0] == np.float32(1e-3)
 
 
+@pytest.mark.slow
 def test_qat_start_beyond_the_fine_tune_is_refused(repo, tmp_path):
     archive = make_archive(tmp_path / "cifar.tar.gz", train_per_batch=10, test=10)
     save_npz(repo / "data" / "cifar10.npz", read_archive(archive))
@@ -202,6 +221,7 @@ def batch_with(**changes) -> dict:
     return {**members, "data_batch_2": pickle.dumps(batch, protocol=2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", [7, "1234567890", None, [1.0] * 10, [True] * 10, [0] * 9 + [10], ["1"] * 10])
 def test_batches_whose_labels_are_not_integers_0_to_9(repo, tmp_path, labels):
     archive = write_archive(tmp_path / "labels.tar.gz", batch_with(labels=labels))
@@ -209,6 +229,7 @@ def test_batches_whose_labels_are_not_integers_0_to_9(repo, tmp_path, labels):
     fails_cleanly(repo, "stages.download", message="data_batch_2 does not hold uint8 N x 3072 images with a list")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names", [list(range(10)), None, "airplane", [None] * 10])
 def test_meta_whose_class_names_are_not_strings(repo, tmp_path, names):
     members = batches(train_per_batch=10, test=10)
@@ -218,6 +239,7 @@ def test_meta_whose_class_names_are_not_strings(repo, tmp_path, names):
     fails_cleanly(repo, "stages.download", message="batches.meta does not name 10 classes with strings")
 
 
+@pytest.mark.slow
 def test_duplicate_and_oversized_members(repo, tmp_path):
     members = batches(train_per_batch=10, test=10)
     twice = tmp_path / "twice.tar.gz"
@@ -237,11 +259,13 @@ def test_duplicate_and_oversized_members(repo, tmp_path):
     fails_cleanly(repo, "stages.download", message=f"has an oversized ({MAX_MEMBER + 1} bytes) member")
 
 
+@pytest.mark.slow
 def test_a_folder_given_as_the_archive(repo, tmp_path):
     set_params(repo, data__url=str(tmp_path))
     fails_cleanly(repo, "stages.download", message=f"data.url {tmp_path} is a folder: set it to the archive inside it")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes, message", [
     ({"seed": -1}, "seed must be between 0 and 2^63 - 1, got -1"),
     ({"seed": 2 ** 63}, f"seed must be between 0 and 2^63 - 1, got {2 ** 63}"),
@@ -395,6 +419,7 @@ def test_files_that_lie_about_their_size_or_are_not_files(tmp_path):
         assert result.returncode == 2 and f"{name} is not a regular file" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_npz_with_a_huge_member_is_refused_before_reading_it(repo):
     """The right weights plus 1 GiB of zeros deflated to 1 MB: the zip directory declares the size, and that
     is checked before any member is read."""
@@ -404,6 +429,7 @@ def test_an_npz_with_a_huge_member_is_refused_before_reading_it(repo):
     assert "bytes of arrays, more than the 16777216 it can hold" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
 def test_an_archive_with_a_huge_extended_header_is_refused_before_reading_it(repo, tmp_path, kind):
     """A pax header or a GNU long name of 256 MiB, first in a 1 MB .tar.gz: tarfile would read it whole."""

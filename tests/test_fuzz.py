@@ -1,20 +1,28 @@
 """Malformed input, generated: seeded mutations of params.yaml, of the CIFAR-10 archive and of a model's weights,
-each run through the real stage command. Every one must end in exit status 2 with one line `error: …`, no
-traceback, and no existing output changed."""
+each run through the stage's entry point (`run_main(main)`, as `python -m stages.<name>` runs it), in this
+process. Every one must end in exit status 2 with one line `error: …`, no traceback, and no existing output
+changed."""
 
+import gc
 import hashlib
 import io
+import logging
 import pickle
 import tarfile
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 import yaml
 
 from bench.sandbox import make_repo, run, set_params
+from quantlab import stage as process
 from quantlab.data import md5_of
 from quantlab.io import npz_bytes
 from quantlab.model import Net, state_to_arrays
+from stages import check_params, download, quantize
 
 from cifar_fixture import batches, write_archive
 
@@ -56,14 +64,23 @@ def params_mutations(params: dict) -> list[str]:
     return texts
 
 
-def test_malformed_params_files(tmp_path):
+def test_malformed_params_files(tmp_path, stage):
     repo = make_repo(tmp_path / "repo")
     valid = yaml.safe_load((repo / "params.yaml").read_text())
     texts = params_mutations(valid)
     assert len(texts) >= 50
     for text in texts:
         (repo / "params.yaml").write_text(text, encoding="utf-8")
-        fails_in_one_line(repo, "stages.check_params", case=text)
+        fails_in_one_line(repo, stage, check_params, case=text)
+    # `python -m stages.check_params` first pins the arithmetic as params.yaml says (`import stages`), which does
+    # nothing in this process (torch is loaded): that reading of every malformed text, in one fresh process
+    (tmp_path / "texts").mkdir()
+    files = [tmp_path / "texts" / f"{i}.yaml" for i in range(len(texts))]
+    for file, text in zip(files, texts, strict=True):
+        file.write_text(text, encoding="utf-8")
+    result = run(repo, "python", "-c", "import sys; from quantlab.compute import pin_from_params\n"
+                 "for path in sys.argv[1:]: pin_from_params(path)", *map(str, files))
+    assert result.stdout + result.stderr == ""
 
 
 def archive_mutations(members: dict[str, bytes], tmp_path: Path) -> list[Path]:
@@ -109,17 +126,18 @@ def archive_mutations(members: dict[str, bytes], tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_malformed_archives_leave_the_dataset_as_it_was(tmp_path):
+def test_malformed_archives_leave_the_dataset_as_it_was(tmp_path, stage):
     members = batches(train_per_batch=10, test=10)
     repo = make_repo(tmp_path / "repo")
     good = write_archive(tmp_path / "cifar-10-python.tar.gz", members)
     set_params(repo, data__url=str(good), data__md5=md5_of(good))
-    run(repo, "python", "-m", "stages.download")
+    status, out, err = stage(repo, download)
+    assert status == 0 and (repo / "data" / "cifar10.npz").is_file(), (out, err)
     paths = archive_mutations(members, tmp_path)
     assert len(paths) >= 20
     for path in paths:
         set_params(repo, data__url=str(path), data__md5=md5_of(path))
-        fails_in_one_line(repo, "stages.download", case=path.name)
+        fails_in_one_line(repo, stage, download, case=path.name)
 
 
 def model_mutations() -> list[bytes]:
@@ -139,24 +157,74 @@ def model_mutations() -> list[bytes]:
     return [*files, buffer.getvalue()]
 
 
-def test_malformed_model_files(tmp_path):
+def test_malformed_model_files(tmp_path, stage):
     repo = make_repo(tmp_path / "repo")
     files = model_mutations()
     assert len(files) >= 20
     for i, payload in enumerate(files):
         (repo / "models").mkdir(exist_ok=True)
         (repo / "models" / "float.npz").write_bytes(payload)
-        fails_in_one_line(repo, "stages.quantize", case=f"model file {i}")
+        fails_in_one_line(repo, stage, quantize, case=f"model file {i}")
 
 
-def fails_in_one_line(repo: Path, *command: str, case) -> None:
+class _Shown(logging.Handler):
+    """The log records a process without logging set up would print on stderr (logging's last resort)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(f"{self.format(record)}\n")
+
+
+@pytest.fixture
+def stage(monkeypatch, capfd):
+    """`stage(repo, stages.<name>)`: the stage's `run_main(main)` in this process, in `repo`, as
+    `python -m stages.<name>` runs it there; its exit status, stdout and stderr. What that process would print
+    goes to stderr here too: warnings (under Python's default filters, not pytest's) and log records. An
+    exception other than SystemExit (a traceback there) propagates."""
+    def run_stage(repo: Path, module: ModuleType) -> tuple[int, str, str]:
+        capfd.readouterr()
+        frozen, shown = gc.get_freeze_count(), _Shown()
+        with monkeypatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+            patch.chdir(repo)
+            patch.setattr(process, "reuse_freed_memory", lambda: None)  # glibc's malloc, tuned for a stage, not here
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            logging.getLogger().addHandler(shown)
+            try:
+                process.run_main(module.main)
+                status = 0
+            except SystemExit as exit:
+                status = exit.code
+            finally:
+                logging.getLogger().removeHandler(shown)
+                if not frozen:
+                    gc.unfreeze()  # run_main's gc.freeze() at a stage's end, for this process's later tests
+        out, err = capfd.readouterr()
+        if status is None:
+            status = 0
+        elif not isinstance(status, int):  # sys.exit(message): the message on stderr, status 1
+            err, status = f"{err}{status}\n", 1
+        shown_warnings = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
+        return status, out, err + "".join(shown_warnings + shown.lines)
+    return run_stage
+
+
+def fails_in_one_line(repo: Path, stage, module: ModuleType, case) -> None:
     """Run a stage; it must fail with exit status 2, one line `error: …` and no traceback, and leave every
     file of the repository but its inputs as it was."""
     before = snapshot(repo)
-    result = run(repo, "python", "-m", *command, check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout, case
+    try:
+        status, out, err = stage(repo, module)
+    except Exception as error:
+        error.add_note(f"case: {case!r}")
+        raise
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, err)
+    assert "Traceback" not in err + out, case
     assert snapshot(repo) == before, case
 
 

@@ -91,5 +91,6 @@ def golden_repo(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # `dvc repro statistics`
 def test_the_pipeline_gives_the_golden_models_and_metrics(golden_repo):
     assert result_digests(golden_repo) == PIPELINE

@@ -32,6 +32,7 @@ from cifar_fixture import make_archive
 # LaTeX's special characters, its ligatures (--- and quotes must come out as typed) and names in Greek,
 # Cyrillic, Chinese, Japanese and Korean
 AUTHOR = r"""Ada_Lovelace & Co. 100% {x} #1 ~ $y$ ^ \\ --- "q" 'q' ``q'' Ελένη Ирина 李小龍 山田 김철수"""
+pytestmark = pytest.mark.slow  # the whole pipeline through `dvc repro`, and more runs after it
 
 
 @pytest.fixture(scope="module")
