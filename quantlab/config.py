@@ -104,16 +104,22 @@ class QuantParams:
     unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1] instead of [-2^(b-1), 2^(b-1) - 1]
     percentile: float  # the |x| percentile of calib=percentile
     logit_bits: int | None  # bits of the last layer's output (the logits); None: activation_bits, as the lab
+    layer_bits: dict  # {layer: [weight bits, input bits]}: the layers that differ from the two widths above
 
     def __post_init__(self):
         check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
+        for layer, pair in self.layer_bits.items():
+            check(_is_pair(pair), f"quant.layer_bits.{layer}", f"must be [weight bits, input bits], got {shown(pair)}")
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_matches(b, int) for b in value)
 
 
 def _check_widths(key: str, widths: list) -> None:
     check(bool(widths), key, "is empty: list [weight bits, activation bits] pairs")
     for width in widths:
-        check(isinstance(width, list) and len(width) == 2 and all(_matches(b, int) for b in width),
-              key, f"must hold [weight bits, activation bits] pairs, got {shown(width)}")
+        check(_is_pair(width), key, f"must hold [weight bits, activation bits] pairs, got {shown(width)}")
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,31 @@ class TechniquesParams:
 
 
 @dataclass(frozen=True)
+class MixedPrecisionParams:
+    weight_bits: list  # the weight bits each layer may take
+    activation_bits: list  # the bits each layer's input may take; the logits keep 8
+    per_channel: bool  # one weight scale per output channel
+    unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1]
+    calib: str  # the calibration method of every configuration
+    budgets: list  # fractions of uniform W8A8's weight bits, and of its bit operations, in (0, 1]
+    candidates: int  # the configurations each sensitivity measure predicts best, compared on validation
+    exhaustive: bool  # also evaluate every configuration of weight_bits with the inputs at 8 bits (minutes)
+
+    def __post_init__(self):
+        for key in ("weight_bits", "activation_bits"):
+            values = getattr(self, key)
+            check(bool(values) and all(_matches(b, int) for b in values) and len(set(values)) == len(values),
+                  f"mixed_precision.{key}", f"must list distinct bit widths, got {shown(values)}")
+        check(bool(self.budgets) and all(_matches(b, float) and 0 < b <= 1 for b in self.budgets),
+              "mixed_precision.budgets", f"must list fractions in (0, 1], got {shown(self.budgets)}")
+        check(1 <= self.candidates <= MAX_CANDIDATES, "mixed_precision.candidates",
+              f"must be between 1 and {MAX_CANDIDATES}, got {self.candidates}")
+
+
+MAX_CANDIDATES = 1024
+
+
+@dataclass(frozen=True)
 class ExportParams:
     headroom: bool  # pre-shift accumulators into their int32 headroom before the fixed-point rescale
     rounding: str  # the engine's requantization: one of fixed_point.REQUANTIZATIONS
@@ -235,6 +266,7 @@ class Params:
     qat: QATParams
     ptq: PTQParams
     techniques: TechniquesParams
+    mixed_precision: MixedPrecisionParams
     export: ExportParams
     compute: ComputeParams
     report: ReportParams

@@ -53,5 +53,7 @@ CALIBRATION = Path("metrics/calibration.json")
 CALIBRATION_LAYERS = Path("compare/layers.csv")
 TECHNIQUES = Path("metrics/techniques.json")
 TECHNIQUES_LAYERS = Path("compare/techniques.csv")
+MIXED_PRECISION = Path("metrics/mixed_precision.json")
+MIXED_PRECISION_DIR = Path("compare/mixed_precision")  # its sensitivities and evaluated configurations
 PLOTS = Path("plots")
 REPORT = Path("reports/build")

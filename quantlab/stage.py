@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quantlab import compute
+from quantlab.architecture import LAYER_NAMES
 from quantlab.config import PARAMS_FILE, Params, check, read_params, shown
 from quantlab.errors import UserError
 from quantlab.inference.fixed_point import REQUANTIZATIONS
@@ -38,6 +39,7 @@ def check_names(params: Params) -> None:
           f"{shown(params.compare.methods)}")
     check_name("qat.ranges", params.qat.ranges, calibration.QAT_RANGES)
     check_name("techniques.calib", params.techniques.calib, calibration.POST_TRAINING)
+    check_name("mixed_precision.calib", params.mixed_precision.calib, calibration.POST_TRAINING)
     check_name("ptq.rounding", params.ptq.rounding, techniques.roundings())
     check_name("export.rounding", params.export.rounding, REQUANTIZATIONS)
     widths = [("quant.weight_bits", params.quant.weight_bits), ("quant.activation_bits", params.quant.activation_bits),
@@ -45,12 +47,20 @@ def check_names(params: Params) -> None:
     widths += [(key, bits) for key, pairs in (("compare.widths", params.compare.widths),
                                               ("techniques.widths", params.techniques.widths))
                for pair in pairs for bits in pair]
+    widths += [(f"mixed_precision.{key}", bits) for key in ("weight_bits", "activation_bits")
+               for bits in getattr(params.mixed_precision, key)]
+    for layer, pair in params.quant.layer_bits.items():
+        check_name("quant.layer_bits", layer, LAYER_NAMES)
+        widths += [(f"quant.layer_bits.{layer}", bits) for bits in pair]
     for key, bits in widths:
         if bits is not None:
             check_bits(key, bits)
     check(not (params.ptq.equalize and calibration.METHODS[params.calib].weights != calibration.TRAINED),
           "ptq.equalize", f"cannot apply to calib={params.calib}: its ranges were learned on the network before "
           f"equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")
+    check(not (params.quant.layer_bits and calibration.METHODS[params.calib].weights != calibration.TRAINED),
+          "quant.layer_bits", f"cannot apply to calib={params.calib}: its fine-tune ran at the uniform widths; "
+          f"use a post-training calibration ({', '.join(calibration.POST_TRAINING)}) or set quant.layer_bits: {{}}")
     for key in ("title", "author", "affiliation"):
         char = untypesettable(getattr(params.report, key))
         check(char is None, f"report.{key}", f"holds {char}, which the report cannot typeset: remove it")

@@ -15,7 +15,7 @@ from quantlab.io import load_json, save_csv, save_json
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import EMA, FINE_TUNED, TRAINED, calibrator, diagnose
 from quantlab.quantize.network import Provenance, activations_of, quantize_network
-from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths, weight_widths
 from quantlab.stage import load_params, run_main
 from quantlab.statistics import accuracy
 
@@ -35,7 +35,7 @@ def compare(state: dict, profiles: dict[str, TensorProfile], fine_tunes: dict[st
     def tested(width: str, method: str, state: dict, thresholds: dict, weight_bits: int, activation_bits: int,
                provenance: Provenance) -> float:
         forward = FloatRescaleNet(quantize_network(state, activations_of(thresholds, widths[activation_bits], signs),
-                                                   weight_bits, quant.per_channel, provenance))
+                                                   weight_widths(weight_bits), quant.per_channel, provenance))
         cell = predictions.setdefault(width, {})[method] = {name: predict(forward, split)
                                                             for name, split in images.items()}
         return accuracy(cell["test"], images["test"].y)

@@ -2,7 +2,8 @@
 artifact every later stage reads (quantlab.quantize.network). The lab's three steps:
 
 - weights (section III): S_W = max|W| / (2^(b-1) - 1), q = clamp(round(W / S_W), -2^(b-1), 2^(b-1) - 1) at
-  `quant.weight_bits`, per tensor or, with `quant.per_channel`, per output channel;
+  `quant.weight_bits`, per tensor or, with `quant.per_channel`, per output channel; a layer that
+  `quant.layer_bits` names takes its own weight bits and input bits there (mixed precision);
 - activations (section V): S = T / qmax for the input and every layer's output, the clipping threshold T from
   the calibration method `calib`: from the stored histograms, or with `calib=ema` the thresholds learned by
   the quantization-aware fine-tune at the configured bits, whose weights are then the ones quantized;
@@ -29,7 +30,7 @@ from quantlab.io import load_json, save_csv
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator, diagnose, sqnr_db
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
-from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths, weight_widths
 from quantlab.quantize.techniques import switched_on
 from quantlab.stage import load_params, run_main
 
@@ -47,15 +48,16 @@ def quantized(model_name: str, params: Params) -> tuple[QuantizedNetwork, dict[s
     profiles = load_profiles(paths.profile(model_name), "activations")
     techniques = switched_on(params.ptq)
     provenance = Provenance(model_name, params.calib, weights, source.as_posix(), [t.name for t in techniques])
-    widths = activation_widths(quant.activation_bits, quant.logit_bits)
+    widths = activation_widths(quant.activation_bits, quant.logit_bits, quant.layer_bits)
+    weight_bits = weight_widths(quant.weight_bits, quant.layer_bits)
     signs = activation_signs(quant.unsigned_activations)
     if not techniques:
         activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
-        return quantize_network(state, activations, quant.weight_bits, quant.per_channel, provenance), state, profiles
+        return quantize_network(state, activations, weight_bits, quant.per_channel, provenance), state, profiles
     from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
     start = prepare(state, calibration_images(params), profiles, techniques, params.profile.bins)
-    network, _ = apply_techniques(start, method, widths, signs, quant.weight_bits, quant.per_channel, techniques,
+    network, _ = apply_techniques(start, method, widths, signs, weight_bits, quant.per_channel, techniques,
                                   params.ptq, params.seed, provenance)
     return network, start.state, start.profiles
 

@@ -23,7 +23,7 @@ from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator
 from quantlab.quantize.network import Provenance
 from quantlab.quantize.ptq import apply_techniques, prepare
-from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths, weight_widths
 from quantlab.quantize.techniques import PREPARE, combination_name, combinations
 from quantlab.stage import load_params, run_main
 from quantlab.statistics import accuracy
@@ -57,7 +57,8 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
                 began = time.perf_counter()
                 name = combination_name(combination)
                 network, diagnostics = apply_techniques(
-                    prepared[preparation(combination)], method, widths, signs, weight_bits, per_channel, combination,
+                    prepared[preparation(combination)], method, widths, signs, weight_widths(weight_bits), per_channel,
+                    combination,
                     ptq, params.seed, Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
                                                  [t.name for t in combination]))
                 forward = FloatRescaleNet(network)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from quantlab.architecture import LAYER_NAMES
 from quantlab.errors import UserError
 from quantlab.io import load_npz, save_npz
 from quantlab.quantize.network import QuantizedNetwork
@@ -17,7 +18,7 @@ def test_save_and_load_round_trip(tmp_path, per_channel):
     _, network = random_network(4, per_channel, unsigned=True, logit_bits=8)
     network.save(tmp_path)
     loaded = QuantizedNetwork.load(tmp_path)
-    assert loaded.weight_bits == 4 and loaded.per_channel == per_channel
+    assert loaded.weight_bits == dict.fromkeys(LAYER_NAMES, 4) and loaded.per_channel == per_channel
     assert loaded.activations == network.activations and loaded.provenance == network.provenance
     for name, layer in network.layers.items():
         for key, value in vars(layer).items():
@@ -29,6 +30,17 @@ def test_save_and_load_round_trip(tmp_path, per_channel):
     conv1 = network.activations["conv1"]
     assert meta["activations"]["conv1"] == {"bits": 4, "signed": False, "threshold": conv1.threshold,
                                             "scale": conv1.scale}
+
+
+def test_each_layer_keeps_its_own_bits(tmp_path):
+    _, network = random_network(8, per_channel=True, layer_bits={"fc1": [2, 4], "conv1": [3, 8]})
+    network.save(tmp_path)
+    loaded = QuantizedNetwork.load(tmp_path)
+    assert loaded.weight_bits == {"conv1": 3, "conv2": 8, "fc1": 2, "fc2": 8, "fc3": 8}
+    assert {name: a.bits for name, a in loaded.activations.items()} == {
+        "input": 8, "conv1": 8, "conv2": 4, "fc1": 8, "fc2": 8, "fc3": 8}  # fc1 reads conv2's output
+    assert loaded.layers["fc1"].weight.min() >= -2 and loaded.layers["fc1"].weight.max() <= 1
+    assert loaded.layers["conv1"].weight.min() >= -4 and loaded.layers["conv1"].weight.max() <= 3
 
 
 def edited_json(tmp_path, edit):
@@ -50,6 +62,8 @@ def edited_arrays(tmp_path, edit):
      "has an invalid quantization of activation fc1"),
     (lambda m: edited_json(m, lambda d: d["activations"].pop("fc2")), "must describe the activations input, conv1"),
     (lambda m: edited_json(m, lambda d: d.pop("provenance")), "is incomplete (KeyError('provenance'))"),
+    (lambda m: edited_json(m, lambda d: d.update(weight_bits=8)), "must give the weight bits (2-8) of the layers"),
+    (lambda m: edited_json(m, lambda d: d["weight_bits"].update(fc1=2)), "has fc1.weight beyond 2 bits"),
     (lambda m: edited_json(m, lambda d: d.update(format="other")), "is not a quantlab-quantized-network file"),
     (lambda m: edited_arrays(m, lambda a: a.update({"fc1.weight": a["fc1.weight"][:128]})),
      "needs fc1.weight as int8 of shape (256, 1152)"),

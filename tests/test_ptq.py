@@ -29,6 +29,7 @@ from quantlab.quantize.symmetric import (
     int_range,
     quantize,
     weight_scale,
+    weight_widths,
 )
 from quantlab.quantize.techniques import ROUND, TECHNIQUES, Technique, combination_label, switched_on
 from quantlab.stage import load_params
@@ -89,7 +90,7 @@ def techniques(state, ptq, weight_bits=4, activation_bits=8, per_channel=False):
     widths, signs = activation_widths(activation_bits, 8), activation_signs(True)
     on = switched_on(ptq)
     return apply_techniques(prepare(state, IMAGES, profiles, on, 256), calibrator("mse"), widths, signs,
-                            weight_bits, per_channel, on, ptq, 0,
+                            weight_widths(weight_bits), per_channel, on, ptq, 0,
                             Provenance("float", "mse", "trained", "random", [t.name for t in on]))[0]
 
 

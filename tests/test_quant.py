@@ -29,6 +29,7 @@ from quantlab.quantize.symmetric import (
     scale_for,
     squared_errors,
     weight_scale,
+    weight_widths,
 )
 
 from quant_fixture import random_network
@@ -107,7 +108,8 @@ def test_quantize_weights_matches_hand_values():
     # -0.3 * 64 = -19.2 -> -19; 0.5 rounds to 0 and 1.5 to 2 (half to even)
     assert q[0, 0, 0, :4].tolist() == [127, -19, 0, 2]
     activations = activations_of(dict.fromkeys(ACTIVATIONS, 1.0), activation_widths(8), activation_signs(False))
-    network = quantize_network(state, activations, 8, False, Provenance("float", "minmax", "trained", "-"))
+    network = quantize_network(state, activations, weight_widths(8), False,
+                               Provenance("float", "minmax", "trained", "-"))
     restored = network.dequantized_state()["conv1.weight"][0, 0, 0, :4]
     assert restored.tolist() == [127 / 64, -19 / 64, 0.0, 2 / 64]
 

@@ -41,7 +41,8 @@ def integer_network(network: QuantizedNetwork, classes: list[str], headroom: boo
         clamp = [max(qmin, 0) if layer.relu else qmin, qmax]
         layers.append(layer_record(
             name=layer.name, kind=layer.kind, input_shape=list(steps[layer.name].input),
-            output_shape=list(steps[layer.name].output), weight=names["weight"], weight_bits=network.weight_bits,
+            output_shape=list(steps[layer.name].output), weight=names["weight"],
+            weight_bits=network.weight_bits[layer.name],
             weight_scale=quantized.scale.tolist(), bias=names["bias"] if quantized.q_bias is not None else None,
             multiplier=names["m0"], shift=names["shift"], real_multiplier=rescale.tolist(), accumulator_bound=bound,
             pre_shift=fixed_point.headroom_shift(bound, arrays[names["shift"]]) if headroom else 0,

@@ -1,8 +1,8 @@
 """The quantized network: one typed artifact, written by the stage that decides it and read by every stage after.
 
     quant/<model>/network.json   provenance (model, calibration method, which float weights from which file),
-                                 weight bits and granularity, and every activation's bits, sign, threshold T
-                                 and scale S = T / qmax
+                                 every layer's weight bits, the granularity, and every activation's bits, sign,
+                                 threshold T and scale S = T / qmax
     quant/<model>/network.npz    every layer's integer weight (int8 storage) and scale S_W (one, or one per
                                  output channel); where a layer has a bias, the bias as trained and as int32 on
                                  the accumulator's scale, q_b = round(b / (S_W S_in))
@@ -20,7 +20,7 @@ from typing import Self
 
 import numpy as np
 
-from quantlab.architecture import ACTIVATIONS, LAYERS, MODELS, input_of
+from quantlab.architecture import ACTIVATIONS, LAYER_NAMES, LAYERS, MODELS, input_of
 from quantlab.data import normalize
 from quantlab.errors import UserError
 from quantlab.io import load_json, load_npz, save_json, save_npz
@@ -74,7 +74,7 @@ class Provenance:
 @dataclass(frozen=True)
 class QuantizedNetwork:
     provenance: Provenance
-    weight_bits: int
+    weight_bits: dict[str, int]  # per layer
     per_channel: bool
     layers: dict[str, QuantizedLayer]
     activations: dict[str, Activation]
@@ -143,14 +143,17 @@ class QuantizedNetwork:
         for name, a in self.activations.items():
             check(a.bits in BITS and isinstance(a.signed, bool) and math.isfinite(a.threshold)
                   and a.threshold >= 0, f"has an invalid quantization of activation {name}")
-        qmin, qmax = int_range(self.weight_bits)
+        check(isinstance(self.weight_bits, dict) and list(self.weight_bits) == list(LAYER_NAMES)
+              and all(bits in BITS for bits in self.weight_bits.values()),
+              f"must give the weight bits ({BITS.start}-{BITS.stop - 1}) of the layers {', '.join(LAYER_NAMES)}")
         for spec in LAYERS:
             layer = self.layers[spec.name]
             shape = spec.weight_shape
+            qmin, qmax = int_range(self.weight_bits[spec.name])
             check(layer.weight is not None and layer.weight.dtype == np.int8 and layer.weight.shape == shape,
                   f"needs {spec.name}.weight as int8 of shape {shape}")
             check(qmin <= layer.weight.min() and layer.weight.max() <= qmax,
-                  f"has {spec.name}.weight beyond {self.weight_bits} bits")
+                  f"has {spec.name}.weight beyond {self.weight_bits[spec.name]} bits")
             check(layer.scale is not None and layer.scale.shape == ((spec.outputs,) if self.per_channel else ())
                   and bool(np.all(layer.scale > 0)) and bool(np.all(np.isfinite(layer.scale))),
                   f"needs a positive, finite {spec.name}.scale {'per channel' if self.per_channel else 'per tensor'}")
@@ -169,15 +172,15 @@ def activations_of(thresholds: dict[str, float], widths: dict[str, int],
     return {name: Activation(widths[name], signs[name], thresholds[name]) for name in ACTIVATIONS}
 
 
-def quantize_network(state: dict[str, np.ndarray], activations: dict[str, Activation], weight_bits: int,
-                     per_channel: bool, provenance: Provenance,
+def quantize_network(state: dict[str, np.ndarray], activations: dict[str, Activation],
+                     weight_bits: dict[str, int], per_channel: bool, provenance: Provenance,
                      integers: dict[str, np.ndarray] | None = None) -> QuantizedNetwork:
-    """Every layer's weight quantized (S_W = max|W| / qmax, per tensor or per channel; rounded to nearest, or
-    the `integers` a post-training technique learned on that scale) and every bias as int32 on its
-    accumulator's scale S_W * S_in; the activations as given."""
+    """Every layer's weight quantized at its `weight_bits` (S_W = max|W| / qmax, per tensor or per channel;
+    rounded to nearest, or the `integers` a post-training technique learned on that scale) and every bias as int32
+    on its accumulator's scale S_W * S_in; the activations as given."""
     layers = {}
     for layer in LAYERS:
-        q, scale = quantize_weight(state[f"{layer.name}.weight"], weight_bits, per_channel)
+        q, scale = quantize_weight(state[f"{layer.name}.weight"], weight_bits[layer.name], per_channel)
         q = q if integers is None else integers[layer.name]
         bias = state.get(f"{layer.name}.bias")
         try:

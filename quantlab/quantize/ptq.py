@@ -153,15 +153,15 @@ def correct_bias(layer: Layer, output: torch.Tensor, target: torch.Tensor,
     return bias, output - channel_shaped(shift.float(), output.ndim, 1)
 
 
-def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: int, per_channel: bool,
+def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: dict[str, int], per_channel: bool,
                 images: torch.Tensor, techniques: tuple, ptq: PTQParams, seed: int) -> tuple[dict, dict, dict]:
-    """Every layer's weights rounded by the rounding technique of `techniques` (nearest without one) and its bias
-    corrected by its correcting techniques, layer by layer on the calibration `images` (normalized floats); `ptq`:
-    the settings of AdaRound's optimization. `quantize_activation(name, x)` fake-quantizes the
-    activation `name` as the quantized network will (scale times integers). Returns the float state with the
-    corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's integer weights
-    (int8), and per layer the mean squared error of its output against the float network's, with nearest rounding
-    and no correction ("nearest") and after the techniques ("final")."""
+    """Every layer's weights, at its `weight_bits`, rounded by the rounding technique of `techniques` (nearest
+    without one) and its bias corrected by its correcting techniques, layer by layer on the calibration `images`
+    (normalized floats); `ptq`: the settings of AdaRound's optimization. `quantize_activation(name, x)`
+    fake-quantizes the activation `name` as the quantized network will (scale times integers). Returns the float
+    state with the corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's
+    integer weights (int8), and per layer the mean squared error of its output against the float network's, with
+    nearest rounding and no correction ("nearest") and after the techniques ("final")."""
     generator = torch.Generator().manual_seed(seed)
     x_float = images.float()
     x_quant = quantize_activation("input", x_float)
@@ -170,14 +170,15 @@ def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: 
         weight = torch.from_numpy(state[f"{layer.name}.weight"])
         bias = state.get(f"{layer.name}.bias")
         bias = None if bias is None else torch.from_numpy(bias).float()
-        shaped = channel_shaped(weight_scale(weight, weight_bits, per_channel), weight.ndim, 0)
-        nearest = quantize(weight.double(), shaped, weight_bits)
+        bits = weight_bits[layer.name]
+        shaped = channel_shaped(weight_scale(weight, bits, per_channel), weight.ndim, 0)
+        nearest = quantize(weight.double(), shaped, bits)
         with torch.no_grad():
             target = layer_output(layer, x_float, weight, bias)
             output = layer_output(layer, x_quant, (nearest * shaped).float(), bias)
             errors[layer.name] = {"nearest": mse(output, target)}
         rounded = [q for technique in techniques if (q := technique.round(
-            layer, weight.double(), shaped, weight_bits, bias, x_quant, F.relu(target) if layer.relu else target,
+            layer, weight.double(), shaped, bits, bias, x_quant, F.relu(target) if layer.relu else target,
             ptq, generator)) is not None]
         q = rounded[0] if rounded else nearest
         with torch.no_grad():
@@ -228,7 +229,7 @@ def prepare(state: dict[str, np.ndarray], images: np.ndarray, profiles: dict[str
 
 
 def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int], signs: dict[str, bool],
-                     weight_bits: int, per_channel: bool, techniques: tuple, ptq: PTQParams, seed: int,
+                     weight_bits: dict[str, int], per_channel: bool, techniques: tuple, ptq: PTQParams, seed: int,
                      provenance: Provenance) -> tuple[QuantizedNetwork, dict[str, dict[str, float]]]:
     """The network quantized from `start` (`prepare` with the same `techniques`), with the activations calibrated
     on its state, after the rounding and correcting `techniques`; and, per layer, the weight-range spread before

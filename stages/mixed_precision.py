@@ -1,0 +1,248 @@
+"""Stage mixed_precision: each layer's weight bits and input bits, chosen per budget of size and of bit operations
+(quantlab.mixed_precision), on the float model, as `mixed_precision` says: sensitivities on the calibration
+images, choices on the validation images, every chosen network then measured on the test images against the float
+model, and exported and run in the integer engine, the standalone runner and ONNX Runtime. With
+`mixed_precision.exhaustive`, every configuration of the weight bits with the inputs at the widest activation
+bits is evaluated too: the true frontier, Kendall's tau of each sensitivity measure and the allocator's regret.
+
+    metrics/mixed_precision.json               the choices, the uniform widths, the float model; the exhaustive
+                                               run's summary (null without it)
+    compare/mixed_precision/sensitivity.csv    every layer's sensitivity at every option, by measure
+    compare/mixed_precision/configurations.csv every configuration evaluated: bits per layer, costs, accuracies
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import torch
+
+from quantlab import costs, paths
+from quantlab.architecture import LAYER_NAMES, input_of, load_state
+from quantlab.config import Params
+from quantlab.data import calibration_images
+from quantlab.evaluation import Split, evaluation_images, outputs, predict
+from quantlab.inference import onnx_graph, runner
+from quantlab.inference.engine import FixedPointEngine
+from quantlab.inference.export import integer_network, package
+from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME
+from quantlab.inference.float_rescale import FloatRescaleNet
+from quantlab.io import save_csv, save_json
+from quantlab.mixed_precision import KINDS, MEASURES, Space, choose, frontier, kendall_tau
+from quantlab.model import load_model
+from quantlab.profiling import TensorProfile, load_profiles
+from quantlab.quantize.calibration import TRAINED, calibrator, diagnose
+from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
+from quantlab.quantize.symmetric import activation_signs, activation_widths, quantize_weight, weight_widths
+from quantlab.stage import load_params, run_main
+from quantlab.statistics import accuracy, paired
+
+LOGIT_BITS = 8
+SENSITIVITY_IMAGES = 1024  # the first calibration images measure the output error (as AdaRound's, 1024)
+RUNNER_IMAGES = 1000  # test images the NumPy runner checks each chosen network on (it is 20x slower)
+
+
+class Configurations:
+    """The networks of a Space on the float model: built on demand, their predictions kept."""
+
+    def __init__(self, space: Space, state: dict[str, np.ndarray], profiles: dict[str, TensorProfile],
+                 params: Params):
+        settings = params.mixed_precision
+        self.space, self.state, self.per_channel = space, state, settings.per_channel
+        self.signs = activation_signs(settings.unsigned_activations)
+        method = calibrator(settings.calib, params.quant.percentile)
+        self.thresholds = {bits: method.thresholds(profiles, activation_widths(bits), self.signs)
+                           for bits in {*settings.activation_bits, LOGIT_BITS}}
+        self.provenance = Provenance("float", settings.calib, TRAINED, paths.model("float").as_posix())
+        self.predictions: dict[tuple[int, str], torch.Tensor] = {}
+
+    def network(self, index: int) -> QuantizedNetwork:
+        layer_bits = self.space.layer_bits(index)
+        widths = activation_widths(LOGIT_BITS, LOGIT_BITS, layer_bits)
+        thresholds = {name: self.thresholds[bits][name] for name, bits in widths.items()}
+        return quantize_network(self.state, activations_of(thresholds, widths, self.signs),
+                                weight_widths(LOGIT_BITS, layer_bits), self.per_channel, self.provenance)
+
+    def predict(self, index: int, part: str, split: Split) -> torch.Tensor:
+        if (index, part) not in self.predictions:
+            self.predictions[index, part] = predict(FloatRescaleNet(self.network(index)), split)
+        return self.predictions[index, part]
+
+
+def sensitivities(configurations: Configurations, calibration: Split, float_logits: torch.Tensor,
+                  profiles: dict[str, TensorProfile]) -> dict[str, np.ndarray]:
+    """(layers, options) per measure of quantlab.mixed_precision, each relative to the widest option."""
+    space, state = configurations.space, configurations.state
+    widest = space.widest
+
+    def output_error(index: int) -> float:
+        network = configurations.network(index)
+        logits = outputs(FloatRescaleNet(network), calibration) * network.activations[LAYER_NAMES[-1]].scale
+        return float((logits - float_logits.double()).square().mean())
+
+    def noise_to_signal(layer: str, option: int) -> float:
+        setting = space.options[option]
+        weight = state[f"{layer}.weight"].astype(np.float64)
+        q, scale = quantize_weight(weight, setting.weight_bits, configurations.per_channel)
+        shaped = scale.reshape((-1,) + (1,) * (weight.ndim - 1)) if scale.ndim else scale
+        weights = np.square(weight - q * shaped).sum() / np.square(weight).sum()
+        name = input_of(layer)
+        sqnr = diagnose(profiles[name], configurations.thresholds[setting.activation_bits][name],
+                        setting.activation_bits, configurations.signs[name])["sqnr_db"]
+        return float(weights + (0.0 if sqnr is None else 10 ** (-sqnr / 10)))
+
+    base = output_error(space.uniform(widest))
+    result = {measure: np.zeros((len(LAYER_NAMES), len(space.options))) for measure in MEASURES}
+    for i, layer in enumerate(LAYER_NAMES):
+        for option in range(len(space.options)):
+            lowered = [widest] * len(LAYER_NAMES)
+            lowered[i] = option
+            result["output"][i, option] = output_error(space.index(lowered)) - base
+            result["sqnr"][i, option] = noise_to_signal(layer, option) - noise_to_signal(layer, widest)
+    return result
+
+
+def deployed(network: QuantizedNetwork, classes: list[str], headroom: bool, test: Split) -> dict:
+    """A chosen network exported: the engine's test accuracy, and how many logits the runner (on the first
+    RUNNER_IMAGES test images) and ONNX Runtime (in the engine's onnxruntime rounding) give identically."""
+    manifest, arrays = integer_network(network, classes, headroom, GEMMLOWP)
+    manifest, _, model = package(manifest, arrays)
+    engine = outputs(FixedPointEngine(manifest, arrays), test).numpy()
+    by_runner = runner.run(manifest, arrays, test.x[:RUNNER_IMAGES].numpy())
+    by_onnxruntime = onnx_graph.run(onnx_graph.session(model), manifest, test.x.numpy())
+    in_rounding = outputs(FixedPointEngine(manifest, arrays, ONNXRUNTIME), test).numpy()
+    return {"engine_accuracy": accuracy(engine.argmax(1), test.y.numpy()),
+            "runner_identical_logits": float(np.mean(by_runner == engine[:RUNNER_IMAGES])),
+            "onnxruntime_identical_logits": float(np.mean(by_onnxruntime == in_rounding)),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def record(space: Space, index: int) -> dict:
+    return {"layer_bits": space.layer_bits(index), **{kind: float(space.costs[kind][index]) for kind in KINDS}}
+
+
+def allocate(configurations: Configurations, predictions: dict[str, np.ndarray], budgets: list[float],
+             candidates: int, choice_split: tuple[str, Split], restrict: np.ndarray | None = None) -> list[dict]:
+    """Per budget kind and budget, the configuration chosen on `choice_split` (see quantlab.mixed_precision), or
+    None where none fits; `restrict`: the configurations allowed (all without it)."""
+    part, split = choice_split
+    chosen = []
+    for kind in KINDS:
+        cost = configurations.space.costs[kind]
+        cost = cost if restrict is None else np.where(restrict, cost, np.inf)
+        for budget in budgets:
+            choice = choose(predictions, cost, budget, candidates,
+                            lambda index: accuracy(configurations.predict(index, part, split), split.y))
+            chosen.append({"kind": kind, "budget": budget, "choice": choice})
+    return chosen
+
+
+def main() -> None:
+    began = time.perf_counter()
+    params = load_params()
+    settings = params.mixed_precision
+    space = Space.of(settings.weight_bits, settings.activation_bits)
+    splits, classes = evaluation_images(params.data.validation, params.seed)
+    choice_split = next((part, split) for part, split in splits.items())  # validation, or test where none is held out
+    test = splits["test"]
+    state = load_state(paths.model("float"), "float")
+    profiles = load_profiles(paths.profile("float"), "activations")
+    configurations = Configurations(space, state, profiles, params)
+    images = calibration_images(params)[:SENSITIVITY_IMAGES]
+    calibration = Split.of(images, np.zeros(len(images)), torch.device("cpu"))
+    float_model = load_model(state)
+    sensitivity = sensitivities(configurations, calibration, outputs(float_model, calibration), profiles)
+    predictions = {measure: space.predicted(value) for measure, value in sensitivity.items()}
+    print(f"sensitivities: {time.perf_counter() - began:.1f} s", flush=True)
+    chosen = allocate(configurations, predictions, settings.budgets, settings.candidates, choice_split)
+    print(f"allocation: {time.perf_counter() - began:.1f} s", flush=True)
+
+    float_predictions = predict(float_model, test)
+
+    def measured(index: int) -> dict:
+        predicted = configurations.predict(index, "test", test)
+        validation = configurations.predict(index, *choice_split) if "validation" in splits else None
+        return {**record(space, index), "bytes": costs.of_network(configurations.network(index)).bytes,
+                "validation_accuracy": None if validation is None else accuracy(validation, choice_split[1].y),
+                "test_accuracy": accuracy(predicted, test.y),
+                "vs_float": paired((predicted == test.y).numpy(), (float_predictions == test.y).numpy())}
+
+    results = []
+    for entry in chosen:
+        choice = entry["choice"]
+        results.append({"kind": entry["kind"], "budget": entry["budget"], "choice": None if choice is None else {
+            **measured(choice.index), "proposed_by": list(choice.proposed_by), "candidates": len(choice.validated),
+            **deployed(configurations.network(choice.index), list(classes), params.export.headroom, test)}})
+        print(f"{entry['kind']} <= {entry['budget']:g}: "
+              f"{'none fits' if choice is None else space.layer_bits(choice.index)}", flush=True)
+    uniform = {space.options[o].name: measured(space.uniform(o)) for o in range(len(space.options))}
+    exhaustive = ground_truth(configurations, predictions, settings, choice_split, test) if settings.exhaustive \
+        else None
+    save_json(paths.MIXED_PRECISION, {
+        "choices_on": choice_split[0], "float": {"test_accuracy": accuracy(float_predictions, test.y)},
+        "space": {"weight_bits": sorted(settings.weight_bits), "activation_bits": sorted(settings.activation_bits),
+                  "configurations": len(space.configurations), "per_channel": settings.per_channel,
+                  "unsigned_activations": settings.unsigned_activations, "calib": settings.calib,
+                  "logit_bits": LOGIT_BITS, "reference": dataclasses.asdict(costs.REFERENCE)},
+        "budgets": results, "uniform": uniform, "exhaustive": exhaustive})
+    save_csv(paths.MIXED_PRECISION_DIR / "sensitivity.csv", pd.DataFrame([
+        {"measure": measure, "layer": layer, "weight_bits": option.weight_bits, "input_bits": option.activation_bits,
+         "sensitivity": float(value[i, o])}
+        for measure, value in sensitivity.items() for i, layer in enumerate(LAYER_NAMES)
+        for o, option in enumerate(space.options)]))
+    evaluated = sorted({index for index, _ in configurations.predictions})
+    save_csv(paths.MIXED_PRECISION_DIR / "configurations.csv", pd.DataFrame([
+        {"configuration": index, **{layer: s.label for layer, s in space.settings(index).items()},
+         **{kind: float(space.costs[kind][index]) for kind in KINDS},
+         **{f"predicted_{measure}": float(predictions[measure][index]) for measure in MEASURES},
+         **{f"{part}_accuracy": accuracy(configurations.predictions[index, part], split.y)
+            if (index, part) in configurations.predictions else None for part, split in splits.items()}}
+        for index in evaluated]))
+    print(f"mixed precision: {time.perf_counter() - began:.1f} s")
+
+
+def ground_truth(configurations: Configurations, predictions: dict[str, np.ndarray], settings, choice_split,
+                 test: Split) -> dict:
+    """Every configuration of the weight bits with the inputs at the widest activation bits, evaluated on the
+    validation and test images: Kendall's tau of each measure's prediction against the test accuracies, the true
+    frontiers, and per budget the allocator's choice within these configurations against the best on test."""
+    space = configurations.space
+    widest_input = max(settings.activation_bits)
+    inputs = np.array([o.activation_bits for o in space.options])[space.configurations]
+    restrict = (inputs == widest_input).all(1)
+    indices = np.flatnonzero(restrict)
+    began = time.perf_counter()
+    right, test_accuracy = {}, []
+    for done, index in enumerate(indices):
+        predicted = configurations.predict(index, "test", test)
+        right[index], test_accuracy = (predicted == test.y).numpy(), test_accuracy + [accuracy(predicted, test.y)]
+        configurations.predict(index, *choice_split)  # kept for the allocation
+        if done % 128 == 127:
+            print(f"exhaustive: {done + 1} of {len(indices)}, {time.perf_counter() - began:.0f} s", flush=True)
+    test_accuracy = np.array(test_accuracy)
+    allocated = allocate(configurations, predictions, settings.budgets, settings.candidates, choice_split, restrict)
+    regrets = []
+    for entry in allocated:
+        cost = space.costs[entry["kind"]][indices]
+        within = np.flatnonzero(cost <= entry["budget"] + 1e-9)
+        if entry["choice"] is None or not len(within):
+            regrets.append({"kind": entry["kind"], "budget": entry["budget"], "regret": None})
+            continue
+        best = int(indices[within[np.argmax(test_accuracy[within])]])
+        chosen = entry["choice"].index
+        regrets.append({"kind": entry["kind"], "budget": entry["budget"],
+                        "chosen": record(space, chosen) | {"test_accuracy": float(test_accuracy[indices == chosen][0])},
+                        "best": record(space, best) | {"test_accuracy": float(test_accuracy[indices == best][0])},
+                        "regret": paired(right[best], right[chosen])})
+    return {"configurations": len(indices), "input_bits": widest_input,
+            "kendall_tau": {measure: round(kendall_tau(-predictions[measure][indices], test_accuracy), 4)
+                            for measure in MEASURES},
+            "frontier": {kind: [record(space, int(indices[i])) | {"test_accuracy": round(float(test_accuracy[i]), 2)}
+                                for i in frontier(space.costs[kind][indices], test_accuracy)] for kind in KINDS},
+            "regret": regrets}
+
+
+if __name__ == "__main__":
+    run_main(main)
