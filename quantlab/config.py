@@ -104,12 +104,13 @@ class QuantParams:
     unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1] instead of [-2^(b-1), 2^(b-1) - 1]
     percentile: float  # the |x| percentile of calib=percentile
     logit_bits: int | None  # bits of the last layer's output (the logits); None: activation_bits, as the lab
-    layer_bits: dict  # {layer: [weight bits, input bits]}: the layers that differ from the two widths above
+    layer_bits: dict  # {layer: [weight bits, input bits] or None}: None keeps the two widths above
 
     def __post_init__(self):
         check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
         for layer, pair in self.layer_bits.items():
-            check(_is_pair(pair), f"quant.layer_bits.{layer}", f"must be [weight bits, input bits], got {shown(pair)}")
+            check(pair is None or _is_pair(pair), f"quant.layer_bits.{layer}",
+                  f"must be [weight bits, input bits] or null, got {shown(pair)}")
 
 
 def _is_pair(value) -> bool:

@@ -49,18 +49,22 @@ def check_names(params: Params) -> None:
                for pair in pairs for bits in pair]
     widths += [(f"mixed_precision.{key}", bits) for key in ("weight_bits", "activation_bits")
                for bits in getattr(params.mixed_precision, key)]
-    for layer, pair in params.quant.layer_bits.items():
+    layer_bits = params.quant.layer_bits
+    for layer, pair in layer_bits.items():
         check_name("quant.layer_bits", layer, LAYER_NAMES)
-        widths += [(f"quant.layer_bits.{layer}", bits) for bits in pair]
+        widths += [(f"quant.layer_bits.{layer}", bits) for bits in pair or ()]
+    missing = [layer for layer in LAYER_NAMES if layer not in layer_bits]
+    check(not missing, f"quant.layer_bits.{missing[0] if missing else ''}", "is missing; add it (null: the widths "
+          "above)")
     for key, bits in widths:
         if bits is not None:
             check_bits(key, bits)
     check(not (params.ptq.equalize and calibration.METHODS[params.calib].weights != calibration.TRAINED),
           "ptq.equalize", f"cannot apply to calib={params.calib}: its ranges were learned on the network before "
           f"equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")
-    check(not (params.quant.layer_bits and calibration.METHODS[params.calib].weights != calibration.TRAINED),
-          "quant.layer_bits", f"cannot apply to calib={params.calib}: its fine-tune ran at the uniform widths; "
-          f"use a post-training calibration ({', '.join(calibration.POST_TRAINING)}) or set quant.layer_bits: {{}}")
+    check(not (any(layer_bits.values()) and calibration.METHODS[params.calib].weights != calibration.TRAINED),
+          "quant.layer_bits", f"cannot apply to calib={params.calib}: its fine-tune ran at the uniform widths; use a "
+          f"post-training calibration ({', '.join(calibration.POST_TRAINING)}) or set every layer's to null")
     for key in ("title", "author", "affiliation"):
         char = untypesettable(getattr(params.report, key))
         check(char is None, f"report.{key}", f"holds {char}, which the report cannot typeset: remove it")

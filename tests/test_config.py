@@ -4,7 +4,9 @@ import pytest
 import yaml
 
 from bench.bombs import ALIAS_BOMB
+from quantlab.architecture import LAYER_NAMES
 from quantlab.errors import UserError
+from quantlab.quantize.symmetric import activation_widths, weight_widths
 from quantlab.stage import load_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
@@ -75,12 +77,32 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"techniques__per_channel": [True, True]}, "techniques.per_channel must list false (per tensor), true"),
     ({"techniques__calib": "ema"}, "techniques.calib is 'ema'; valid: minmax, sigma3, percentile, kl, mse"),
     ({"techniques__iterations": 0}, "techniques.iterations must be between 1 and 100000, got 0"),
+    ({"quant__layer_bits": [2, 8]}, "quant.layer_bits must be dict, got [2, 8]"),
+    ({"quant__layer_bits__fc2": KeyError}, "quant.layer_bits.fc2 is missing; add it (null: the widths above)"),
+    ({"quant__layer_bits__fc4": [2, 8]}, "quant.layer_bits is 'fc4'; valid: conv1, conv2, fc1, fc2, fc3"),
+    ({"quant__layer_bits__fc1": [2]}, "quant.layer_bits.fc1 must be [weight bits, input bits] or null, got [2]"),
+    ({"quant__layer_bits__fc1": [2, 9]}, "quant.layer_bits.fc1 must be between 2 and 8 bits, got 9"),
+    ({"quant__layer_bits__fc1": [2, 8], "calib": "ema"}, "quant.layer_bits cannot apply to calib=ema"),
+    ({"mixed_precision__weight_bits": [2, 2]}, "mixed_precision.weight_bits must list distinct bit widths"),
+    ({"mixed_precision__activation_bits": []}, "mixed_precision.activation_bits must list distinct bit widths"),
+    ({"mixed_precision__weight_bits": [1, 8]}, "mixed_precision.weight_bits must be between 2 and 8 bits, got 1"),
+    ({"mixed_precision__budgets": [0.25, 0]}, "mixed_precision.budgets must list fractions in (0, 1]"),
+    ({"mixed_precision__budgets": [1.5]}, "mixed_precision.budgets must list fractions in (0, 1]"),
+    ({"mixed_precision__candidates": 0}, "mixed_precision.candidates must be between 1 and 1024, got 0"),
+    ({"mixed_precision__calib": "ema"}, "mixed_precision.calib is 'ema'; valid: minmax, sigma3, percentile"),
 ])
 def test_bad_params_give_one_clear_line(tmp_path, changes, message):
     with pytest.raises(UserError, match="^params.yaml: ") as error:
         load_params(write(tmp_path, **changes))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_layer_bits_name_only_the_layers_that_differ(tmp_path):
+    quant = load_params(write(tmp_path, quant__layer_bits__fc1=[2, 4])).quant
+    assert weight_widths(quant.weight_bits, quant.layer_bits) == {"conv1": 8, "conv2": 8, "fc1": 2, "fc2": 8, "fc3": 8}
+    assert activation_widths(quant.activation_bits, quant.logit_bits, quant.layer_bits)["conv2"] == 4  # fc1's input
+    assert load_params(write(tmp_path, calib="ema")).quant.layer_bits == dict.fromkeys(LAYER_NAMES)
 
 
 def test_invalid_yaml(tmp_path):

@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -473,6 +474,45 @@ def test_experiments_compare_on_their_predictions_with_paired_intervals(repo):
     assert "different float models (models/float.npz)" in refused.stderr
     unknown = run(repo, "python", "-m", "bench.compare", "cmp-kl", "no-such-experiment", check=False)
     assert unknown.returncode == 2 and "no experiment named 'no-such-experiment'" in unknown.stderr
+
+
+def test_mixed_precision_chooses_within_every_budget_and_deploys_bit_exact(repo):
+    result = json.loads((repo / "metrics/mixed_precision.json").read_text())
+    assert result["choices_on"] == "validation" and result["exhaustive"] is None
+    assert [(entry["kind"], entry["budget"]) for entry in result["budgets"]] == [
+        (kind, budget) for kind in ("size", "bops") for budget in (0.125, 0.1875, 0.25, 0.375, 0.5)]
+    # below uniform 2 bits (a quarter of 8/8's weight bits) no configuration fits
+    assert [entry["choice"] is None for entry in result["budgets"][:2]] == [True, True]
+    evaluated = pd.read_csv(repo / "compare/mixed_precision/configurations.csv")
+    for entry in result["budgets"]:
+        choice = entry["choice"]
+        if choice is None:
+            continue
+        assert choice[entry["kind"]] <= entry["budget"] + 1e-9
+        assert choice["runner_identical_logits"] == 1.0 and choice["onnxruntime_identical_logits"] == 1.0
+        assert set(choice["vs_float"]) >= {"delta", "ci_low", "ci_high", "p"}
+        labels = {layer: f"{w}/{a}" for layer, (w, a) in choice["layer_bits"].items()}
+        row = evaluated[(evaluated[list(labels)] == pd.Series(labels)).all(axis=1)]
+        assert row["validation_accuracy"].tolist() == [choice["validation_accuracy"]]
+        assert row["test_accuracy"].tolist() == [choice["test_accuracy"]]
+    assert result["uniform"]["W8A8"]["size"] == 1.0 and result["uniform"]["W2A4"]["bops"] == 0.125
+    sensitivity = pd.read_csv(repo / "compare/mixed_precision/sensitivity.csv")
+    assert len(sensitivity) == 2 * 5 * 8 and set(sensitivity["measure"]) == {"output", "sqnr"}
+    widest = sensitivity[(sensitivity["weight_bits"] == 8) & (sensitivity["input_bits"] == 8)]
+    assert (widest["sensitivity"] == 0).all()
+
+
+def test_a_layer_at_its_own_bits_through_dvc_exp_run(repo):
+    run(repo, "dvc", "exp", "run", "-S", "quant.layer_bits.fc1=[2,8]", "-S", "quant.layer_bits.conv1=[4, 8]",
+        "-S", "quant.per_channel=true")
+    network = json.loads((repo / "quant/float/network.json").read_text())
+    assert network["weight_bits"] == {"conv1": 4, "conv2": 8, "fc1": 2, "fc2": 8, "fc3": 8}
+    manifest = json.loads((repo / "export/float/manifest.json").read_text())
+    assert [layer["weight_bits"] for layer in manifest["layers"]] == [4, 8, 2, 8, 8]
+    assert json.loads((repo / "metrics/engine.json").read_text())["onnxruntime"]["identical_logits"] == 1.0
+    assert yaml.safe_load((repo / "params.yaml").read_text())["quant"]["layer_bits"]["conv1"] == [4, 8]
+    run(repo, "dvc", "exp", "run", "-S", "quant.layer_bits.fc1=null", "-S", "quant.layer_bits.conv1=null",
+        "-S", "quant.per_channel=false")
 
 
 def test_post_training_techniques_make_the_headline_network(repo):

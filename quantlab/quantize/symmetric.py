@@ -88,18 +88,19 @@ def activation_widths(activation_bits: int, logit_bits: int | None = None,
                       layer_bits: dict[str, list[int]] | None = None) -> dict[str, int]:
     """The bits of every activation: `activation_bits`, except the logits (the last layer's output) at
     `logit_bits` where given, and the input of each layer that `layer_bits` ({layer: [weight bits, input
-    bits]}) names at its input bits. Few bits at the logits tie the largest ones (at 4 bits, 16 levels), and the
-    tie decides the prediction; 8-bit logits, as deployed int8 networks have, avoid that."""
+    bits] or None}) gives bits at its input bits. Few bits at the logits tie the largest ones (at 4 bits, 16
+    levels), and the tie decides the prediction; 8-bit logits, as deployed int8 networks have, avoid that."""
     logits = LAYERS[-1].name
     widths = {name: logit_bits if logit_bits is not None and name == logits else activation_bits
               for name in ACTIVATIONS}
-    return widths | {input_of(layer): bits for layer, (_, bits) in (layer_bits or {}).items()}
+    overrides = {input_of(layer): pair[1] for layer, pair in (layer_bits or {}).items() if pair is not None}
+    return widths | overrides
 
 
 def weight_widths(weight_bits: int, layer_bits: dict[str, list[int]] | None = None) -> dict[str, int]:
     """The weight bits of every layer: `weight_bits`, except where `layer_bits` ({layer: [weight bits, input
-    bits]}) names the layer."""
-    return {layer.name: (layer_bits or {}).get(layer.name, (weight_bits,))[0] for layer in LAYERS}
+    bits] or None}) gives the layer bits."""
+    return {layer.name: ((layer_bits or {}).get(layer.name) or (weight_bits,))[0] for layer in LAYERS}
 
 
 def bias_scale(weight_scale, input_scale: float):
