@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from quantlab import costs, paths
-from quantlab.architecture import LAYER_NAMES, input_of, load_state
+from quantlab.architecture import LAYER_NAMES, LAYERS, input_of, load_state
 from quantlab.config import Params
 from quantlab.data import calibration_images
 from quantlab.evaluation import Split, evaluation_images, outputs, predict
@@ -69,6 +69,30 @@ class Configurations:
         if (index, part) not in self.predictions:
             self.predictions[index, part] = predict(FloatRescaleNet(self.network(index)), split)
         return self.predictions[index, part]
+
+    def predict_all(self, indices: np.ndarray, part: str, split: Split) -> None:
+        """The predictions of many configurations, layer by layer: the output of a layer depends only on the
+        options of the layers up to it and on the next layer's input bits, so each distinct such prefix is
+        computed once (4 + 16 + 64 + 256 + 1024 layers for every configuration of four weight widths, instead of
+        5 x 1024). The same arithmetic as `predict`, so the same predictions."""
+        options = self.space.configurations[indices]
+        input_bits = np.array([o.activation_bits for o in self.space.options])[options]
+
+        def descend(rows: list[int], depth: int, q: torch.Tensor | None) -> None:
+            groups: dict[tuple, list[int]] = {}
+            for row in rows:
+                following = int(input_bits[row, depth + 1]) if depth + 1 < len(LAYERS) else 0
+                groups.setdefault((*options[row, :depth + 1], following), []).append(row)
+            for group in groups.values():
+                net = FloatRescaleNet(self.network(int(indices[group[0]])))
+                output = net.layer(LAYERS[depth], net.quantized_input(split.x) if q is None else q)
+                if depth + 1 < len(LAYERS):
+                    descend(group, depth + 1, output)
+                else:
+                    self.predictions |= {(int(indices[row]), part): output.argmax(1) for row in group}
+
+        with torch.no_grad():
+            descend(list(range(len(indices))), 0, None)
 
 
 def sensitivities(configurations: Configurations, calibration: Split, float_logits: torch.Tensor,
@@ -214,14 +238,12 @@ def ground_truth(configurations: Configurations, predictions: dict[str, np.ndarr
     restrict = (inputs == widest_input).all(1)
     indices = np.flatnonzero(restrict)
     began = time.perf_counter()
-    right, test_accuracy = {}, []
-    for done, index in enumerate(indices):
-        predicted = configurations.predict(index, "test", test)
-        right[index], test_accuracy = (predicted == test.y).numpy(), test_accuracy + [accuracy(predicted, test.y)]
-        configurations.predict(index, *choice_split)  # kept for the allocation
-        if done % 128 == 127:
-            print(f"exhaustive: {done + 1} of {len(indices)}, {time.perf_counter() - began:.0f} s", flush=True)
-    test_accuracy = np.array(test_accuracy)
+    for part, split in {choice_split[0]: choice_split[1], "test": test}.items():
+        configurations.predict_all(indices, part, split)
+        print(f"exhaustive: {len(indices)} configurations on the {part} images, {time.perf_counter() - began:.0f} s",
+              flush=True)
+    right = {index: (configurations.predictions[index, "test"] == test.y).numpy() for index in indices}
+    test_accuracy = np.array([accuracy(configurations.predictions[index, "test"], test.y) for index in indices])
     allocated = allocate(configurations, predictions, settings.budgets, settings.candidates, choice_split, restrict)
     regrets = []
     for entry in allocated:

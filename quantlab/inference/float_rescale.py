@@ -13,7 +13,7 @@ import torch
 
 from quantlab.architecture import LAYERS, Layer, input_of
 from quantlab.inference.fixed_point import FLOAT32_EXACT
-from quantlab.model import layer_output, max_pool, walk
+from quantlab.model import layer_output, max_pool
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import channel_shaped
 
@@ -79,9 +79,18 @@ class FloatRescaleNet:
         qmin, qmax = self.activations[layer.name].range
         return requantize(acc, self.multipliers[layer.name], max(qmin, 0) if layer.relu else qmin, qmax)
 
+    def quantized_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The input quantized through the table of the 256 pixel values, which holds exactly what quantizing each
+        normalized pixel gives; looked up in channels-last order, the layout the convolutions run fastest in."""
+        return torch.take(self.input_table, pixels.permute(0, 2, 3, 1).to(torch.int64)).permute(0, 3, 1, 2)
+
+    def layer(self, layer: Layer, q_x: torch.Tensor) -> torch.Tensor:
+        """One layer, its ReLU and pooling: the next layer's integer input (the logits after the last)."""
+        return self._apply(layer, q_x.flatten(1) if layer.kind == "fc" else q_x)
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Integer logits (as float64 holding integers) of uint8 images (N, 3, 32, 32): the input quantized
-        through the table of the 256 pixel values, which holds exactly what quantizing each normalized pixel gives."""
-        # looked up in channels-last order, the layout the convolutions run fastest in
-        q_x = torch.take(self.input_table, pixels.permute(0, 2, 3, 1).to(torch.int64)).permute(0, 3, 1, 2)
-        return walk(q_x, self._apply, fused=True)
+        """Integer logits (as float64 holding integers) of uint8 images (N, 3, 32, 32)."""
+        q = self.quantized_input(pixels)
+        for layer in LAYERS:
+            q = self.layer(layer, q)
+        return q
