@@ -4,6 +4,8 @@ images, choices on the validation images, every chosen network then measured on 
 model, and exported and run in the integer engine, the standalone runner and ONNX Runtime. With
 `mixed_precision.exhaustive`, every configuration of the weight bits with the inputs at the widest activation
 bits is evaluated too: the true frontier, Kendall's tau of each sensitivity measure and the allocator's regret.
+Where the `ptq` params switch post-training techniques on, the chosen networks and the uniform widths are built
+with them, each layer at its own bits, after the choice (the candidates are compared with nearest rounding).
 
     metrics/mixed_precision.json               the choices, the uniform widths, the float model; the exhaustive
                                                run's summary (null without it)
@@ -36,6 +38,7 @@ from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator, diagnose
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
 from quantlab.quantize.symmetric import activation_signs, activation_widths, quantize_weight, weight_widths
+from quantlab.quantize.techniques import switched_on
 from quantlab.stage import load_params, run_main
 from quantlab.statistics import accuracy, paired
 
@@ -50,13 +53,19 @@ class Configurations:
     def __init__(self, space: Space, state: dict[str, np.ndarray], profiles: dict[str, TensorProfile],
                  params: Params):
         settings = params.mixed_precision
-        self.space, self.state, self.per_channel = space, state, settings.per_channel
+        self.space, self.state, self.per_channel, self.params = space, state, settings.per_channel, params
         self.signs = activation_signs(settings.unsigned_activations)
-        method = calibrator(settings.calib, params.quant.percentile)
-        self.thresholds = {bits: method.thresholds(profiles, activation_widths(bits), self.signs)
+        self.method = calibrator(settings.calib, params.quant.percentile)
+        self.thresholds = {bits: self.method.thresholds(profiles, activation_widths(bits), self.signs)
                            for bits in {*settings.activation_bits, LOGIT_BITS}}
         self.provenance = Provenance("float", settings.calib, TRAINED, paths.model("float").as_posix())
         self.predictions: dict[tuple[int, str], torch.Tensor] = {}
+        self.techniques = switched_on(params.ptq)
+        self.start = None
+        if self.techniques:  # torch's reconstruction, imported only when a technique is on
+            from quantlab.quantize.ptq import prepare
+
+            self.start = prepare(state, calibration_images(params), profiles, self.techniques, params.profile.bins)
 
     def network(self, index: int) -> QuantizedNetwork:
         layer_bits = self.space.layer_bits(index)
@@ -64,6 +73,19 @@ class Configurations:
         thresholds = {name: self.thresholds[bits][name] for name, bits in widths.items()}
         return quantize_network(self.state, activations_of(thresholds, widths, self.signs),
                                 weight_widths(LOGIT_BITS, layer_bits), self.per_channel, self.provenance)
+
+    def final(self, index: int) -> QuantizedNetwork:
+        """The network of a configuration with the post-training techniques that the `ptq` params switch on, each
+        layer at its own bits (AdaRound at the layer's weight bits); without any, `network`'s."""
+        if not self.techniques:
+            return self.network(index)
+        from quantlab.quantize.ptq import apply_techniques
+
+        layer_bits = self.space.layer_bits(index)
+        provenance = dataclasses.replace(self.provenance, techniques=[t.name for t in self.techniques])
+        return apply_techniques(self.start, self.method, activation_widths(LOGIT_BITS, LOGIT_BITS, layer_bits),
+                                self.signs, weight_widths(LOGIT_BITS, layer_bits), self.per_channel, self.techniques,
+                                self.params.ptq, self.params.seed, provenance)[0]
 
     def predict(self, index: int, part: str, split: Split) -> torch.Tensor:
         if (index, part) not in self.predictions:
@@ -185,10 +207,13 @@ def main() -> None:
 
     float_predictions = predict(float_model, test)
 
-    def measured(index: int) -> dict:
-        predicted = configurations.predict(index, "test", test)
+    def measured(index: int, network: QuantizedNetwork) -> dict:
+        """A configuration's costs, its validation accuracy as the choice saw it (nearest rounding) and its
+        `network`'s (`Configurations.final`) on test."""
+        predicted = configurations.predict(index, "test", test) if not configurations.techniques else \
+            predict(FloatRescaleNet(network), test)
         validation = configurations.predict(index, *choice_split) if "validation" in splits else None
-        return {**record(space, index), "bytes": costs.of_network(configurations.network(index)).bytes,
+        return {**record(space, index), "bytes": costs.of_network(network).bytes,
                 "validation_accuracy": None if validation is None else accuracy(validation, choice_split[1].y),
                 "test_accuracy": accuracy(predicted, test.y),
                 "vs_float": paired((predicted == test.y).numpy(), (float_predictions == test.y).numpy())}
@@ -196,16 +221,19 @@ def main() -> None:
     results = []
     for entry in chosen:
         choice = entry["choice"]
+        network = None if choice is None else configurations.final(choice.index)
         results.append({"kind": entry["kind"], "budget": entry["budget"], "choice": None if choice is None else {
-            **measured(choice.index), "proposed_by": list(choice.proposed_by), "candidates": len(choice.validated),
-            **deployed(configurations.network(choice.index), list(classes), params.export.headroom, test)}})
+            **measured(choice.index, network), "proposed_by": list(choice.proposed_by),
+            "candidates": len(choice.validated), **deployed(network, list(classes), params.export.headroom, test)}})
         print(f"{entry['kind']} <= {entry['budget']:g}: "
               f"{'none fits' if choice is None else space.layer_bits(choice.index)}", flush=True)
-    uniform = {space.options[o].name: measured(space.uniform(o)) for o in range(len(space.options))}
+    uniform = {space.options[o].name: measured(space.uniform(o), configurations.final(space.uniform(o)))
+               for o in range(len(space.options))}
     exhaustive = ground_truth(configurations, predictions, settings, choice_split, test) if settings.exhaustive \
         else None
     save_json(paths.MIXED_PRECISION, {
         "choices_on": choice_split[0], "float": {"test_accuracy": accuracy(float_predictions, test.y)},
+        "techniques": [t.name for t in configurations.techniques],
         "space": {"weight_bits": sorted(settings.weight_bits), "activation_bits": sorted(settings.activation_bits),
                   "configurations": len(space.configurations), "per_channel": settings.per_channel,
                   "unsigned_activations": settings.unsigned_activations, "calib": settings.calib,

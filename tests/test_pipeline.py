@@ -532,6 +532,12 @@ def test_post_training_techniques_make_the_headline_network(repo):
     np.testing.assert_array_equal(runner.run(manifest, arrays, test_x), engine_logits)
     engine = json.loads((repo / "metrics/engine.json").read_text())
     assert engine["identical_predictions"] >= 0.99 and engine["max_logit_diff_lsb"] <= 2
+    # the mixed-precision networks get the techniques too, each layer at its bits, and still deploy bit-exact
+    assert "mixed_precision" in ran
+    mixed = json.loads((repo / "metrics/mixed_precision.json").read_text())
+    assert mixed["techniques"] == ["equalize", "adaround", "bias_correction"]
+    assert all(entry["choice"]["onnxruntime_identical_logits"] == entry["choice"]["runner_identical_logits"] == 1.0
+               for entry in mixed["budgets"] if entry["choice"] is not None)
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
