@@ -51,6 +51,12 @@ def latex_wrappable(value) -> str:
                    for word in re.split(r"(\s+)", str(value)))
 
 
+def latex_code(value) -> str:
+    """Escaped, and no line break after a hyphen (TeX breaks after any, in code too): a command such as
+    `dvc exp run -S key=value` keeps its option whole."""
+    return latex_escape(value).replace("-", r"\mbox{-}")
+
+
 def markdown_escape(value) -> str:
     return _MARKDOWN_PATTERN.sub(r"\\\1", str(value))
 
@@ -132,7 +138,7 @@ def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TE
                              block_start_string="<%", block_end_string="%>", variable_start_string="<<",
                              variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
     env.filters.update(table=table, breakable=lambda v: Markup(latex_breakable(v)),
-                       wrappable=lambda v: Markup(latex_wrappable(v)))
+                       wrappable=lambda v: Markup(latex_wrappable(v)), code=lambda v: Markup(latex_code(v)))
     env.globals.update(has_cjk=lambda text: any(within(char, CJK) for char in text), macros=f"{fmt}.j2",
                        numbers=numbers or Numbering())
     return env
