@@ -92,8 +92,8 @@ def test_chosen_table_says_none_fits_and_gives_every_difference_with_its_interva
 
 def test_regret_table_gives_the_regret_with_its_interval_and_none_fits():
     table = tables.regret(results(exhaustive=True)["exhaustive"])
-    assert table.loc[0, "chosen W"] == "none fits"
-    assert table.loc[1, "best W"] == "4 4 4 4 4" and table.loc[1, "best − chosen [95 % CI]"] == "+1.00 [+0.40, +1.60]"
+    assert table.loc[0, "chosen (%)"] == "none fits" and table.loc[0, "best − chosen [95 % CI]"] == ""
+    assert table.loc[1, "best (%)"] == "69.00" and table.loc[1, "best − chosen [95 % CI]"] == "+1.00 [+0.40, +1.60]"
 
 
 @pytest.mark.parametrize("exhaustive", [False, True])

@@ -307,22 +307,14 @@ def mixed_precision_uniform(results: dict) -> pd.DataFrame:
                          for name, record in results["uniform"].items()])
 
 
-def weight_bits(bits: dict[str, list[int]]) -> str:
-    """The layers' weight bits in layer order, "8 4 4 8 8" (where every input has the same bits)."""
-    return " ".join(str(pair[0]) for pair in bits.values())
-
-
 def regret(exhaustive: dict) -> pd.DataFrame:
-    """Per budget, among the configurations the exhaustive run evaluated: the allocator's choice and the most
-    accurate on the test images (weight bits per layer, test accuracy) and the regret, best minus chosen."""
+    """Per budget, among the configurations the exhaustive run evaluated: the test accuracy of the allocator's
+    choice and of the most accurate configuration on the test images, and the regret, best minus chosen."""
     rows = []
     for entry in exhaustive["regret"]:
         row = {"budget": budget(entry["kind"], entry["budget"])}
-        if entry["regret"] is None:
-            rows.append(row | {"chosen W": "none fits"})
-            continue
-        chosen, best = entry["chosen"], entry["best"]
-        rows.append(row | {"chosen W": weight_bits(chosen["layer_bits"]), "test (%)": f"{chosen['test_accuracy']:.2f}",
-                           "best W": weight_bits(best["layer_bits"]), "best (%)": f"{best['test_accuracy']:.2f}",
-                           "best − chosen [95 % CI]": difference(entry["regret"])})
+        record = entry["regret"]
+        rows.append(row | ({"chosen (%)": "none fits"} if record is None else {
+            "chosen (%)": f"{entry['chosen']['test_accuracy']:.2f}",
+            "best (%)": f"{entry['best']['test_accuracy']:.2f}", "best − chosen [95 % CI]": difference(record)}))
     return pd.DataFrame(rows).fillna("")
