@@ -1,7 +1,8 @@
 """Stage figures: the report's figures that no calibration choice changes (training curves, weight
 histograms, the KL divergence of every threshold of one tensor, the calibration comparison, the QAT curves,
-the post-training techniques), as PDF and PNG. The activation histograms carry the chosen calibration's
-thresholds and are drawn by the report stage, so `dvc exp run -S calib=...` redraws only those."""
+the post-training techniques, the mixed-precision choices and sensitivities), as PDF and PNG. The activation
+histograms carry the chosen calibration's thresholds and are drawn by the report stage, so
+`dvc exp run -S calib=...` redraws only those."""
 
 import pandas as pd
 
@@ -30,6 +31,12 @@ def main() -> None:
     float_accuracy, calibration = load_json(paths.FLOAT_ACCURACY)["float"], load_json(paths.CALIBRATION)
     figures.save(figures.calibration(calibration, float_accuracy), directory, "calibration")
     figures.save(figures.techniques(load_json(paths.TECHNIQUES), calibration, float_accuracy), directory, "techniques")
+    mixed_precision = paths.MIXED_PRECISION_DIR
+    figures.save(figures.mixed_precision(load_json(paths.MIXED_PRECISION),
+                                         pd.read_csv(require(mixed_precision / "configurations.csv"))),
+                 directory, "mixed_precision")
+    figures.save(figures.sensitivity(pd.read_csv(require(mixed_precision / "sensitivity.csv"))), directory,
+                 "sensitivity")
     widths = [Setting(*width) for width in params.compare.widths]
     figures.save(figures.fine_tuning({width.label: pd.read_csv(require(paths.qat_history("float", width.name)))
                                       for width in widths}), directory, "qat")

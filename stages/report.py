@@ -25,7 +25,7 @@ def main() -> None:
               pd.read_csv(require(paths.CALIBRATION_LAYERS)), len(dataset["train_y"]), len(dataset["test_y"]),
               export_format.read(paths.export("float")), load_json(paths.ENGINE),
               load_json(paths.ONNXRUNTIME)["version"], load_json(paths.TECHNIQUES),
-              pd.read_csv(require(paths.TECHNIQUES_LAYERS)))
+              pd.read_csv(require(paths.TECHNIQUES_LAYERS)), load_json(paths.MIXED_PRECISION))
     figures.save(figures.histograms(activations, "activation value", log=True,
                                     thresholds={n: a.threshold for n, a in network.activations.items()},
                                     threshold_label=f"threshold ({network.provenance.calib})"),

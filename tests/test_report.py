@@ -210,3 +210,10 @@ def test_layout_faults_in_the_latex_log_are_reported(tmp_path):
     assert any("Float too large for page" in p for p in problems)
     assert layout_problems(["Overfull \\hbox (4.9pt too wide) in paragraph at lines 3--4"]) == []
     assert layout_problems(["Overfull \\vbox (5.1pt too high) has occurred while \\output is active"]) != []
+
+
+def test_code_prints_as_typed_and_keeps_an_option_whole():
+    code = '<% import macros as f with context %><< f.code("dvc exp run -S a_b=`x`") >>'
+    assert environment("markdown").from_string(code).render() == "`` dvc exp run -S a_b=`x` ``"  # no backslash
+    assert environment("latex").from_string(code).render() == (r"\texttt{dvc exp run \mbox{-}S a\_b="
+                                                                r"\textasciigrave{}x\textasciigrave{}}")

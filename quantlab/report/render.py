@@ -51,8 +51,23 @@ def latex_wrappable(value) -> str:
                    for word in re.split(r"(\s+)", str(value)))
 
 
+def latex_code(value) -> str:
+    """Escaped, and no line break after a hyphen (TeX breaks after any, in code too): a command such as
+    `dvc exp run -S key=value` keeps its option whole."""
+    return latex_escape(value).replace("-", r"\mbox{-}")
+
+
 def markdown_escape(value) -> str:
     return _MARKDOWN_PATTERN.sub(r"\\\1", str(value))
+
+
+def markdown_code(value) -> str:
+    """A code span, its text as typed (a backslash inside one would print): fenced by one backtick more than its
+    longest run of them, and padded where it starts or ends with one."""
+    text = str(value)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
 
 
 def _is_number(text: str) -> bool:
@@ -118,7 +133,8 @@ def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TE
     """The report's templates in format `fmt`, with <% %> and << >> delimiters so that TeX's braces need no
     escaping: every << value >> is escaped for the format unless it is markup built on purpose (a table, a
     macro's output)."""
-    escape, table = {"latex": (latex_escape, latex_table), "markdown": (markdown_escape, markdown_table)}[fmt]
+    escape, table, code = {"latex": (latex_escape, latex_table, latex_code),
+                           "markdown": (markdown_escape, markdown_table, markdown_code)}[fmt]
 
     # Needing the evaluation context, it runs when the template renders: jinja2 would otherwise fold a constant
     # such as << "95 %" >> at compile time, HTML-escape it into Markup, and so print it unescaped.
@@ -132,7 +148,7 @@ def environment(fmt: str, numbers: Numbering | None = None, directory: Path = TE
                              block_start_string="<%", block_end_string="%>", variable_start_string="<<",
                              variable_end_string=">>", comment_start_string="<#", comment_end_string="#>")
     env.filters.update(table=table, breakable=lambda v: Markup(latex_breakable(v)),
-                       wrappable=lambda v: Markup(latex_wrappable(v)))
+                       wrappable=lambda v: Markup(latex_wrappable(v)), code=lambda v: Markup(code(v)))
     env.globals.update(has_cjk=lambda text: any(within(char, CJK) for char in text), macros=f"{fmt}.j2",
                        numbers=numbers or Numbering())
     return env

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantlab.config import Params
+from quantlab.mixed_precision import KINDS, MEASURES
 from quantlab.profiling import TensorProfile
 from quantlab.quantize.calibration import FINE_TUNED, LEARNED_STEP, METHODS, calibrator
 from quantlab.quantize.network import QuantizedNetwork
@@ -39,6 +40,7 @@ class Run:
     onnxruntime_version: str
     techniques: dict  # metrics/techniques.json
     technique_layers: pd.DataFrame  # compare/techniques.csv
+    mixed_precision: dict  # metrics/mixed_precision.json
 
 
 def shared(run: Run) -> dict:
@@ -133,12 +135,62 @@ def post_training_techniques(run: Run) -> dict:
             "technique_setting": Setting.parse(first).label}
 
 
+def fitting(results: dict, kind: str) -> list[dict]:
+    """The choices of metrics/mixed_precision.json under budgets of `kind` where a configuration fits, each with
+    its budget as the report prints it."""
+    return [entry["choice"] | {"budget": tables.budget(kind, entry["budget"])}
+            for entry in results["budgets"] if entry["kind"] == kind and entry["choice"] is not None]
+
+
+def cheapest_lossless(records: list[dict], kind: str) -> dict | None:
+    """Of configuration records (with size, bops, vs_float), the cheapest in `kind` whose test accuracy is not
+    measurably below float's; None if every one is."""
+    return min((r for r in records if tables.verdict(r["vs_float"]) != "lower"), key=lambda r: r[kind], default=None)
+
+
+def regret_summary(exhaustive: dict) -> dict:
+    """The allocator's regret over the budgets where a configuration fits: how many are within noise, and the
+    largest."""
+    regrets = [entry | {"budget": tables.budget(entry["kind"], entry["budget"])}
+               for entry in exhaustive["regret"] if entry["regret"] is not None]
+    return {"budgets": len(regrets),
+            "within_noise": sum(tables.verdict(e["regret"]) == "within noise" for e in regrets),
+            "largest": max(regrets, key=lambda e: e["regret"]["delta"], default=None)}
+
+
+def mixed_precision(run: Run) -> dict:
+    """Mixed precision: the space and its cost model, the choices per budget against float and against the
+    cheapest uniform width without a measurable loss, the chosen networks' deployment checks and, where every
+    configuration was evaluated, each measure's rank correlation and the allocator's regret."""
+    results = run.mixed_precision
+    uniform = [record | {"label": Setting.parse(name).label} for name, record in results["uniform"].items()]
+    chosen = {kind: fitting(results, kind) for kind in KINDS}
+    choices = [choice for kind in KINDS for choice in chosen[kind]]
+    exhaustive = results["exhaustive"]
+    return {"mp": results, "mp_kinds": tables.BUDGET_KINDS, "mp_measures": MEASURES,
+            "mp_layers": list(uniform[0]["layer_bits"]),
+            "mp_reference": {key: f"{value:,}" for key, value in results["space"]["reference"].items()},
+            "mp_chosen": tables.mixed_precision_chosen(results), "mp_uniform": tables.mixed_precision_uniform(results),
+            "mp_none_fits": [tables.budget(e["kind"], e["budget"]) for e in results["budgets"] if e["choice"] is None],
+            "mp_smallest": {kind: min(record[kind] for record in uniform) for kind in KINDS},
+            "mp_lossless": {kind: {"chosen": cheapest_lossless(chosen[kind], kind),
+                                   "uniform": cheapest_lossless(uniform, kind)} for kind in KINDS},
+            "mp_proposed": {measure: sum(measure in c["proposed_by"] for c in choices) for measure in MEASURES},
+            "mp_deployed": {"choices": len(choices),
+                            "engine": sum(c["engine_accuracy"] == c["test_accuracy"] for c in choices),
+                            "runner": min((c["runner_identical_logits"] for c in choices), default=None),
+                            "onnxruntime": min((c["onnxruntime_identical_logits"] for c in choices), default=None),
+                            "version": choices[0]["onnxruntime"] if choices else None},
+            "mp_regret": tables.regret(exhaustive) if exhaustive else None,
+            "mp_regrets": regret_summary(exhaustive) if exhaustive else None}
+
+
 def appendix(run: Run) -> dict:
     return {"run": tables.run_parameters(dataclasses.asdict(run.params))}
 
 
 BUILDERS = (shared, initial_setup, weights, activations, quantized_bias, calibration_methods, integer_engine,
-            quantization_aware_training, post_training_techniques, appendix)
+            quantization_aware_training, post_training_techniques, mixed_precision, appendix)
 
 
 def context(run: Run, **stamps) -> dict:

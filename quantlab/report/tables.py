@@ -258,3 +258,63 @@ def run_parameters(params: dict) -> pd.DataFrame:
     return pd.DataFrame({"param": list(flat), "value": [
         v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
         for v in flat.values()]})
+
+
+BUDGET_KINDS = {"size": "size", "bops": "BOPs"}  # a budget's kind as the report names it
+
+
+def budget(kind: str, fraction: float) -> str:
+    """A budget of metrics/mixed_precision.json as the report prints it: "BOPs ≤ 18.75 %" (of uniform 8/8)."""
+    return f"{BUDGET_KINDS[kind]} ≤ {100 * fraction:g} %"
+
+
+def share(fraction: float) -> str:
+    """A fraction of uniform 8/8 in percent, as the tables print it."""
+    return f"{100 * fraction:.1f}"
+
+
+def layer_bits(bits: dict[str, list[int]]) -> dict[str, str]:
+    """Each layer's [weight bits, input bits] as its label, "4/8"."""
+    return {layer: Setting(*pair).label for layer, pair in bits.items()}
+
+
+def mixed_precision_chosen(results: dict) -> pd.DataFrame:
+    """Per budget: the configuration chosen (each layer's weight/input bits), its size and BOPs (% of 8/8), its
+    accuracy on the images it was chosen on and on the test images, its difference to float and the sensitivity
+    measures whose candidates held it; "none fits" where no configuration is within the budget."""
+    on_validation = results["choices_on"] == "validation"  # else the test column is the one chosen on
+    rows = []
+    for entry in results["budgets"]:
+        choice = entry["choice"]
+        row = {"budget": budget(entry["kind"], entry["budget"])}
+        if choice is None:
+            rows.append(row | {"conv1": "none fits"})
+            continue
+        rows.append(row | layer_bits(choice["layer_bits"]) | {
+            "size (%)": share(choice["size"]), "BOPs (%)": share(choice["bops"]),
+            **({"val. (%)": f"{choice['validation_accuracy']:.2f}"} if on_validation else {}),
+            "test (%)": f"{choice['test_accuracy']:.2f}",
+            "− float [95 % CI]": difference(choice["vs_float"]), "proposed by": ", ".join(choice["proposed_by"])})
+    return pd.DataFrame(rows).fillna("")
+
+
+def mixed_precision_uniform(results: dict) -> pd.DataFrame:
+    """Every uniform width of the space, the reference of the choices: size and BOPs (% of 8/8), test accuracy
+    and difference to float."""
+    return pd.DataFrame([{"W/A bits": Setting.parse(name).label, "size (%)": share(record["size"]),
+                          "BOPs (%)": share(record["bops"]), "test (%)": f"{record['test_accuracy']:.2f}",
+                          "− float [95 % CI]": difference(record["vs_float"])}
+                         for name, record in results["uniform"].items()])
+
+
+def regret(exhaustive: dict) -> pd.DataFrame:
+    """Per budget, among the configurations the exhaustive run evaluated: the test accuracy of the allocator's
+    choice and of the most accurate configuration on the test images, and the regret, best minus chosen."""
+    rows = []
+    for entry in exhaustive["regret"]:
+        row = {"budget": budget(entry["kind"], entry["budget"])}
+        record = entry["regret"]
+        rows.append(row | ({"chosen (%)": "none fits"} if record is None else {
+            "chosen (%)": f"{entry['chosen']['test_accuracy']:.2f}",
+            "best (%)": f"{entry['best']['test_accuracy']:.2f}", "best − chosen [95 % CI]": difference(record)}))
+    return pd.DataFrame(rows).fillna("")
