@@ -65,12 +65,13 @@ RESULTS = ("models/float.npz", "models/bias.npz", "quant/float/network.json", "q
            "quant/bias/network.json", "quant/bias/network.npz", "export/float/model.npz", "export/float/model.onnx",
            "export/bias/model.npz", "export/bias/model.onnx", "metrics/accuracy.json", "metrics/calibration.json",
            "metrics/differences.json", "metrics/headline.json", "metrics/engine.json", "metrics/onnxruntime.json",
-           "metrics/techniques.json", "compare/layers.csv", "compare/techniques.csv", "reports/build/report.md",
-           "reports/build/report.tex")
+           "metrics/techniques.json", "metrics/mixed_precision.json", "compare/layers.csv", "compare/techniques.csv",
+           "compare/mixed_precision/sensitivity.csv", "compare/mixed_precision/configurations.csv",
+           "reports/build/report.md", "reports/build/report.tex")
 REPORT = "reports/build/report.md"
 MACHINE_DEPENDENT = ("metrics/onnxruntime.json",)  # ONNX Runtime's kernels, chosen by the CPU
 QUOTES_IT = ("metrics/differences.json", "reports/build/report.md", "reports/build/report.tex")
-SHOWN = ("accuracy", "differences", "engine", "calibration", "techniques")  # metrics/<name>.json in the README
+SHOWN = ("accuracy", "differences", "engine", "calibration", "techniques", "mixed_precision")  # metrics/<name>.json
 BLOCK = re.compile(r"(<!-- generated: ([\w:-]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 
@@ -131,13 +132,31 @@ def verify(md5: str, root: Path = Path(".")) -> bool:
 def run_blocks(prefix: str, metrics: dict) -> dict[str, str]:
     """The tables of one run (the reference, or a recorded experiment), as the report builds them."""
     differences = metrics["differences"]
-    return {f"{prefix}accuracy": markdown_table(tables.variants(metrics["accuracy"], differences)),
+    return mixed_precision_blocks(prefix, metrics.get("mixed_precision")) | {
+            f"{prefix}accuracy": markdown_table(tables.variants(metrics["accuracy"], differences)),
             f"{prefix}calibration": markdown_table(tables.calibration(metrics["calibration"])),
             f"{prefix}choices": markdown_table(tables.choices(differences)),
             f"{prefix}techniques": markdown_table(tables.techniques(metrics["techniques"], differences)),
             f"{prefix}techniques_chosen": markdown_table(tables.techniques_chosen(differences)),
             f"{prefix}qat": markdown_table(tables.qat(metrics["calibration"], differences)),
             f"{prefix}engine": engine_text(metrics["engine"])}
+
+
+def mixed_precision_blocks(prefix: str, results: dict | None) -> dict[str, str]:
+    """The mixed-precision stage's choices and uniform widths; with its exhaustive run, Kendall's tau of each
+    measure and the allocator's regret (none for a run recorded before the stage existed)."""
+    if results is None:
+        return {}
+    blocks = {f"{prefix}mixed_precision": markdown_table(tables.mixed_precision_chosen(results)) + "\n\n"
+              + markdown_table(tables.mixed_precision_uniform(results))}
+    exhaustive = results["exhaustive"]
+    if exhaustive:
+        taus = ", ".join(f"{measure} {tau:+.3f}" for measure, tau in exhaustive["kendall_tau"].items())
+        blocks[f"{prefix}mixed_precision_exhaustive"] = (
+            f"{exhaustive['configurations']:,} configurations, inputs at {exhaustive['input_bits']} bits. Kendall's "
+            f"τ of each measure's prediction against the test accuracies: {taus}.\n\n"
+            + markdown_table(tables.regret(exhaustive)))
+    return blocks
 
 
 def engine_text(engine: dict) -> str:
