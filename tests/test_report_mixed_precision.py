@@ -34,7 +34,7 @@ def results(exhaustive: bool) -> dict:
     size budget."""
     record = {key: value for key, value in chosen(4, 8, 68.0).items() if key in ("layer_bits", "size", "bops")}
     return {
-        "choices_on": "validation", "float": {"test_accuracy": 70.0},
+        "choices_on": "validation", "float": {"test_accuracy": 70.0}, "techniques": [],
         "space": {"weight_bits": [4, 8], "activation_bits": [8], "configurations": 32, "per_channel": True,
                   "unsigned_activations": True, "calib": "mse", "logit_bits": 8,
                   "reference": {"bits": 2530336, "bytes": 316292, "bops": 96972800}},
@@ -69,6 +69,9 @@ def test_section_renders_without_the_exhaustive_run_and_says_how_to_get_it(fmt):
     assert "dvc exp run" in text and "exhaustive=true" in text
     # the choice for size ≤ 75 %, with its interval
     assert "none fits" in text and ESCAPE[fmt]("−0.20 [−0.70, +0.30]") in text
+    assert "post-training techniques" not in text
+    with_adaround = section(results(exhaustive=False) | {"techniques": ["adaround"]}, fmt)
+    assert "post-training techniques (learned rounding (AdaRound))" in with_adaround
 
 
 @pytest.mark.parametrize("fmt", ["markdown", "latex"])

@@ -175,6 +175,7 @@ def mixed_precision(run: Run) -> dict:
             "mp_smallest": {kind: min(record[kind] for record in uniform) for kind in KINDS},
             "mp_lossless": {kind: {"chosen": cheapest_lossless(chosen[kind], kind),
                                    "uniform": cheapest_lossless(uniform, kind)} for kind in KINDS},
+            "mp_techniques": [TECHNIQUES[name].title for name in results["techniques"]],
             "mp_proposed": {measure: sum(measure in c["proposed_by"] for c in choices) for measure in MEASURES},
             "mp_deployed": {"choices": len(choices),
                             "engine": sum(c["engine_accuracy"] == c["test_accuracy"] for c in choices),
