@@ -32,7 +32,7 @@ from quantlab.inference.export import integer_network, package
 from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.io import save_csv, save_json
-from quantlab.mixed_precision import KINDS, MEASURES, Space, choose, frontier, kendall_tau
+from quantlab.mixed_precision import KINDS, MEASURES, Space, choose, frontier, kendall_tau, proposals
 from quantlab.model import load_model
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator, diagnose
@@ -174,10 +174,16 @@ def allocate(configurations: Configurations, predictions: dict[str, np.ndarray],
     """Per budget kind and budget, the configuration chosen on `choice_split` (see quantlab.mixed_precision), or
     None where none fits; `restrict`: the configurations allowed (all without it)."""
     part, split = choice_split
+    costs_of = {kind: configurations.space.costs[kind] if restrict is None else
+                np.where(restrict, configurations.space.costs[kind], np.inf) for kind in KINDS}
+    # every candidate run at once, its shared layers once (Configurations.predict_all)
+    configurations.predict_all(np.array(sorted({index for kind in KINDS for budget in budgets
+                                                for predicted in predictions.values()
+                                                for index in proposals(predicted, costs_of[kind], budget, candidates)}),
+                                        np.int64), part, split)
     chosen = []
     for kind in KINDS:
-        cost = configurations.space.costs[kind]
-        cost = cost if restrict is None else np.where(restrict, cost, np.inf)
+        cost = costs_of[kind]
         for budget in budgets:
             choice = choose(predictions, cost, budget, candidates,
                             lambda index: accuracy(configurations.predict(index, part, split), split.y))
