@@ -147,15 +147,15 @@ def mixed_precision_blocks(prefix: str, results: dict | None) -> dict[str, str]:
     measure and the allocator's regret (none for a run recorded before the stage existed)."""
     if results is None:
         return {}
-    blocks = {f"{prefix}mixed_precision": markdown_table(tables.mixed_precision_chosen(results)) + "\n\n"
-              + markdown_table(tables.mixed_precision_uniform(results))}
+    blocks = {f"{prefix}mixed_precision": f"{markdown_table(tables.mixed_precision_chosen(results))}\n\n"
+                                          f"{markdown_table(tables.mixed_precision_uniform(results))}"}
     exhaustive = results["exhaustive"]
     if exhaustive:
         taus = ", ".join(f"{measure} {tau:+.3f}" for measure, tau in exhaustive["kendall_tau"].items())
         blocks[f"{prefix}mixed_precision_exhaustive"] = (
             f"{exhaustive['configurations']:,} configurations, inputs at {exhaustive['input_bits']} bits. Kendall's "
             f"τ of each measure's prediction against the test accuracies: {taus}.\n\n"
-            + markdown_table(tables.regret(exhaustive)))
+            f"{markdown_table(tables.regret(exhaustive))}")
     return blocks
 
 
