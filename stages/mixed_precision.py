@@ -32,12 +32,18 @@ from quantlab.inference.export import integer_network, package
 from quantlab.inference.fixed_point import GEMMLOWP, ONNXRUNTIME
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.io import save_csv, save_json
-from quantlab.mixed_precision import KINDS, MEASURES, Space, choose, frontier, kendall_tau, proposals
+from quantlab.mixed_precision import KINDS, MEASURES, TOLERANCE, Space, choose, frontier, kendall_tau, proposals
 from quantlab.model import load_model
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import TRAINED, calibrator, diagnose
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
-from quantlab.quantize.symmetric import activation_signs, activation_widths, quantize_weight, weight_widths
+from quantlab.quantize.symmetric import (
+    activation_signs,
+    activation_widths,
+    channel_shaped,
+    quantize_weight,
+    weight_widths,
+)
 from quantlab.quantize.techniques import switched_on
 from quantlab.stage import load_params, run_main
 from quantlab.statistics import accuracy, paired
@@ -132,8 +138,7 @@ def sensitivities(configurations: Configurations, calibration: Split, float_logi
         setting = space.options[option]
         weight = state[f"{layer}.weight"].astype(np.float64)
         q, scale = quantize_weight(weight, setting.weight_bits, configurations.per_channel)
-        shaped = scale.reshape((-1,) + (1,) * (weight.ndim - 1)) if scale.ndim else scale
-        weights = np.square(weight - q * shaped).sum() / np.square(weight).sum()
+        weights = np.square(weight - q * channel_shaped(scale, weight.ndim, 0)).sum() / np.square(weight).sum()
         name = input_of(layer)
         sqnr = diagnose(profiles[name], configurations.thresholds[setting.activation_bits][name],
                         setting.activation_bits, configurations.signs[name])["sqnr_db"]
@@ -282,7 +287,7 @@ def ground_truth(configurations: Configurations, predictions: dict[str, np.ndarr
     regrets = []
     for entry in allocated:
         cost = space.costs[entry["kind"]][indices]
-        within = np.flatnonzero(cost <= entry["budget"] + 1e-9)
+        within = np.flatnonzero(cost <= entry["budget"] + TOLERANCE)
         if entry["choice"] is None or not len(within):
             regrets.append({"kind": entry["kind"], "budget": entry["budget"], "regret": None})
             continue
