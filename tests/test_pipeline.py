@@ -503,8 +503,10 @@ def test_mixed_precision_chooses_within_every_budget_and_deploys_bit_exact(repo)
 
 
 def test_a_layer_at_its_own_bits_through_dvc_exp_run(repo):
-    run(repo, "dvc", "exp", "run", "-S", "quant.layer_bits.fc1=[2,8]", "-S", "quant.layer_bits.conv1=[4, 8]",
-        "-S", "quant.per_channel=true")
+    result = run(repo, "dvc", "exp", "run", "-S", "quant.layer_bits.fc1=[2,8]", "-S", "quant.layer_bits.conv1=[4, 8]")
+    assert {"quantize", "export", "evaluate"} <= set(stages_run(result.stdout))
+    assert "qat" not in stages_run(result.stdout)  # the fine-tunes run at the uniform widths
+    run(repo, "dvc", "exp", "run", "-S", "quant.per_channel=true")
     network = json.loads((repo / "quant/float/network.json").read_text())
     assert network["weight_bits"] == {"conv1": 4, "conv2": 8, "fc1": 2, "fc2": 8, "fc3": 8}
     manifest = json.loads((repo / "export/float/manifest.json").read_text())
