@@ -161,10 +161,18 @@ class PTQParams:
     batch_size: int  # adaround: calibration images per step
     lr: float  # adaround: Adam's learning rate
     images: int  # the layers are reconstructed on the first this many calibration images (at most)
+    weight_scale: str  # max (S_W = max|W| / qmax, the lab's) or mse (the clipped scale of least squared error)
+    blocks: list  # brecq, qdrop: the layers reconstructed together, in order, e.g. [[conv1], [conv2], [fc1, fc2, fc3]]
+    drop: float  # qdrop: the probability that an activation's quantization is dropped during reconstruction
 
     def __post_init__(self):
         check(1 <= self.iterations <= MAX_ITERATIONS, "ptq.iterations",
               f"must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
+        check(0 <= self.drop <= 1, "ptq.drop", f"must be a probability in [0, 1], got {self.drop}")
+        check(all(isinstance(block, list) and block and all(isinstance(name, str) for name in block)
+                  for block in self.blocks), "ptq.blocks",
+              f"must be a list of lists of layer names, e.g. [[conv1], [conv2], [fc1, fc2, fc3]], got "
+              f"{shown(self.blocks)}")
         check(1 <= self.batch_size <= MAX_BATCH, "ptq.batch_size",
               f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         _check_lr("ptq.lr", self.lr)
@@ -177,7 +185,8 @@ class TechniquesParams:
     per_channel: list  # the weight granularities compared: false (per tensor), true (per channel)
     unsigned_activations: bool  # post-ReLU outputs on [0, 2^b - 1]
     calib: str  # the calibration method of every network of the comparison
-    iterations: int  # AdaRound's steps per layer in the comparison (ptq.iterations: the headline network's)
+    iterations: int  # reconstruction steps per layer or block in the comparison (ptq.iterations: the headline's)
+    weight_scale: str  # the weight scale of every network of the comparison: max or mse (as ptq.weight_scale)
 
     def __post_init__(self):
         _check_widths("techniques.widths", self.widths)

@@ -6,7 +6,7 @@ import numpy as np
 
 from quantlab.quantize.calibration import BASELINE, FINE_TUNED
 from quantlab.quantize.symmetric import Setting
-from quantlab.quantize.techniques import NEAREST
+from quantlab.quantize.techniques import NEAREST, pairs
 from quantlab.statistics import accuracy, paired
 from quantlab.variants import FLOAT, QUANTIZED
 
@@ -66,6 +66,10 @@ def differences(labels: Classes, variants: dict[str, Classes], calibration: dict
         row[FINE_TUNED][f"vs_best_{choose_on}"] = compared(calibration[width][FINE_TUNED],
                                                            calibration[width][row["best"]])
     result["techniques"] = rows(techniques, NEAREST)
+    for setting, row in result["techniques"].items():  # block against layer, with against without dropping
+        for name, other in pairs():
+            if name in row and other in row:
+                row[name][f"vs_{other}"] = compared(techniques[setting][name], techniques[setting][other])
     result["onnxruntime"] = rows(peers, BASELINE)
     width, setting = PEERS_AT.name, Setting(PEERS_AT.weight_bits, PEERS_AT.activation_bits, per_channel).name
     ours = result["calibration"].get(width)

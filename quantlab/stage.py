@@ -16,7 +16,7 @@ from quantlab.config import PARAMS_FILE, Params, check, read_params, shown
 from quantlab.errors import UserError
 from quantlab.inference.fixed_point import REQUANTIZATIONS
 from quantlab.quantize import calibration, techniques
-from quantlab.quantize.symmetric import BITS
+from quantlab.quantize.symmetric import BITS, WEIGHT_SCALES
 from quantlab.report.glyphs import untypesettable
 
 
@@ -41,6 +41,11 @@ def check_names(params: Params) -> None:
     check_name("techniques.calib", params.techniques.calib, calibration.POST_TRAINING)
     check_name("mixed_precision.calib", params.mixed_precision.calib, calibration.POST_TRAINING)
     check_name("ptq.rounding", params.ptq.rounding, techniques.roundings())
+    check_name("ptq.weight_scale", params.ptq.weight_scale, WEIGHT_SCALES)
+    check_name("techniques.weight_scale", params.techniques.weight_scale, WEIGHT_SCALES)
+    blocks = [name for block in params.ptq.blocks for name in block]
+    check(blocks == list(LAYER_NAMES), "ptq.blocks", f"must split the layers {', '.join(LAYER_NAMES)} into "
+          f"consecutive blocks, each layer once and in order, got {shown(params.ptq.blocks)}")
     check_name("export.rounding", params.export.rounding, REQUANTIZATIONS)
     widths = [("quant.weight_bits", params.quant.weight_bits), ("quant.activation_bits", params.quant.activation_bits),
               ("quant.logit_bits", params.quant.logit_bits)]

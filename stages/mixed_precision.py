@@ -41,7 +41,9 @@ from quantlab.quantize.symmetric import (
     activation_signs,
     activation_widths,
     channel_shaped,
+    chosen_weight_scale,
     quantize_weight,
+    weight_scales,
     weight_widths,
 )
 from quantlab.quantize.techniques import switched_on
@@ -77,8 +79,10 @@ class Configurations:
         layer_bits = self.space.layer_bits(index)
         widths = activation_widths(LOGIT_BITS, LOGIT_BITS, layer_bits)
         thresholds = {name: self.thresholds[bits][name] for name, bits in widths.items()}
-        return quantize_network(self.state, activations_of(thresholds, widths, self.signs),
-                                weight_widths(LOGIT_BITS, layer_bits), self.per_channel, self.provenance)
+        weight_bits = weight_widths(LOGIT_BITS, layer_bits)
+        return quantize_network(self.state, activations_of(thresholds, widths, self.signs), weight_bits,
+                                self.per_channel, self.provenance, scales=weight_scales(
+                                    self.state, weight_bits, self.per_channel, self.params.ptq.weight_scale))
 
     def final(self, index: int) -> QuantizedNetwork:
         """The network of a configuration with the post-training techniques that the `ptq` params switch on, each
@@ -137,7 +141,9 @@ def sensitivities(configurations: Configurations, calibration: Split, float_logi
     def noise_to_signal(layer: str, option: int) -> float:
         setting = space.options[option]
         weight = state[f"{layer}.weight"].astype(np.float64)
-        q, scale = quantize_weight(weight, setting.weight_bits, configurations.per_channel)
+        per_channel = configurations.per_channel
+        q, scale = quantize_weight(weight, setting.weight_bits, per_channel, chosen_weight_scale(
+            weight, setting.weight_bits, per_channel, configurations.params.ptq.weight_scale))
         weights = np.square(weight - q * channel_shaped(scale, weight.ndim, 0)).sum() / np.square(weight).sum()
         name = input_of(layer)
         sqnr = diagnose(profiles[name], configurations.thresholds[setting.activation_bits][name],

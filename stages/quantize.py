@@ -30,7 +30,7 @@ from quantlab.io import load_json, save_csv
 from quantlab.profiling import TensorProfile, load_profiles
 from quantlab.quantize.calibration import FINE_TUNED, METHODS, TRAINED, calibrator, diagnose, sqnr_db
 from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
-from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths, weight_widths
+from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths, weight_scales, weight_widths
 from quantlab.quantize.techniques import switched_on
 from quantlab.stage import load_params, run_main
 
@@ -53,7 +53,9 @@ def quantized(model_name: str, params: Params) -> tuple[QuantizedNetwork, dict[s
     signs = activation_signs(quant.unsigned_activations)
     if not techniques:
         activations = activations_of(method.thresholds(profiles, widths, signs), widths, signs)
-        return quantize_network(state, activations, weight_bits, quant.per_channel, provenance), state, profiles
+        scales = weight_scales(state, weight_bits, quant.per_channel, params.ptq.weight_scale)
+        return quantize_network(state, activations, weight_bits, quant.per_channel, provenance, scales=scales), \
+            state, profiles
     from quantlab.quantize.ptq import apply_techniques, prepare  # torch, imported only when a technique is on
 
     start = prepare(state, calibration_images(params), profiles, techniques, params.profile.bins)

@@ -40,7 +40,7 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
     settings = params.techniques
     method = calibrator(settings.calib, params.quant.percentile)
     signs = activation_signs(settings.unsigned_activations)
-    ptq = dataclasses.replace(params.ptq, iterations=settings.iterations)
+    ptq = dataclasses.replace(params.ptq, iterations=settings.iterations, weight_scale=settings.weight_scale)
 
     def preparation(combination) -> tuple:
         return tuple(t for t in combination if t.phase == PREPARE)

@@ -13,21 +13,35 @@ from quantlab.architecture import LAYERS, Layer
 from quantlab.config import PTQParams
 from quantlab.errors import UserError
 from quantlab.evaluation import Split
-from quantlab.inference import export_format, runner
+from quantlab.inference import export_format, onnx_graph, runner
 from quantlab.inference.engine import FixedPointEngine
 from quantlab.inference.export import integer_network, package, write
+from quantlab.inference.fixed_point import ONNXRUNTIME
 from quantlab.inference.float_rescale import FloatRescaleNet
 from quantlab.model import Net, layer_output, load_model, state_to_arrays, walk
 from quantlab.profiling import profile_model
 from quantlab.quantize.calibration import calibrator
-from quantlab.quantize.network import Provenance
-from quantlab.quantize.ptq import adaround, apply_techniques, equalize, prepare, range_spread
+from quantlab.quantize.network import Activation, Provenance
+from quantlab.quantize.ptq import (
+    Block,
+    Rounded,
+    adaround,
+    apply_techniques,
+    block_wise,
+    equalize,
+    fake_quantize_activation,
+    layer_wise,
+    prepare,
+    range_spread,
+)
 from quantlab.quantize.symmetric import (
     activation_signs,
     activation_widths,
     channel_shaped,
+    clipped_weight_scale,
     int_range,
     quantize,
+    scale_for,
     weight_scale,
     weight_widths,
 )
@@ -37,7 +51,7 @@ from stages.techniques import compare_techniques
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
 PTQ = PTQParams(equalize=False, bias_correction=False, rounding="nearest", iterations=20, batch_size=16, lr=0.01,
-                images=1024)
+                images=1024, weight_scale="max", blocks=[["conv1"], ["conv2"], ["fc1", "fc2", "fc3"]], drop=0.5)
 
 
 def unbalanced_state(seed: int = 0) -> dict[str, np.ndarray]:
@@ -123,6 +137,108 @@ def test_learned_rounding_reconstructs_a_layer_better_than_nearest():
     assert error(learned) < 0.8 * error(quantize(weight, scale, 3))
 
 
+def fc_block(seed: int = 0, bits: int = 2, first: int = 3) -> Block:
+    """The fully connected layers from LAYERS[first] on, of a random network, as one block on random inputs
+    (fc2-fc3 by default): a fixed small case."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = LAYERS[first:]
+    weights = {layer.name: torch.randn(layer.outputs, layer.inputs, generator=generator) / layer.inputs ** 0.5
+               for layer in layers}
+    scales = {name: channel_shaped(torch.as_tensor(weight_scale(w.numpy(), bits, True)), 2, 0)
+              for name, w in weights.items()}
+    x = torch.rand(256, layers[0].inputs, generator=generator)
+    activations = {layer.name: Activation(8, layer.relu is False, 4.0) for layer in layers}
+    return Block(layers, weights, scales, {layer.name: bits for layer in layers},
+                 {layer.name: None for layer in layers}, activations, x, x, lambda z: z)
+
+
+def block_error(block: Block, rounded: Rounded) -> float:
+    """The mean squared error of the block's quantized output (its integers, its activations) against float."""
+    with torch.no_grad():
+        target = block.forward(block.x_float, lambda layer: block.weights[layer.name])
+        output = block.forward(block.x_quant,
+                               lambda layer: (rounded.integers[layer.name] * block.scales[layer.name]).float(),
+                               lambda name, v: fake_quantize_activation(rounded.activations.get(
+                                   name, block.activations[name]), v))
+    return float((output - target).square().mean())
+
+
+def test_block_reconstruction_beats_layer_wise_adaround_on_a_block():
+    """fc2-fc3 at 2 bits: learned together against the block's output, the weights and activations leave less
+    error at the block's output than AdaRound's layer-by-layer rounding, which in turn beats the nearest. (Not
+    a law: at 3 bits, or with fc1's 295k weights against 10 logits, the layer-wise targets win; docs/ptq.md.)"""
+    block, ptq = fc_block(), dataclasses.replace(PTQ, iterations=200, batch_size=32)
+    nearest = Rounded({layer.name: quantize(block.weights[layer.name].double(), block.scales[layer.name], 2)
+                       for layer in block.layers})
+    # AdaRound layer by layer, each layer's input from the layers before it, quantized as learned
+    integers, x_quant, x_float = {}, block.x_quant, block.x_float
+
+    def learned(layer):
+        return (integers[layer.name] * block.scales[layer.name]).float()
+
+    for layer in block.layers:
+        one = dataclasses.replace(block, layers=(layer,), x_quant=x_quant, x_float=x_float)
+        integers |= layer_wise(one, ptq, torch.Generator().manual_seed(0)).integers
+        with torch.no_grad():
+            x_float = one.forward(x_float, lambda layer: block.weights[layer.name])
+            x_quant = one.forward(x_quant, learned,
+                                  lambda name, v: fake_quantize_activation(block.activations[name], v))
+    layer_by_layer = block_error(block, Rounded(integers))
+    together = block_error(block, block_wise(block, 0.0, ptq, torch.Generator().manual_seed(0)))
+    assert layer_by_layer < block_error(block, nearest)
+    assert together < 0.9 * layer_by_layer
+
+
+def test_qdrop_without_dropping_is_brecq():
+    block, ptq = fc_block(1, bits=3, first=2), dataclasses.replace(PTQ, iterations=30, batch_size=16, drop=0.0)
+    brecq = TECHNIQUES["brecq"].round(block, ptq, torch.Generator().manual_seed(0))
+    qdrop = TECHNIQUES["qdrop"].round(block, ptq, torch.Generator().manual_seed(0))
+    assert brecq.activations == qdrop.activations
+    for name, q in brecq.integers.items():
+        assert torch.equal(q, qdrop.integers[name]), name
+    dropped = TECHNIQUES["qdrop"].round(block, dataclasses.replace(ptq, drop=0.5), torch.Generator().manual_seed(0))
+    assert dropped.activations != brecq.activations  # the drop is drawn and changes what is learned
+
+
+@pytest.mark.parametrize("rounding", ["brecq", "qdrop"])
+@pytest.mark.parametrize("bits", [2, 3])
+def test_block_reconstruction_keeps_every_integer_within_its_bits(rounding, bits):
+    state = unbalanced_state(4)
+    ptq = dataclasses.replace(PTQ, rounding=rounding, weight_scale="mse", blocks=[["conv1", "conv2"], ["fc1"],
+                                                                                  ["fc2", "fc3"]])
+    network = techniques(state, ptq, weight_bits=bits, activation_bits=bits, per_channel=True)
+    network.validate()  # raises where an integer leaves its bits
+    for layer in LAYERS:
+        low, high = int_range(bits)
+        weight = state[f"{layer.name}.weight"].astype(np.float64)
+        ratio = weight / channel_shaped(network.layers[layer.name].scale, weight.ndim, 0)
+        q = network.layers[layer.name].weight
+        assert low <= q.min() and q.max() <= high, layer.name
+        # each weight rounded down or up on its clipped scale, or clipped to the range
+        down, up = np.clip(np.floor(ratio), low, high), np.clip(np.ceil(ratio), low, high)
+        assert np.all((q == down) | (q == up)), layer.name
+    for name, a in network.activations.items():  # learned step sizes, the logits' bits and signs kept
+        assert a.bits == (8 if name == "fc3" else bits) and a.threshold > 0, name
+
+
+def test_the_clipped_weight_scale_has_the_least_squared_error_of_its_candidates():
+    weight = np.random.default_rng(0).standard_t(3, (16, 300)).astype(np.float32)  # heavy tails
+    for bits in (2, 4):
+        for per_channel in (False, True):
+            clipped = clipped_weight_scale(weight, bits, per_channel)
+            largest = weight_scale(weight, bits, per_channel)
+            assert np.all(clipped <= largest) and np.any(clipped < largest)
+
+            def error(scale, bits=bits):
+                shaped = channel_shaped(np.asarray(scale), 2, 0)
+                return np.square(weight - quantize(weight.astype(np.float64), shaped, bits) * shaped).sum()
+
+            assert error(clipped) < error(largest)
+            candidates = (1 - np.arange(100) / 100) * np.abs(weight).max()
+            if not per_channel:  # the best of every candidate, checked by brute force
+                assert error(clipped) == min(error(scale_for(t, bits)) for t in candidates)
+
+
 def pre_activations(state, apply_weight, tap=None) -> dict[str, torch.Tensor]:
     """Every layer's output before its ReLU on IMAGES, through quantlab.model.walk."""
     outputs = {}
@@ -138,7 +254,7 @@ def pre_activations(state, apply_weight, tap=None) -> dict[str, torch.Tensor]:
     return outputs
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "adaround"])
+@pytest.mark.parametrize("rounding", ["nearest", "adaround", "qdrop"])
 def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
     state = unbalanced_state(2)
     network = techniques(state, dataclasses.replace(PTQ, bias_correction=True, rounding=rounding))
@@ -168,10 +284,11 @@ def test_bias_correction_leaves_no_mean_output_error_in_any_layer(rounding):
 
 @pytest.mark.parametrize("settings", [
     dict(equalize=True), dict(bias_correction=True), dict(rounding="adaround"),
-    dict(equalize=True, bias_correction=True, rounding="adaround")])
+    dict(equalize=True, bias_correction=True, rounding="adaround"), dict(rounding="brecq", weight_scale="mse"),
+    dict(rounding="qdrop", bias_correction=True)])
 def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settings):
     state = unbalanced_state(3)
-    network = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=8,
+    network = techniques(state, dataclasses.replace(PTQ, **settings), weight_bits=4, activation_bits=4,
                          per_channel=True)
     directory = tmp_path / "export"
     write(directory, *package(*integer_network(network, [str(c) for c in range(10)], True)))
@@ -179,6 +296,12 @@ def test_every_technique_runs_bit_exactly_in_the_integer_engine(tmp_path, settin
     images = torch.from_numpy(IMAGES)
     logits = FixedPointEngine(manifest, arrays)(images).numpy()
     np.testing.assert_array_equal(logits, runner.run(manifest, arrays, IMAGES))  # bit for bit, always
+    onnx_directory = tmp_path / "onnx"  # and in ONNX Runtime, in its rounding
+    write(onnx_directory, *package(*integer_network(network, [str(c) for c in range(10)], True, ONNXRUNTIME)))
+    manifest, arrays = export_format.read(onnx_directory)
+    session = onnx_graph.session(onnx_graph.load(onnx_directory, manifest))
+    np.testing.assert_array_equal(onnx_graph.run(session, manifest, IMAGES, batch=48),
+                                  FixedPointEngine(manifest, arrays)(images).numpy())
     # the float rescale rounds M * acc once per layer in float: within the LSBs the design allows
     assert np.abs(logits - FloatRescaleNet(network)(images).numpy().astype(np.int64)).max() <= 2
     if settings.get("bias_correction"):
@@ -190,8 +313,9 @@ class RoundDown(Technique):
 
     name, label, title, phase = "round_down", "down", "rounding down", ROUND
 
-    def round(self, layer, weight, scale, bits, bias, x_quant, target, ptq, generator):
-        return torch.clamp(torch.floor(weight / scale), *int_range(bits))
+    def round(self, block, ptq, generator):
+        return Rounded({layer.name: torch.clamp(torch.floor(block.weights[layer.name].double() / block.scales[
+            layer.name]), *int_range(block.bits[layer.name])) for layer in block.layers})
 
 
 def test_a_technique_is_its_class_and_its_switch(monkeypatch, tmp_path):

@@ -174,13 +174,15 @@ def activations_of(thresholds: dict[str, float], widths: dict[str, int],
 
 def quantize_network(state: dict[str, np.ndarray], activations: dict[str, Activation],
                      weight_bits: dict[str, int], per_channel: bool, provenance: Provenance,
-                     integers: dict[str, np.ndarray] | None = None) -> QuantizedNetwork:
-    """Every layer's weight quantized at its `weight_bits` (S_W = max|W| / qmax, per tensor or per channel;
-    rounded to nearest, or the `integers` a post-training technique learned on that scale) and every bias as int32
-    on its accumulator's scale S_W * S_in; the activations as given."""
+                     integers: dict[str, np.ndarray] | None = None,
+                     scales: dict[str, np.ndarray] | None = None) -> QuantizedNetwork:
+    """Every layer's weight quantized at its `weight_bits` (S_W = max|W| / qmax, per tensor or per channel, or
+    the layer's scale in `scales`; rounded to nearest, or the `integers` a post-training technique learned on that
+    scale) and every bias as int32 on its accumulator's scale S_W * S_in; the activations as given."""
     layers = {}
     for layer in LAYERS:
-        q, scale = quantize_weight(state[f"{layer.name}.weight"], weight_bits[layer.name], per_channel)
+        q, scale = quantize_weight(state[f"{layer.name}.weight"], weight_bits[layer.name], per_channel,
+                                   None if scales is None else scales[layer.name])
         q = q if integers is None else integers[layer.name]
         bias = state.get(f"{layer.name}.bias")
         try:

@@ -26,7 +26,9 @@ registry of the techniques, which says which hook each one is and when it applie
 quantlab.quantize.techniques.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +42,16 @@ from quantlab.errors import UserError
 from quantlab.model import layer_output, load_model, max_pool
 from quantlab.profiling import TensorProfile, profile_model
 from quantlab.quantize.calibration import Calibrator
-from quantlab.quantize.network import Provenance, QuantizedNetwork, activations_of, quantize_network
-from quantlab.quantize.symmetric import channel_shaped, int_range, quantize, weight_scale
+from quantlab.quantize.network import Activation, Provenance, QuantizedNetwork, activations_of, quantize_network
+from quantlab.quantize.qat import learned_step_quantize
+from quantlab.quantize.symmetric import channel_shaped, int_range, quantize, weight_scales
+from quantlab.quantize.techniques import ROUND
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so that h reaches 0 and 1 exactly
 REGULARIZER = 0.01  # lambda
 BETA = (20.0, 2.0)  # the regularizer's exponent, annealed from the first to the second
 WARM_UP = 0.2  # the share of iterations without the regularizer
+STEP_LR = 1e-3  # block reconstruction: Adam's learning rate of the activations' log step sizes
 
 
 def channel_ranges(weight: np.ndarray, axis: int, channels: int) -> np.ndarray:
@@ -122,27 +127,45 @@ def adaround(layer: Layer, weight: torch.Tensor, scale: torch.Tensor, bits: int,
     as in the module docstring; S: the weight scale, shaped to broadcast over the weight; `target`: the float
     network's output of the layer, after its ReLU, for the quantized network's inputs `x_quant`."""
     qmin, qmax = int_range(bits)
-    ratio = weight / scale
-    floor = torch.floor(ratio)
-    rest = (ratio - floor).clamp(1e-4, 1 - 1e-4)  # h(V) = rest at the start: W~ = W inside the range
-    v = torch.logit((rest - GAMMA) / (ZETA - GAMMA)).float().requires_grad_()
+    floor, v = rounding_variables(weight, scale)
     optimizer = torch.optim.Adam([v], lr=ptq.lr)
     floor, scale = floor.float(), scale.float()
-    warm_up = int(WARM_UP * ptq.iterations)
     for step in range(ptq.iterations):
         batch = torch.randint(len(x_quant), (ptq.batch_size,), generator=generator)
         h = soft_rounding(v)
         output = layer_output(layer, x_quant[batch], torch.clamp(floor + h, qmin, qmax) * scale, bias)
         loss = ((F.relu(output) if layer.relu else output) - target[batch]).square().flatten(1).sum(1).mean()
-        if step >= warm_up:
-            progress = (step - warm_up) / max(ptq.iterations - warm_up, 1)
-            beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
-            loss = loss + REGULARIZER * (1 - (2 * h - 1).abs().pow(beta)).sum()
+        loss = loss + regularizer([h], step, ptq.iterations)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return hard_rounding(floor, v, bits)
+
+
+def rounding_variables(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """floor(W / S) (float64) and the variables V (float32, trained) with h(V) = W / S - floor(W / S) at the
+    start, so that the soft weight S clamp(floor + h(V)) is W inside the range."""
+    ratio = weight / scale
+    floor = torch.floor(ratio)
+    rest = (ratio - floor).clamp(1e-4, 1 - 1e-4)
+    return floor, torch.logit((rest - GAMMA) / (ZETA - GAMMA)).float().requires_grad_()
+
+
+def regularizer(soft: list[torch.Tensor], step: int, iterations: int):
+    """lambda sum(1 - |2 h - 1|^beta) over the soft roundings h of `soft` at `step` of `iterations`: 0 during
+    the warm-up, then with beta annealed from 20 to 2 on a cosine."""
+    warm_up = int(WARM_UP * iterations)
+    if step < warm_up:
+        return 0
+    progress = (step - warm_up) / max(iterations - warm_up, 1)
+    beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
+    return sum(REGULARIZER * (1 - (2 * h - 1).abs().pow(beta)).sum() for h in soft)
+
+
+def hard_rounding(floor: torch.Tensor, v: torch.Tensor, bits: int) -> torch.Tensor:
+    """The integers the learned V round to: floor, or floor + 1 where h(V) >= 1/2 (float64 holding integers)."""
     with torch.no_grad():
-        return torch.clamp(floor + (soft_rounding(v) >= 0.5), qmin, qmax).double()
+        return torch.clamp(floor + (soft_rounding(v) >= 0.5), *int_range(bits)).double()
 
 
 def correct_bias(layer: Layer, output: torch.Tensor, target: torch.Tensor,
@@ -153,46 +176,185 @@ def correct_bias(layer: Layer, output: torch.Tensor, target: torch.Tensor,
     return bias, output - channel_shaped(shift.float(), output.ndim, 1)
 
 
-def reconstruct(state: dict[str, np.ndarray], quantize_activation, weight_bits: dict[str, int], per_channel: bool,
-                images: torch.Tensor, techniques: tuple, ptq: PTQParams, seed: int) -> tuple[dict, dict, dict]:
-    """Every layer's weights, at its `weight_bits`, rounded by the rounding technique of `techniques` (nearest
-    without one) and its bias corrected by its correcting techniques, layer by layer on the calibration `images`
-    (normalized floats); `ptq`: the settings of AdaRound's optimization. `quantize_activation(name, x)`
-    fake-quantizes the activation `name` as the quantized network will (scale times integers). Returns the float
-    state with the corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's
-    integer weights (int8), and per layer the mean squared error of its output against the float network's, with
-    nearest rounding and no correction ("nearest") and after the techniques ("final")."""
+@dataclass(frozen=True)
+class Block:
+    """Consecutive layers that a rounding technique reconstructs together, on the calibration images: their float
+    weights, weight scales S_W (float64, shaped to broadcast over the weight), weight bits and biases; the
+    quantization of each one's output activation; the block's input in the float network and in the quantized
+    network (the blocks before it quantized); and `tail`, the float network after the block (its output ->
+    the logits)."""
+
+    layers: tuple[Layer, ...]
+    weights: dict[str, torch.Tensor]
+    scales: dict[str, torch.Tensor]
+    bits: dict[str, int]
+    biases: dict[str, torch.Tensor | None]
+    activations: dict[str, Activation]
+    x_float: torch.Tensor
+    x_quant: torch.Tensor
+    tail: Callable[[torch.Tensor], torch.Tensor]
+
+    def forward(self, x: torch.Tensor, weight: Callable[[Layer], torch.Tensor],
+                activation: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The block's output from its input `x`, with `weight(layer)` as each layer's weight and `activation`
+        quantizing each layer's output (None: float), pooled and flattened as the next layer reads it."""
+        for layer in self.layers:
+            quantize_output = None if activation is None else (lambda v, name=layer.name: activation(name, v))
+            x = next_input(layer, layer_output(layer, x, weight(layer), self.biases[layer.name]), quantize_output)
+        return x
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """What a rounding technique learned for a block: every layer's integer weights (float64 holding integers)
+    and, where it learned them, the quantization of the block's activations."""
+
+    integers: dict[str, torch.Tensor]
+    activations: dict[str, Activation] = dataclasses.field(default_factory=dict)
+
+
+def layer_wise(block: Block, ptq: PTQParams, generator: torch.Generator) -> Rounded:
+    """AdaRound on a block of one layer: its target is the float layer's output after ReLU, from the float
+    network's input, and its input the quantized network's."""
+    (layer,) = block.layers
+    weight, bias = block.weights[layer.name], block.biases[layer.name]
+    with torch.no_grad():
+        target = layer_output(layer, block.x_float, weight, bias)
+    target = F.relu(target) if layer.relu else target
+    return Rounded({layer.name: adaround(layer, weight.double(), block.scales[layer.name], block.bits[layer.name],
+                                         bias, block.x_quant, target, ptq, generator)})
+
+
+def fisher_weights(block: Block, weight, activation, batch_size: int) -> torch.Tensor:
+    """BRECQ's diagonal Fisher weights of the block's output z, per image and element: |dKL/dz| + 1, KL the
+    divergence of the network's predicted distribution from the float network's, the block quantized (at its
+    starting point) and the layers after it float (BRECQ's `|g| + 1`, so that no element's error is ignored;
+    the gradient of one image's KL, whatever the batch)."""
+    grads = []
+    for start in range(0, len(block.x_quant), batch_size):
+        with torch.no_grad():
+            expected = F.log_softmax(block.tail(block.forward(block.x_float[start:start + batch_size],
+                                                              lambda layer: block.weights[layer.name])), dim=1)
+            output = block.forward(block.x_quant[start:start + batch_size], weight, activation)
+        output.requires_grad_()
+        divergence = (expected.exp() * (expected - F.log_softmax(block.tail(output), dim=1))).sum()
+        grads.append(torch.autograd.grad(divergence, output)[0].abs() + 1)
+    return torch.cat(grads)
+
+
+def block_wise(block: Block, drop: float, ptq: PTQParams, generator: torch.Generator) -> Rounded:
+    """BRECQ (Li et al. 2021, arXiv:2102.05426) and, with `drop` > 0, QDrop (Wei et al. 2022, arXiv:2203.05740):
+    AdaRound's variables of every layer of the block and the log step size of every activation quantized in it
+    (LSQ's straight-through gradient), learned together to minimize the Fisher-weighted error of the block's
+    output, sum_i F_i (z~_i - z_i)^2 (`fisher_weights`), plus AdaRound's regularizer over all its layers. z~ is
+    computed from the quantized network's input to the block, z from the float network's. With `drop`, each
+    element of the block's input is the float network's with probability `drop`, and each activation in the
+    block skips its quantization with probability `drop` (QDrop's dropping, drawn anew every step); 0 is BRECQ."""
+    names = [layer.name for layer in block.layers]
+    rounding = {name: rounding_variables(block.weights[name].double(), block.scales[name]) for name in names}
+    floors = {name: floor.float() for name, (floor, _) in rounding.items()}
+    scales = {name: block.scales[name].float() for name in names}
+    log_steps = {name: torch.tensor(math.log(block.activations[name].scale), requires_grad=True) for name in names}
+
+    def soft_weight(layer: Layer) -> torch.Tensor:
+        h = soft_rounding(rounding[layer.name][1])
+        return torch.clamp(floors[layer.name] + h, *int_range(block.bits[layer.name])) * scales[layer.name]
+
+    def nearest_weight(layer: Layer) -> torch.Tensor:
+        return (quantize(block.weights[layer.name].double(), block.scales[layer.name], block.bits[layer.name])
+                * block.scales[layer.name]).float()
+
+    def learned_step(name: str, x: torch.Tensor, dropping: float = 0.0) -> torch.Tensor:
+        a = block.activations[name]
+        q = learned_step_quantize(x, log_steps[name].exp(), *a.range, 1.0)
+        return torch.where(torch.rand(x.shape, generator=generator) < dropping, x, q) if dropping else q
+
+    with torch.no_grad():
+        target = block.forward(block.x_float, lambda layer: block.weights[layer.name])
+    fisher = fisher_weights(block, nearest_weight, learned_step, ptq.batch_size).square()
+    optimizer = torch.optim.Adam([v for _, v in rounding.values()], lr=ptq.lr)
+    step_optimizer = torch.optim.Adam(list(log_steps.values()), lr=STEP_LR)
+    for step in range(ptq.iterations):
+        batch = torch.randint(len(block.x_quant), (ptq.batch_size,), generator=generator)
+        x = block.x_quant[batch]
+        if drop:
+            x = torch.where(torch.rand(x.shape, generator=generator) < drop, block.x_float[batch], x)
+        output = block.forward(x, soft_weight, lambda name, v: learned_step(name, v, drop))
+        loss = ((output - target[batch]).square() * fisher[batch]).flatten(1).sum(1).mean()
+        loss = loss + regularizer([soft_rounding(v) for _, v in rounding.values()], step, ptq.iterations)
+        optimizer.zero_grad()
+        step_optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step_optimizer.step()
+    activations = {name: dataclasses.replace(a, threshold=math.exp(log_steps[name].item()) * a.range[1])
+                   for name in names for a in [block.activations[name]]}
+    return Rounded({name: hard_rounding(floor, v, block.bits[name]) for name, (floor, v) in rounding.items()},
+                   activations)
+
+
+def fake_quantize_activation(activation: Activation, x: torch.Tensor) -> torch.Tensor:
+    """x as the quantized network carries it: S quantize(x, S), in float32."""
+    return (quantize(x.double(), activation.scale, activation.bits, activation.signed) * activation.scale).float()
+
+
+def reconstruct(state: dict[str, np.ndarray], activations: dict[str, Activation], weight_bits: dict[str, int],
+                scales: dict[str, np.ndarray], images: torch.Tensor, techniques: tuple, ptq: PTQParams,
+                seed: int) -> tuple[dict, dict, dict, dict]:
+    """Every layer's weights, at its `weight_bits` on its weight `scales`, rounded by the rounding technique of
+    `techniques` (nearest without one), block by block as it groups the layers, and its bias corrected by the
+    correcting techniques, in order on the calibration `images` (normalized floats); `ptq`: the settings of the
+    reconstruction. `activations`: how the quantized network quantizes each activation. Returns the float state
+    with the corrected biases (quantized to int32 on the accumulator's scale like any bias), every layer's
+    integer weights (int8), the activations with those a technique learned, and per layer the mean squared error
+    of its output against the float network's, with nearest rounding and no correction ("nearest") and after the
+    techniques ("final")."""
     generator = torch.Generator().manual_seed(seed)
+    activations = dict(activations)
+    rounding = next((t for t in techniques if t.phase == ROUND), None)
+    weights = {layer.name: torch.from_numpy(state[f"{layer.name}.weight"]) for layer in LAYERS}
+    biases = {layer.name: None if (b := state.get(f"{layer.name}.bias")) is None else torch.from_numpy(b).float()
+              for layer in LAYERS}
+    shaped = {layer.name: channel_shaped(torch.from_numpy(scales[layer.name]), weights[layer.name].ndim, 0)
+              for layer in LAYERS}
+
+    def float_tail(after: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def tail(x: torch.Tensor) -> torch.Tensor:
+            for layer in LAYERS[after:]:
+                x = next_input(layer, layer_output(layer, x, weights[layer.name], biases[layer.name]))
+            return x
+        return tail
+
     x_float = images.float()
-    x_quant = quantize_activation("input", x_float)
+    x_quant = fake_quantize_activation(activations["input"], x_float)
     corrected, integers, errors = dict(state), {}, {}
-    for layer in LAYERS:
-        weight = torch.from_numpy(state[f"{layer.name}.weight"])
-        bias = state.get(f"{layer.name}.bias")
-        bias = None if bias is None else torch.from_numpy(bias).float()
-        bits = weight_bits[layer.name]
-        shaped = channel_shaped(weight_scale(weight, bits, per_channel), weight.ndim, 0)
-        nearest = quantize(weight.double(), shaped, bits)
-        with torch.no_grad():
-            target = layer_output(layer, x_float, weight, bias)
-            output = layer_output(layer, x_quant, (nearest * shaped).float(), bias)
-            errors[layer.name] = {"nearest": mse(output, target)}
-        rounded = [q for technique in techniques if (q := technique.round(
-            layer, weight.double(), shaped, bits, bias, x_quant, F.relu(target) if layer.relu else target,
-            ptq, generator)) is not None]
-        q = rounded[0] if rounded else nearest
-        with torch.no_grad():
-            if q is not nearest:
-                output = layer_output(layer, x_quant, (q * shaped).float(), bias)
-            for technique in techniques:
-                bias, output = technique.correct(layer, output, target, bias)
-            errors[layer.name]["final"] = mse(output, target)
-            x_float = next_input(layer, target)
-            x_quant = next_input(layer, output, lambda x, name=layer.name: quantize_activation(name, x))
-        integers[layer.name] = q.numpy().astype(np.int8)
-        if bias is not None:
-            corrected[f"{layer.name}.bias"] = bias.numpy()
-    return corrected, integers, errors
+    for layers in (rounding.blocks(ptq) if rounding else tuple((layer,) for layer in LAYERS)):
+        names = [layer.name for layer in layers]
+        rounded = None if rounding is None else rounding.round(Block(
+            layers, {n: weights[n] for n in names}, {n: shaped[n] for n in names}, {n: weight_bits[n] for n in names},
+            {n: biases[n] for n in names}, {n: activations[n] for n in names}, x_float, x_quant,
+            float_tail(LAYERS.index(layers[-1]) + 1)), ptq, generator)
+        if rounded is not None:
+            activations |= rounded.activations
+        for layer in layers:
+            weight, bias, scale = weights[layer.name], biases[layer.name], shaped[layer.name]
+            nearest = quantize(weight.double(), scale, weight_bits[layer.name])
+            q = nearest if rounded is None else rounded.integers[layer.name]
+            with torch.no_grad():
+                target = layer_output(layer, x_float, weight, bias)
+                output = layer_output(layer, x_quant, (nearest * scale).float(), bias)
+                errors[layer.name] = {"nearest": mse(output, target)}
+                if q is not nearest:
+                    output = layer_output(layer, x_quant, (q * scale).float(), bias)
+                for technique in techniques:
+                    bias, output = technique.correct(layer, output, target, bias)
+                errors[layer.name]["final"] = mse(output, target)
+                x_float = next_input(layer, target)
+                x_quant = next_input(layer, output, lambda x, a=activations[layer.name]: fake_quantize_activation(a, x))
+            integers[layer.name] = q.numpy().astype(np.int8)
+            if bias is not None:
+                corrected[f"{layer.name}.bias"] = bias.numpy()
+    return corrected, integers, activations, errors
 
 
 def mse(output: torch.Tensor, target: torch.Tensor) -> float:
@@ -238,14 +400,10 @@ def apply_techniques(start: Prepared, method: Calibrator, widths: dict[str, int]
     (AdaRound's paper uses 1024: the error of a layer's mean output is well measured on far fewer images than
     a histogram's tails need)."""
     activations = activations_of(method.thresholds(start.profiles, widths, signs), widths, signs)
-
-    def quantize_activation(name: str, x: torch.Tensor) -> torch.Tensor:
-        a = activations[name]
-        return (quantize(x.double(), a.scale, a.bits, a.signed) * a.scale).float()
-
-    state, integers, errors = reconstruct(start.state, quantize_activation, weight_bits, per_channel,
-                                          start.images[:ptq.images], techniques, ptq, seed)
+    scales = weight_scales(start.state, weight_bits, per_channel, ptq.weight_scale)
+    state, integers, activations, errors = reconstruct(start.state, activations, weight_bits, scales,
+                                                       start.images[:ptq.images], techniques, ptq, seed)
     after = range_spread(start.state)
     diagnostics = {name: {"spread_before": start.spread[name], "spread_after": after[name], **layer_errors}
                    for name, layer_errors in errors.items()}
-    return quantize_network(state, activations, weight_bits, per_channel, provenance, integers), diagnostics
+    return quantize_network(state, activations, weight_bits, per_channel, provenance, integers, scales), diagnostics

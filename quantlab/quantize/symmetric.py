@@ -52,15 +52,48 @@ def weight_scale(weight, bits: int, per_channel: bool = False):
     return scale_for(absmax if per_channel else absmax.max(), bits)
 
 
+WEIGHT_SCALES = ("max", "mse")  # S_W from max|W| (the lab's), or clipped by the least squared error
+CLIP_CANDIDATES = 100  # clipped weight scales: T = max|W| (1 - k / 100), k = 0 .. 99
+
+
+def clipped_weight_scale(weight: np.ndarray, bits: int, per_channel: bool = False) -> np.ndarray:
+    """S_W = T / qmax with T, among max|W| (1 - k / 100) for k = 0 .. 99, the one that minimizes the squared
+    quantization error sum (W - S_W quantize(W, S_W))^2 of the tensor, or of each output channel when per_channel
+    (the weights' MSE initialization of BRECQ's and QDrop's quantizers). At 2 bits, max|W| leaves the levels
+    -2, -1, 0, 1 times max|W|, and almost every weight rounds to 0; a clipped T spends them on the bulk."""
+    rows = weight.astype(np.float64).reshape(len(weight), -1)
+    fractions = 1 - np.arange(CLIP_CANDIDATES) / CLIP_CANDIDATES
+    best = np.array([candidates[squared_errors(row, None, candidates, bits).argmin()]
+                     for row in (rows if per_channel else rows.reshape(1, -1))
+                     for candidates in [np.abs(row).max() * fractions]])
+    return scale_for(best if per_channel else best[0], bits)
+
+
+def weight_scales(state: dict[str, np.ndarray], weight_bits: dict[str, int], per_channel: bool,
+                  method: str) -> dict[str, np.ndarray]:
+    """Every layer's S_W (float64) at its bits: max|W| / qmax ("max"), or clipped by the least squared error
+    ("mse")."""
+    return {layer.name: chosen_weight_scale(state[f"{layer.name}.weight"], weight_bits[layer.name], per_channel,
+                                            method) for layer in LAYERS}
+
+
+def chosen_weight_scale(weight: np.ndarray, bits: int, per_channel: bool, method: str) -> np.ndarray:
+    """A weight's S_W (float64) by `method`, a name in WEIGHT_SCALES."""
+    scale = weight_scale if method == WEIGHT_SCALES[0] else clipped_weight_scale
+    return np.asarray(scale(weight, bits, per_channel), np.float64)
+
+
 def channel_shaped(scale, ndim: int, axis: int):
     """A per-channel scale (NumPy or torch) reshaped to broadcast along `axis` of an `ndim`-dim tensor:
     axis 0 of a weight (out, in, kh, kw), axis 1 of an activation (N, C, H, W). Scalars pass unchanged."""
     return scale if scale.ndim == 0 else scale.reshape((-1,) + (1,) * (ndim - axis - 1))
 
 
-def quantize_weight(weight: np.ndarray, bits: int, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The integer weight (int8 storage) and its scale S_W (a scalar, or one per output channel)."""
-    scale = weight_scale(weight, bits, per_channel)
+def quantize_weight(weight: np.ndarray, bits: int, per_channel: bool = False,
+                    scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The integer weight (int8 storage) and its scale S_W (a scalar, or one per output channel): `scale`, or
+    by default max|W| / qmax."""
+    scale = weight_scale(weight, bits, per_channel) if scale is None else scale
     q = quantize(weight.astype(np.float64), channel_shaped(scale, weight.ndim, 0), bits)
     return q.astype(np.int8), scale
 

@@ -3,7 +3,7 @@ name, its labels, its switch in params.yaml and its hook. quantlab.quantize.ptq 
 in the order of their phases:
 
     prepare   the float state, before anything is quantized         (cross-layer equalization)
-    round     each layer's integer weights, instead of the nearest  (AdaRound)
+    round     each block's integer weights, instead of the nearest  (AdaRound per layer; BRECQ, QDrop per block)
     correct   each layer's bias, once its weights are integers      (bias correction)
 
 The techniques stage compares no technique, each technique alone, and the correcting techniques on top of every
@@ -17,6 +17,8 @@ registry without torch.
 """
 
 import itertools
+
+from quantlab.architecture import LAYERS
 
 PREPARE, ROUND, CORRECT = "prepare", "round", "correct"
 PHASES = (PREPARE, ROUND, CORRECT)
@@ -33,7 +35,8 @@ class Technique:
     """Base class. `phase` says which hook a technique implements; the others leave everything as it is:
 
         prepare(state) -> state                                         the float state, arrays by name
-        round(layer, weight, scale, bits, bias, x_quant, target, ptq, generator) -> integers (float64) or None
+        blocks(ptq) -> tuple of tuples of layers                         the blocks `round` reconstructs
+        round(block, ptq, generator) -> ptq.Rounded or None              a block's integers (and activations)
         correct(layer, output, target, bias) -> (bias, output)          on the calibration images
     """
 
@@ -41,6 +44,8 @@ class Technique:
     label = ""  # short, for tables and figures
     title = ""  # the report's words
     phase = PREPARE
+    combined = True  # the techniques stage also compares it combined with the others, not only alone
+    against = ""  # the technique it is measured against too, beside nearest rounding (its cell alone against that one)
 
     def enabled(self, ptq) -> bool:
         """Whether params.yaml's `ptq` section switches it on."""
@@ -49,8 +54,11 @@ class Technique:
     def prepare(self, state):
         return state
 
-    def round(self, layer, weight, scale, bits, bias, x_quant, target, ptq, generator):
-        return None  # not a rounding: the layer's weights are rounded by another technique, or to the nearest
+    def blocks(self, ptq):
+        return tuple((layer,) for layer in LAYERS)  # one layer at a time
+
+    def round(self, block, ptq, generator):
+        return None  # not a rounding: the block's weights are rounded by another technique, or to the nearest
 
     def correct(self, layer, output, target, bias):
         return bias, output
@@ -86,10 +94,45 @@ class AdaRound(Technique):
 
     name, label, title, phase = "adaround", "AdaRound", "learned rounding (AdaRound)", ROUND
 
-    def round(self, layer, weight, scale, bits, bias, x_quant, target, ptq, generator):
-        from quantlab.quantize.ptq import adaround
+    def round(self, block, ptq, generator):
+        from quantlab.quantize.ptq import layer_wise
 
-        return adaround(layer, weight, scale, bits, bias, x_quant, target, ptq, generator)
+        return layer_wise(block, ptq, generator)
+
+
+@register
+class BRECQ(Technique):
+    """Block reconstruction with a Fisher-weighted output error (quantlab.quantize.ptq.block_wise), on the blocks
+    of ptq.blocks."""
+
+    name, label, title, phase = "brecq", "BRECQ", "block reconstruction (BRECQ)", ROUND
+    # Compared alone: it fits each block's whole output, its mean included (what bias correction would add),
+    # and each of its cells costs as much as the rest of the comparison.
+    combined = False
+    against = "adaround"  # block against layer reconstruction
+
+    def drop(self, ptq) -> float:
+        return 0.0
+
+    def blocks(self, ptq):
+        by_name = {layer.name: layer for layer in LAYERS}
+        return tuple(tuple(by_name[name] for name in block) for block in ptq.blocks)
+
+    def round(self, block, ptq, generator):
+        from quantlab.quantize.ptq import block_wise
+
+        return block_wise(block, self.drop(ptq), ptq, generator)
+
+
+@register
+class QDrop(BRECQ):
+    """BRECQ with each activation's quantization dropped with probability ptq.drop while it learns."""
+
+    name, label, title, phase = "qdrop", "QDrop", "block reconstruction with dropped quantization (QDrop)", ROUND
+    against = "brecq"  # with against without dropping
+
+    def drop(self, ptq) -> float:
+        return ptq.drop
 
 
 def ordered(techniques) -> tuple[Technique, ...]:
@@ -109,14 +152,19 @@ def roundings() -> tuple[str, ...]:
 
 def combinations() -> list[tuple[Technique, ...]]:
     """The techniques stage's combinations, each in the order it applies: none, each technique alone, then the
-    correcting techniques on top of every combination of the others with at most one rounding."""
+    correcting techniques on top of every combination of the others that combine, with at most one rounding."""
     alone = [(t,) for t in TECHNIQUES.values()]
-    others = [t for t in TECHNIQUES.values() if t.phase != CORRECT]
+    others = [t for t in TECHNIQUES.values() if t.phase != CORRECT and t.combined]
     correcting = tuple(t for t in TECHNIQUES.values() if t.phase == CORRECT)
     combined = [subset + correcting for size in range(1, len(others) + 1)
                 for subset in itertools.combinations(others, size)
                 if sum(t.phase == ROUND for t in subset) <= 1] if correcting else []
     return [(), *alone, *(ordered(c) for c in combined)]
+
+
+def pairs() -> list[tuple[str, str]]:
+    """(technique, the technique it is measured against) for every technique that names one."""
+    return [(t.name, t.against) for t in TECHNIQUES.values() if t.against]
 
 
 def combination_name(techniques) -> str:
