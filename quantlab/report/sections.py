@@ -125,11 +125,16 @@ def quantization_aware_training(run: Run) -> dict:
 
 
 def post_training_techniques(run: Run) -> dict:
-    """The comparison's table, the choices, and per layer at its first setting."""
+    """The comparison's table, the choices, each technique against the one it is measured against (in a table and
+    in words), per layer at its first setting, and the layer that keeps the most error at its fewest bits."""
     differences = run.differences
     first = next(iter(differences["techniques"]))
     return {"techniques_table": tables.techniques(run.techniques, differences),
             "techniques_chosen": tables.techniques_chosen(differences),
+            "technique_pairs": tables.technique_pairs(differences),
+            "technique_verdicts": tables.technique_verdicts(differences),
+            "techniques_alone": [t.label for t in TECHNIQUES.values() if not t.combined],
+            "remaining_error": tables.remaining_error(differences, run.technique_layers),
             "technique_layers": tables.technique_layers(run.technique_layers, first,
                                                         differences["techniques"][first]["best"]),
             "technique_setting": Setting.parse(first).label}

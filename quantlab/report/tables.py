@@ -11,7 +11,7 @@ from quantlab.profiling import TensorProfile
 from quantlab.quantize.calibration import BASELINE, FINE_TUNED, merge_and_expand
 from quantlab.quantize.network import QuantizedNetwork
 from quantlab.quantize.symmetric import Setting
-from quantlab.quantize.techniques import combination_label
+from quantlab.quantize.techniques import NEAREST, combination_label, pairs
 from quantlab.statistics import signed
 from quantlab.variants import BY_NAME
 
@@ -33,6 +33,12 @@ def verdict(record: dict) -> str:
     if record["ci_low"] <= 0 <= record["ci_high"]:
         return "within noise"
     return "higher" if record["delta"] > 0 else "lower"
+
+
+def better(record: dict) -> str:
+    """`verdict` in words for a difference where higher is better (accuracy): "better" or "worse" only where the
+    interval excludes 0, else "within noise"."""
+    return {"higher": "better", "lower": "worse"}.get(verdict(record), "within noise")
 
 
 def variants(accuracy: dict[str, float], differences: dict) -> pd.DataFrame:
@@ -235,6 +241,51 @@ def techniques_chosen(differences: dict) -> pd.DataFrame:
                      "test (%)": f"{best['test_accuracy']:.2f}", "− float": difference(best),
                      "− nearest": difference(best["vs_nearest"]) if "vs_nearest" in best else "itself"})
     return pd.DataFrame(rows)
+
+
+def technique_pairs(differences: dict) -> pd.DataFrame:
+    """Per setting, every technique against the one the registry measures it against (techniques.pairs), where
+    both cells ran: the difference in points with its 95 % interval, as techniques_chosen prints it, and McNemar's
+    p."""
+    return pd.DataFrame([{"setting": Setting.parse(setting).label,
+                          "difference": f"{combination_label(name)} − {combination_label(other)}",
+                          "points [95 % CI]": difference(record), "McNemar": p_value(record["p"])}
+                         for setting, row in differences["techniques"].items() for name, other in pairs()
+                         if (record := row.get(name, {}).get(f"vs_{other}")) is not None])
+
+
+def technique_verdicts(differences: dict) -> list[dict]:
+    """What each technique of techniques.pairs buys against its other, in words: the settings where it is
+    "better", "within noise" and "worse" (`better`), each group that holds a setting with the settings' labels and
+    differences; only the pairs measured at some setting."""
+    out = []
+    for name, other in pairs():
+        cells = [{"setting": Setting.parse(setting).label, "record": row[name][f"vs_{other}"]}
+                 for setting, row in differences["techniques"].items() if f"vs_{other}" in row.get(name, {})]
+        groups = [{"word": word, "cells": [c for c in cells if better(c["record"]) == word]}
+                  for word in ("better", "within noise", "worse")]
+        if cells:
+            out.append({"label": combination_label(name), "other": combination_label(other),
+                        "groups": [group for group in groups if group["cells"]]})
+    return out
+
+
+def remaining_error(differences: dict, layers: pd.DataFrame) -> dict | None:
+    """At the comparison's setting with the fewest weight bits (then activation bits; the first of a tie), the
+    layer whose output keeps the largest part of its nearest-rounding error under the chosen combination: its
+    output MSE after the combination and with nearest rounding (compare/techniques.csv's "final" and "nearest", on
+    the same inputs), and their ratio. None where the CSV lacks that cell."""
+    lowest = min(map(Setting.parse, differences["techniques"]), key=lambda s: (s.weight_bits, s.activation_bits))
+    chosen = differences["techniques"][lowest.name]["best"]
+    at = layers[(layers.setting == lowest.name) & (layers.techniques == chosen) & (layers.nearest > 0)]
+    if at.empty:
+        return None
+    ratio = (at["final"] / at["nearest"]).set_axis(at["layer"])
+    layer = ratio.idxmax()
+    cell = at.set_index("layer").loc[layer]
+    return {"setting": lowest.label, "chosen": combination_label(chosen), "nearest_chosen": chosen == NEAREST,
+            "layer": layer, "final": f"{cell['final']:.3g}", "nearest": f"{cell['nearest']:.3g}",
+            "share": f"{100 * ratio[layer]:.0f}"}
 
 
 def technique_layers(layers: pd.DataFrame, setting: str, chosen: str) -> pd.DataFrame:
