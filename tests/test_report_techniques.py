@@ -139,9 +139,9 @@ def test_section_states_every_row_the_pairs_and_what_each_buys(fmt):
     assert "largest magnitude" in section(diff, fmt, weight_scale="max")
     # at the fewest weight bits (2/8 per channel), the chosen combination leaves fc1 80 % of its error
     flat = " ".join(text.split())
-    assert (f"At 2/8 per channel, the comparison's fewest weight bits, the chosen {escape('AdaRound + BC')} leaves "
-            f"fc1 the largest share") in flat
-    assert f"80 {escape('%')} (a mean squared error of 2.4 against 3)" in flat
+    assert (f"At 2/8 per channel, the comparison's fewest weight bits, the chosen {escape('AdaRound + BC')} helps "
+            f"fc1 least: its output keeps 80 {escape('%')} of its mean squared error with nearest rounding in the "
+            "same network (2.4 against 3), the largest share of any layer.") in flat
 
 
 @pytest.mark.parametrize("fmt", ["markdown", "latex"])
