@@ -138,6 +138,7 @@ def run_blocks(prefix: str, metrics: dict) -> dict[str, str]:
             f"{prefix}choices": markdown_table(tables.choices(differences)),
             f"{prefix}techniques": markdown_table(tables.techniques(metrics["techniques"], differences)),
             f"{prefix}techniques_chosen": markdown_table(tables.techniques_chosen(differences)),
+            f"{prefix}technique_pairs": markdown_table(tables.technique_pairs(differences)),
             f"{prefix}qat": markdown_table(tables.qat(metrics["calibration"], differences)),
             f"{prefix}engine": engine_text(metrics["engine"])}
 

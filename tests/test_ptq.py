@@ -155,7 +155,7 @@ def fc_block(seed: int = 0, bits: int = 2, first: int = 3) -> Block:
 def block_error(block: Block, rounded: Rounded) -> float:
     """The mean squared error of the block's quantized output (its integers, its activations) against float."""
     with torch.no_grad():
-        target = block.forward(block.x_float, lambda layer: block.weights[layer.name])
+        target = block.forward(block.x_float, block.float_weight)
         output = block.forward(block.x_quant,
                                lambda layer: (rounded.integers[layer.name] * block.scales[layer.name]).float(),
                                lambda name, v: fake_quantize_activation(rounded.activations.get(
@@ -180,7 +180,7 @@ def test_block_reconstruction_beats_layer_wise_adaround_on_a_block():
         one = dataclasses.replace(block, layers=(layer,), x_quant=x_quant, x_float=x_float)
         integers |= layer_wise(one, ptq, torch.Generator().manual_seed(0)).integers
         with torch.no_grad():
-            x_float = one.forward(x_float, lambda layer: block.weights[layer.name])
+            x_float = one.forward(x_float, block.float_weight)
             x_quant = one.forward(x_quant, learned,
                                   lambda name, v: fake_quantize_activation(block.activations[name], v))
     layer_by_layer = block_error(block, Rounded(integers))

@@ -182,3 +182,23 @@ def test_onnxruntimes_choice_is_held_against_this_projects_at_the_same_granulari
         assert record["ci_low"] <= record["delta"] <= record["ci_high"]
         other = "W8A8-channel" if setting == "W8A8-tensor" else "W8A8-tensor"
         assert "vs_project" not in result["onnxruntime"][other]
+
+
+def test_block_and_dropping_are_measured_against_what_they_extend():
+    """BRECQ's cell against AdaRound's (block against layer) and QDrop's against BRECQ's (with against without
+    dropping), paired on the same test images, where both cells ran."""
+    labels, variants, calibration, techniques, peers = synthetic()
+    rng = np.random.default_rng(3)
+    right = {name: rng.random(1000) < share for name, share in (("brecq", 0.72), ("qdrop", 0.75))}
+    setting = techniques["W4A8-tensor"]
+    for name, correct in right.items():
+        setting[name] = {"validation": setting["adaround"]["validation"],
+                         "test": np.where(correct, labels["test"], (labels["test"] + 1) % 10).astype(np.uint8)}
+    result = differences(labels, variants, calibration, techniques, peers, False)["techniques"]
+    row = result["W4A8-tensor"]
+    adaround = setting["adaround"]["test"] == labels["test"]
+    assert row["brecq"]["vs_adaround"] == paired(right["brecq"], adaround)
+    assert row["qdrop"]["vs_brecq"] == paired(right["qdrop"], right["brecq"])
+    assert "vs_adaround" not in row["qdrop"] and "vs_brecq" not in row["brecq"]
+    assert not any(key.startswith("vs_") and key != "vs_nearest" for cell in result["W3A8-channel"].values()
+                   if isinstance(cell, dict) for key in cell)  # no block cells there: nothing measured

@@ -20,6 +20,11 @@
                       calibration images (the asymmetric variant: x~ from the already quantized layers before,
                       f the layer's ReLU), beta annealed from 20 to 2 after a warm-up with no regularizer,
                       lambda = 0.01, Adam; then each weight takes floor or floor + 1 as h(V) >= 1/2.
+    block reconstruction  (BRECQ, Li et al. 2021, arXiv:2102.05426; QDrop, Wei et al. 2022, arXiv:2203.05740)
+                      the same variables for every layer of a block of consecutive layers, learned together with
+                      the log step sizes of the activations quantized in the block, against the block output's
+                      Fisher-weighted error; QDrop drops each activation's quantization at random while it learns
+                      (`block_wise`).
 
 The layers are taken in order so that each one sees the inputs the quantized network will give it. The
 registry of the techniques, which says which hook each one is and when it applies, is
@@ -194,6 +199,9 @@ class Block:
     x_quant: torch.Tensor
     tail: Callable[[torch.Tensor], torch.Tensor]
 
+    def float_weight(self, layer: Layer) -> torch.Tensor:
+        return self.weights[layer.name]
+
     def forward(self, x: torch.Tensor, weight: Callable[[Layer], torch.Tensor],
                 activation: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The block's output from its input `x`, with `weight(layer)` as each layer's weight and `activation`
@@ -225,7 +233,8 @@ def layer_wise(block: Block, ptq: PTQParams, generator: torch.Generator) -> Roun
                                          bias, block.x_quant, target, ptq, generator)})
 
 
-def fisher_weights(block: Block, weight, activation, batch_size: int) -> torch.Tensor:
+def fisher_weights(block: Block, weight: Callable[[Layer], torch.Tensor],
+                   activation: Callable[[str, torch.Tensor], torch.Tensor], batch_size: int) -> torch.Tensor:
     """BRECQ's diagonal Fisher weights of the block's output z, per image and element: |dKL/dz| + 1, KL the
     divergence of the network's predicted distribution from the float network's, the block quantized (at its
     starting point) and the layers after it float (BRECQ's `|g| + 1`, so that no element's error is ignored;
@@ -234,7 +243,7 @@ def fisher_weights(block: Block, weight, activation, batch_size: int) -> torch.T
     for start in range(0, len(block.x_quant), batch_size):
         with torch.no_grad():
             expected = F.log_softmax(block.tail(block.forward(block.x_float[start:start + batch_size],
-                                                              lambda layer: block.weights[layer.name])), dim=1)
+                                                              block.float_weight)), dim=1)
             output = block.forward(block.x_quant[start:start + batch_size], weight, activation)
         output.requires_grad_()
         divergence = (expected.exp() * (expected - F.log_softmax(block.tail(output), dim=1))).sum()
@@ -270,7 +279,7 @@ def block_wise(block: Block, drop: float, ptq: PTQParams, generator: torch.Gener
         return torch.where(torch.rand(x.shape, generator=generator) < dropping, x, q) if dropping else q
 
     with torch.no_grad():
-        target = block.forward(block.x_float, lambda layer: block.weights[layer.name])
+        target = block.forward(block.x_float, block.float_weight)
     fisher = fisher_weights(block, nearest_weight, learned_step, ptq.batch_size).square()
     optimizer = torch.optim.Adam([v for _, v in rounding.values()], lr=ptq.lr)
     step_optimizer = torch.optim.Adam(list(log_steps.values()), lr=STEP_LR)
