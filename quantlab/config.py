@@ -108,9 +108,13 @@ class QuantParams:
 
     def __post_init__(self):
         check(0 < self.percentile <= 100, "quant.percentile", f"must be in (0, 100], got {self.percentile}")
-        for layer, pair in self.layer_bits.items():
-            check(pair is None or _is_pair(pair), f"quant.layer_bits.{layer}",
-                  f"must be [weight bits, input bits] or null, got {shown(pair)}")
+        _check_layer_bits("quant.layer_bits", self.layer_bits)
+
+
+def _check_layer_bits(key: str, layer_bits: dict) -> None:
+    for layer, pair in layer_bits.items():
+        check(pair is None or _is_pair(pair), f"{key}.{layer}", f"must be [weight bits, input bits] or null, got "
+              f"{shown(pair)}")
 
 
 def _is_pair(value) -> bool:
@@ -187,9 +191,11 @@ class TechniquesParams:
     calib: str  # the calibration method of every network of the comparison
     iterations: int  # reconstruction steps per layer or block in the comparison (ptq.iterations: the headline's)
     weight_scale: str  # the weight scale of every network of the comparison: max or mse (as ptq.weight_scale)
+    layer_bits: dict  # {layer: [weight bits, input bits] or None} at every setting, as quant.layer_bits
 
     def __post_init__(self):
         _check_widths("techniques.widths", self.widths)
+        _check_layer_bits("techniques.layer_bits", self.layer_bits)
         check(bool(self.per_channel) and all(isinstance(v, bool) for v in self.per_channel)
               and len(set(self.per_channel)) == len(self.per_channel), "techniques.per_channel",
                f"must list false (per tensor), true (per channel) or both, got {shown(self.per_channel)}")

@@ -54,13 +54,14 @@ def check_names(params: Params) -> None:
                for pair in pairs for bits in pair]
     widths += [(f"mixed_precision.{key}", bits) for key in ("weight_bits", "activation_bits")
                for bits in getattr(params.mixed_precision, key)]
+    for key, bits_of_layers in (("quant.layer_bits", params.quant.layer_bits),
+                                ("techniques.layer_bits", params.techniques.layer_bits)):
+        for layer, pair in bits_of_layers.items():
+            check_name(key, layer, LAYER_NAMES)
+            widths += [(f"{key}.{layer}", bits) for bits in pair or ()]
+        missing = [layer for layer in LAYER_NAMES if layer not in bits_of_layers]
+        check(not missing, f"{key}.{missing[0] if missing else ''}", "is missing; add it (null: the widths above)")
     layer_bits = params.quant.layer_bits
-    for layer, pair in layer_bits.items():
-        check_name("quant.layer_bits", layer, LAYER_NAMES)
-        widths += [(f"quant.layer_bits.{layer}", bits) for bits in pair or ()]
-    missing = [layer for layer in LAYER_NAMES if layer not in layer_bits]
-    check(not missing, f"quant.layer_bits.{missing[0] if missing else ''}", "is missing; add it (null: the widths "
-          "above)")
     for key, bits in widths:
         if bits is not None:
             check_bits(key, bits)

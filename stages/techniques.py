@@ -1,10 +1,11 @@
 """Stage techniques: the post-training techniques (quantlab.quantize.ptq) as an axis of the comparison, on the
-float model. At every width of `techniques.widths` (the logits keep 8 bits) and every granularity of
-`techniques.per_channel`, every combination of the registry's (quantlab.quantize.techniques) quantizes the
-network through the same float-rescale forward as the headline metrics: its predictions on the validation and
-test images (evaluation/techniques.npz; the statistics stage chooses among them on the validation images), its test
-accuracy (metrics/techniques.json) and, per layer, the weight-range spread before and after equalization and
-the output's mean squared error with nearest rounding and after the techniques (compare/techniques.csv)."""
+float model. At every width of `techniques.widths` (the logits keep 8 bits; the layers `techniques.layer_bits`
+names keep their own bits) and every granularity of `techniques.per_channel`, every combination of the
+registry's (quantlab.quantize.techniques) quantizes the network through the same float-rescale forward as the
+headline metrics: its predictions on the validation and test images (evaluation/techniques.npz; the statistics
+stage chooses among them on the validation images), its test accuracy (metrics/techniques.json) and, per layer,
+the weight-range spread before and after equalization and the output's mean squared error with nearest rounding
+and after the techniques (compare/techniques.csv)."""
 
 import dataclasses
 import time
@@ -49,7 +50,8 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
               for preparing in dict.fromkeys(map(preparation, combinations()))}
     results, rows, predictions = {}, [], {}
     for weight_bits, activation_bits in settings.widths:
-        widths = activation_widths(activation_bits, LOGIT_BITS)
+        widths = activation_widths(activation_bits, LOGIT_BITS, settings.layer_bits)
+        weight_bits_of_layers = weight_widths(weight_bits, settings.layer_bits)
         for per_channel in settings.per_channel:
             setting = Setting(weight_bits, activation_bits, per_channel).name
             results[setting], predictions[setting] = {}, {}
@@ -57,10 +59,10 @@ def compare_techniques(state: dict[str, np.ndarray], images: np.ndarray, profile
                 began = time.perf_counter()
                 name = combination_name(combination)
                 network, diagnostics = apply_techniques(
-                    prepared[preparation(combination)], method, widths, signs, weight_widths(weight_bits), per_channel,
-                    combination,
-                    ptq, params.seed, Provenance("float", method.name, TRAINED, paths.model("float").as_posix(),
-                                                 [t.name for t in combination]))
+                    prepared[preparation(combination)], method, widths, signs, weight_bits_of_layers, per_channel,
+                    combination, ptq, params.seed, Provenance("float", method.name, TRAINED,
+                                                              paths.model("float").as_posix(),
+                                                              [t.name for t in combination]))
                 forward = FloatRescaleNet(network)
                 cell = predictions[setting][name] = {part: predict(forward, split) for part, split in splits.items()}
                 results[setting][name] = accuracy(cell["test"], splits["test"].y)

@@ -342,3 +342,21 @@ def test_a_technique_is_its_class_and_its_switch(monkeypatch, tmp_path):
         floor = np.floor(weight / weight_scale(weight, 4))
         assert np.array_equal(network.layers[layer.name].weight, np.clip(floor, -8, 7)), layer.name
     assert set(layers[layers.techniques == "round_down"].layer) == {layer.name for layer in LAYERS}
+
+
+def test_the_comparison_keeps_the_layers_that_techniques_layer_bits_names_at_their_bits():
+    """BRECQ's convention, first and last layers at 8 bits: conv1's output error drops to that of 8 bits, conv2's
+    stays that of 2 bits."""
+    state = unbalanced_state(5)
+    labels = np.random.default_rng(2).integers(0, 10, len(IMAGES))
+    splits = {"test": Split.of(IMAGES, labels, torch.device("cpu"))}
+    base = load_params()
+    errors = {}
+    for name, layer_bits in (("uniform", {}), ("first_last", {"conv1": [8, 8], "fc3": [8, 8]})):
+        params = dataclasses.replace(base, techniques=dataclasses.replace(
+            base.techniques, widths=[[2, 8]], per_channel=[True], iterations=2,
+            layer_bits={layer.name: layer_bits.get(layer.name) for layer in LAYERS}))
+        _, layers, _ = compare_techniques(state, IMAGES, activations_for(state), splits, params)
+        errors[name] = layers[layers.techniques == "nearest"].set_index("layer")["nearest"]
+    assert errors["first_last"]["conv1"] < errors["uniform"]["conv1"] / 100
+    assert errors["first_last"]["conv2"] > errors["uniform"]["conv2"] / 10  # still 2-bit weights
