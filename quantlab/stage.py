@@ -68,6 +68,9 @@ def check_names(params: Params) -> None:
     check(not (params.ptq.equalize and calibration.METHODS[params.calib].weights != calibration.TRAINED),
           "ptq.equalize", f"cannot apply to calib={params.calib}: its ranges were learned on the network before "
           f"equalization; use a post-training calibration ({', '.join(calibration.POST_TRAINING)})")
+    check(not (params.ptq.weight_scale != WEIGHT_SCALES[0] and calibration.METHODS[params.calib].weights
+               != calibration.TRAINED), "ptq.weight_scale", f"cannot apply to calib={params.calib}: its fine-tune "
+          f"learned weights for S_W = max|W| / qmax; use a post-training calibration or ptq.weight_scale: max")
     check(not (any(layer_bits.values()) and calibration.METHODS[params.calib].weights != calibration.TRAINED),
           "quant.layer_bits", f"cannot apply to calib={params.calib}: its fine-tune ran at the uniform widths; use a "
           f"post-training calibration ({', '.join(calibration.POST_TRAINING)}) or set every layer's to null")

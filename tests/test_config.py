@@ -70,6 +70,7 @@ def test_logit_bits_may_be_null_or_a_width(tmp_path, logit_bits):
     ({"ptq__blocks": "conv1"}, "ptq.blocks must be list, got 'conv1'"),
     ({"ptq__weight_scale": "percentile"}, "ptq.weight_scale is 'percentile'; valid: max, mse"),
     ({"techniques__weight_scale": "MSE"}, "techniques.weight_scale is 'MSE'; valid: max, mse"),
+    ({"ptq__weight_scale": "mse", "calib": "ema"}, "ptq.weight_scale cannot apply to calib=ema"),
     ({"techniques__layer_bits__fc3": [8]}, "techniques.layer_bits.fc3 must be [weight bits, input bits] or null"),
     ({"techniques__layer_bits__fc3": [8, 1]}, "techniques.layer_bits.fc3 must be between 2 and 8 bits, got 1"),
     ({"techniques__layer_bits__conv1": KeyError}, "techniques.layer_bits.conv1 is missing; add it"),
