@@ -7,6 +7,7 @@ PyTorch is asked for deterministic kernels.
 """
 
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,14 @@ from quantlab.data import normalize
 from quantlab.errors import UserError
 from quantlab.evaluation import Split, predict
 from quantlab.statistics import accuracy
+
+# A training loss: (the batch's normalized inputs, the model's logits, the labels) -> the loss to minimize
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of float training, and of a fine-tune without distillation: -mean log softmax(logits)[label]."""
+    return F.cross_entropy(logits, labels)
 
 
 def device(name: str) -> torch.device:
@@ -48,10 +57,11 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 
 
 def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch_size: int, lr: float,
-        weight_decay: float, flip: bool, seed: int, desc: str, log_every: int = 0) -> list[dict]:
-    """Train with AdamW and a one-cycle learning-rate schedule. The history has a row per epoch with the
-    epoch's mean loss, train and test accuracy; with `log_every`, also a row every that many steps with
-    the mean loss and train accuracy since the last row (no test accuracy)."""
+        weight_decay: float, flip: bool, seed: int, desc: str, log_every: int = 0,
+        criterion: Criterion = cross_entropy) -> list[dict]:
+    """Train with AdamW and a one-cycle learning-rate schedule, minimizing `criterion`. The history has a row
+    per epoch with the epoch's mean loss, train and test accuracy; with `log_every`, also a row every that
+    many steps with the mean loss and train accuracy since the last row (no test accuracy)."""
     generator = torch.Generator(device=train.x.device).manual_seed(seed)
     per_epoch = steps_per_epoch(len(train), batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -70,7 +80,7 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
                 x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
             y = train.y[index]
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = criterion(x, logits, y)
             if not torch.isfinite(loss):
                 raise UserError(f"{desc}: training diverged (the loss is {loss.item()} at epoch {epoch}, step "
                                 f"{step + 1}); lower the learning rate")
