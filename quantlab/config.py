@@ -143,12 +143,14 @@ class QATParams:
     decay: float  # EMA decay of the activation ranges
     start: int  # the training step from which activations are fake-quantized
     ranges: str  # the calibration method whose batch threshold the EMA tracks, or lsq (quantlab.quantize.qat)
+    distill: float  # weight of the distillation from the float model in the loss; 0: cross-entropy only
 
     def __post_init__(self):
         check(self.epochs >= 1, "qat.epochs", f"must be at least 1, got {self.epochs}")
         _check_lr("qat.lr", self.lr)
         check(0 <= self.decay < 1, "qat.decay", f"must be in [0, 1), got {self.decay}")
         check(self.start >= 0, "qat.start", f"must be at least 0, got {self.start}")
+        check(0 <= self.distill <= 1, "qat.distill", f"must be in [0, 1], got {self.distill}")
 
 
 MAX_ITERATIONS = 100_000

@@ -1,5 +1,6 @@
 """Stage qat: quantization-aware fine-tuning with learned activation ranges (moving averages, or learned step
-sizes initialized from the INITIAL calibration of the model's profile), starting from the trained models: the
+sizes initialized from the INITIAL calibration of the model's profile), distilled with weight `qat.distill` from
+the trained model it starts from (quantlab.quantize.qat.distillation), starting from the trained models: the
 float model at every width of `compare.widths` (the comparison's QAT row) and at the configured bits, the bias
 model at the configured bits (both for `calib=ema`). Writes each fine-tuned state, its learned ranges and its
 training curve."""
@@ -16,10 +17,10 @@ from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import LEARNED_STEP, calibrator
-from quantlab.quantize.qat import QATNet
+from quantlab.quantize.qat import QATNet, distillation
 from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
 from quantlab.stage import load_params, run_main
-from quantlab.training import device, fit, make_deterministic, steps_per_epoch, training_subset
+from quantlab.training import cross_entropy, device, fit, make_deterministic, steps_per_epoch, training_subset
 
 LOG_EVERY = 25  # steps between the points of a training curve
 # Learned step sizes start from this post-training method's thresholds: the least squared quantization error,
@@ -39,7 +40,8 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
     """The fine-tuned state, the record of its learned activation thresholds and its training history."""
     make_deterministic(params.seed)
     target = device(params.compute.device)
-    model = load_model(load_state(paths.model(model_name), model_name)).to(target)
+    trained = load_state(paths.model(model_name), model_name)
+    model = load_model(trained).to(target)
     quant, qat = params.quant, params.qat
     widths = activation_widths(activation_bits, quant.logit_bits)
     signs = activation_signs(quant.unsigned_activations)
@@ -47,9 +49,11 @@ def fine_tune(model_name: str, weight_bits: int, activation_bits: int, train: Sp
         if qat.ranges == LEARNED_STEP else None
     network = QATNet(model, weight_bits, widths, quant.per_channel, quant.unsigned_activations,
                      qat.decay, qat.start, qat.ranges, params.seed, initial).to(target)
+    criterion = distillation(load_model(trained).to(target), qat.distill) if qat.distill else cross_entropy
     history = fit(network, train, test, epochs=qat.epochs, batch_size=params.train.batch_size, lr=qat.lr,
                   weight_decay=params.train.weight_decay, flip=params.train.flip, seed=params.seed,
-                  desc=f"qat@{model_name} {Setting(weight_bits, activation_bits).name}", log_every=LOG_EVERY)
+                  desc=f"qat@{model_name} {Setting(weight_bits, activation_bits).name}", log_every=LOG_EVERY,
+                  criterion=criterion)
     learned = {"thresholds": network.learned_thresholds(), "bits": widths, "signed": signs,
                "weight_bits": weight_bits, "fake_quant_test_accuracy": history[-1]["test_accuracy"]}
     return state_to_arrays(model.cpu()), learned, history

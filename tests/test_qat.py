@@ -1,12 +1,23 @@
-"""Fake quantization and its straight-through gradient; the EMA-learned ranges of the QAT network."""
+"""Fake quantization and its straight-through gradient; the EMA-learned ranges of the QAT network; the
+distillation loss."""
 
+import numpy as np
 import pytest
 import torch
 
 from quantlab.architecture import ACTIVATIONS, LAYERS
-from quantlab.model import Net
-from quantlab.quantize.qat import QATNet, fake_quantize, learned_step_quantize
+from quantlab.evaluation import Split
+from quantlab.model import Net, load_model, state_to_arrays
+from quantlab.quantize.qat import (
+    TEMPERATURE,
+    QATNet,
+    distillation,
+    distillation_loss,
+    fake_quantize,
+    learned_step_quantize,
+)
 from quantlab.quantize.symmetric import activation_widths
+from quantlab.training import cross_entropy, fit
 
 
 def test_forward_rounds_half_to_even_and_clamps():
@@ -93,3 +104,72 @@ def test_learned_step_sizes_start_from_the_initial_thresholds_and_train():
     assert network.step_sizes.grad.abs().min() > 0  # every activation's step size learns
     optimizer.step()
     assert network.learned_thresholds() != pytest.approx(initial, rel=1e-6)
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student logits (requiring a gradient), teacher logits and labels of a batch of 16."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(16, 10, generator=generator)).requires_grad_()
+    return logits, 3 * torch.randn(16, 10, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+
+
+def test_distillation_at_alpha_0_is_the_cross_entropy_and_its_gradient_bit_for_bit():
+    logits, teacher, labels = batch()
+    loss = distillation_loss(logits, teacher, labels, 0.0)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    (plain_gradient,) = torch.autograd.grad(plain, logits)
+    assert loss.item() == plain.item() and torch.equal(gradient, plain_gradient)
+    assert cross_entropy(None, logits, labels).item() == plain.item()  # fit's criterion without distillation
+
+
+def test_distillation_at_alpha_1_is_t2_kl_of_the_softened_outputs_zero_at_the_teacher():
+    logits, teacher, labels = batch()
+    t = TEMPERATURE
+    p, q = torch.softmax(teacher / t, 1), torch.softmax(logits.detach() / t, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()  # KL(softmax(t / T) || softmax(z / T)), the batch's mean
+    assert distillation_loss(logits, teacher, labels, 1.0).item() == pytest.approx(t ** 2 * kl.item(), rel=1e-5)
+    same = teacher.clone().requires_grad_()
+    loss = distillation_loss(same, teacher, labels, 1.0)  # the labels no longer count
+    (gradient,) = torch.autograd.grad(loss, same)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and gradient.abs().max() < 1e-6
+
+
+def test_distillation_between_mixes_the_two_terms():
+    logits, teacher, labels = batch(1)
+    hard, soft = (distillation_loss(logits, teacher, labels, alpha).item() for alpha in (0.0, 1.0))
+    assert distillation_loss(logits, teacher, labels, 0.25).item() == pytest.approx(0.75 * hard + 0.25 * soft,
+                                                                                     rel=1e-6)
+
+
+def test_distillation_criterion_freezes_the_teacher_and_trains_the_student_towards_it():
+    torch.manual_seed(0)
+    teacher, student = Net(), Net()
+    teacher.train()
+    criterion = distillation(teacher, 1.0)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    before = criterion(x, student(x), torch.zeros(8, dtype=torch.int64))
+    before.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad.abs().max() > 0 for p in student.parameters())
+    assert criterion(x, teacher(x), torch.zeros(8, dtype=torch.int64)).item() == pytest.approx(0.0, abs=1e-6)
+    assert before.item() > 0
+
+
+def test_a_fine_tune_distilled_at_alpha_0_is_the_plain_fine_tune_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 10, (96,), generator=generator))
+    torch.manual_seed(0)
+    trained = Net().state_dict()
+    states = []
+    for criterion in (cross_entropy, distillation(load_model(state_to_arrays(Net())), 0.0)):
+        model = Net()
+        model.load_state_dict(trained)
+        network = QATNet(model, 4, activation_widths(4, 8), per_channel=True, unsigned_activations=True, decay=0.9,
+                         start=1)
+        fit(network, train, Split(train.x[:32], train.y[:32]), epochs=1, batch_size=32, lr=0.001, weight_decay=0.0,
+            flip=True, seed=0, desc="qat", criterion=criterion)
+        states.append(state_to_arrays(model))
+    assert all(np.array_equal(states[0][name], states[1][name]) for name in states[0])
