@@ -4,6 +4,15 @@ Deterministic for a given seed, and the same bytes on any x86-64 CPU under the p
 quantlab.compute: all randomness (initialisation, shuffling, flips) comes
 from generators seeded here, data is read from in-memory tensors (no DataLoader worker processes), and
 PyTorch is asked for deterministic kernels.
+
+Distillation: with weight alpha > 0, a fine-tune (stage qat, `qat.distill`) learns from the trained float
+model it starts from as well as from the labels (knowledge distillation, Hinton et al. 2015, arXiv:1503.02531,
+section 2): the teacher is a frozen copy of that model, and the loss is
+
+    (1 - alpha) CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T))
+
+with z the fake-quantized student's logits, t the teacher's, y the labels and T = TEMPERATURE; the soft term's
+gradients shrink as 1 / T^2, and T^2 keeps them at the hard term's scale. alpha = 0 is the plain cross-entropy.
 """
 
 import os
@@ -16,6 +25,7 @@ from tqdm import tqdm
 from quantlab.data import normalize
 from quantlab.errors import UserError
 from quantlab.evaluation import Split, predict
+from quantlab.model import Net
 from quantlab.statistics import accuracy
 
 # A training loss: (the batch's normalized inputs, the model's logits, the labels) -> the loss to minimize
@@ -25,6 +35,11 @@ Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def cross_entropy(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss of float training, and of a fine-tune without distillation: -mean log softmax(logits)[label]."""
     return F.cross_entropy(logits, labels)
+
+
+# The distillation's temperature: softened targets that carry how the teacher ranks the wrong classes, the
+# value commonly used for CIFAR-10 (Hinton et al. report T from 2 to 20 working)
+TEMPERATURE = 4.0
 
 
 def device(name: str) -> torch.device:
@@ -107,3 +122,26 @@ def fit(model: torch.nn.Module, train: Split, test: Split, *, epochs: int, batch
 def _row(epoch: float, step: int, sums: list) -> dict:
     loss_sum, correct, count = sums
     return {"epoch": epoch, "step": step, "loss": loss_sum / count, "train_accuracy": 100.0 * correct / count}
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      temperature: float = TEMPERATURE) -> torch.Tensor:
+    """(1 - alpha) CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T)), the batch's mean (Hinton et al.
+    2015): z = `logits`, t = `teacher_logits`, y = `labels`, T = `temperature`."""
+    hard = F.cross_entropy(logits, labels)
+    soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+def distillation(teacher: Net, alpha: float) -> Criterion:
+    """The training loss that distills `teacher` with weight `alpha` (quantlab.training.fit's criterion); the
+    teacher is frozen: evaluation mode, no gradient."""
+    teacher.eval().requires_grad_(False)
+
+    def criterion(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        return distillation_loss(logits, teacher_logits, labels, alpha)
+
+    return criterion

@@ -1,6 +1,6 @@
 """Stage qat: quantization-aware fine-tuning with learned activation ranges (moving averages, or learned step
 sizes initialized from the INITIAL calibration of the model's profile), distilled with weight `qat.distill` from
-the trained model it starts from (quantlab.quantize.qat.distillation), starting from the trained models: the
+the trained model it starts from (quantlab.training.distillation), starting from the trained models: the
 float model at every width of `compare.widths` (the comparison's QAT row) and at the configured bits, the bias
 model at the configured bits (both for `calib=ema`). Writes each fine-tuned state, its learned ranges and its
 training curve."""
@@ -17,10 +17,18 @@ from quantlab.io import load_npz, save_csv, save_json, save_npz
 from quantlab.model import load_model, state_to_arrays
 from quantlab.profiling import load_profiles
 from quantlab.quantize.calibration import LEARNED_STEP, calibrator
-from quantlab.quantize.qat import QATNet, distillation
+from quantlab.quantize.qat import QATNet
 from quantlab.quantize.symmetric import Setting, activation_signs, activation_widths
 from quantlab.stage import load_params, run_main
-from quantlab.training import cross_entropy, device, fit, make_deterministic, steps_per_epoch, training_subset
+from quantlab.training import (
+    cross_entropy,
+    device,
+    distillation,
+    fit,
+    make_deterministic,
+    steps_per_epoch,
+    training_subset,
+)
 
 LOG_EVERY = 25  # steps between the points of a training curve
 # Learned step sizes start from this post-training method's thresholds: the least squared quantization error,

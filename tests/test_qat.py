@@ -8,16 +8,9 @@ import torch
 from quantlab.architecture import ACTIVATIONS, LAYERS
 from quantlab.evaluation import Split
 from quantlab.model import Net, load_model, state_to_arrays
-from quantlab.quantize.qat import (
-    TEMPERATURE,
-    QATNet,
-    distillation,
-    distillation_loss,
-    fake_quantize,
-    learned_step_quantize,
-)
+from quantlab.quantize.qat import QATNet, fake_quantize, learned_step_quantize
 from quantlab.quantize.symmetric import activation_widths
-from quantlab.training import cross_entropy, fit
+from quantlab.training import TEMPERATURE, cross_entropy, distillation, distillation_loss, fit
 
 
 def test_forward_rounds_half_to_even_and_clamps():

@@ -22,29 +22,15 @@ representable range [qmin S, qmax S] and stops it outside (the straight-through 
 
 The learned thresholds T (for LSQ, S * qmax) are the state of `calib=ema`.
 
-With `distill` alpha > 0, the fine-tune learns from the trained float model it starts from as well as from the
-labels (knowledge distillation, Hinton et al. 2015, arXiv:1503.02531, section 2): the teacher is a frozen copy
-of that model, and the loss is
-
-    (1 - alpha) CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T))
-
-with z the fake-quantized student's logits, t the teacher's, y the labels and T = TEMPERATURE; the soft term's
-gradients shrink as 1 / T^2, and T^2 keeps them at the hard term's scale. alpha = 0 is the plain cross-entropy.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quantlab.architecture import ACTIVATIONS, Layer
 from quantlab.model import Net, layer_output, walk
 from quantlab.quantize.calibration import EMA, LEARNED_STEP, METHODS
 from quantlab.quantize.symmetric import activation_signs, channel_shaped, int_range, quantize, scale_for, weight_scale
-from quantlab.training import Criterion
-
-# The distillation's temperature: softened targets that carry how the teacher ranks the wrong classes, the
-# value commonly used for CIFAR-10 (Hinton et al. report T from 2 to 20 working)
-TEMPERATURE = 4.0
 
 
 class FakeQuantize(torch.autograd.Function):
@@ -138,25 +124,3 @@ class QATNet(nn.Module):
                     for name, step in zip(ACTIVATIONS, self.step_sizes.tolist(), strict=True)}
         return {name: float(t) for name, t in zip(ACTIVATIONS, self.thresholds.tolist(), strict=True)}
 
-
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
-                      temperature: float = TEMPERATURE) -> torch.Tensor:
-    """(1 - alpha) CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T)), the batch's mean (Hinton et al.
-    2015): z = `logits`, t = `teacher_logits`, y = `labels`, T = `temperature`."""
-    hard = F.cross_entropy(logits, labels)
-    soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                    reduction="batchmean", log_target=True)
-    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
-
-
-def distillation(teacher: Net, alpha: float) -> Criterion:
-    """The training loss that distills `teacher` with weight `alpha` (quantlab.training.fit's criterion); the
-    teacher is frozen: evaluation mode, no gradient."""
-    teacher.eval().requires_grad_(False)
-
-    def criterion(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        return distillation_loss(logits, teacher_logits, labels, alpha)
-
-    return criterion
