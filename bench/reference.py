@@ -180,14 +180,16 @@ def command(changes: dict) -> str:
 
 
 def qat_cells(experiments: dict[str, dict], width: str, defaults: dict) -> pd.DataFrame:
-    """QAT's cell at `width` in each experiment: its ranges and epochs, validation and test accuracy, and its
-    difference to float (the choice among them is the validation column's)."""
+    """QAT's cell at `width` in each experiment: its ranges, epochs and distillation, validation and test accuracy,
+    and its difference to float (the choice among them is the validation column's)."""
     rows = []
     for experiment in experiments.values():
         cell = experiment["metrics"]["differences"]["calibration"][width]["qat"]
-        epochs = experiment["changes"].get("qat.epochs", defaults["epochs"])
-        rows.append({"qat.ranges": experiment["changes"].get("qat.ranges", defaults["ranges"]),
-                     "epochs": str(epochs), "validation (%)": f"{cell['validation_accuracy']:.2f}",
+        changes = experiment["changes"]
+        rows.append({"qat.ranges": changes.get("qat.ranges", defaults["ranges"]),
+                     "epochs": str(changes.get("qat.epochs", defaults["epochs"])),
+                     "qat.distill": f"{changes.get('qat.distill', defaults['distill']):g}",
+                     "validation (%)": f"{cell['validation_accuracy']:.2f}",
                      "test (%)": f"{cell['test_accuracy']:.2f}", "− float [95 % CI]": tables.difference(cell)})
     return pd.DataFrame(rows)
 
