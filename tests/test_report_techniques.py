@@ -75,12 +75,13 @@ def params(weight_scale: str = "mse") -> SimpleNamespace:
 
 
 def section(diff: dict, fmt: str, weight_scale: str = "mse") -> str:
-    """The section alone, with the values `sections.shared` gives every section."""
+    """The section and its paragraph of the Discussion, with the values `sections.shared` gives every section."""
     run = SimpleNamespace(differences=diff, techniques=results(diff), technique_layers=layers(diff))
     values = sections.post_training_techniques(run)
     values |= {"params": params(weight_scale), "diff": diff, "delta": tables.difference, "verdict": tables.verdict,
                "p_value": tables.p_value}
-    return render("sections/post_training_techniques.j2", values, fmt)
+    return "\n".join(render(f"sections/{name}.j2", values, fmt)
+                     for name in ("post_training_techniques", "techniques_discussion"))
 
 
 def test_the_registry_pairs_the_test_relies_on():
