@@ -161,7 +161,7 @@ def test_calibration_comparison_covers_every_method_and_width(repo):
 def test_techniques_comparison_covers_every_setting_and_combination_and_chooses_on_validation(repo):
     table = json.loads((repo / "metrics/techniques.json").read_text())
     settings = ["W4A8-tensor", "W4A8-channel", "W8A8-tensor", "W8A8-channel"]
-    combinations = ["nearest", "equalize", "bias_correction", "adaround", "equalize+bias_correction",
+    combinations = ["nearest", "equalize", "bias_correction", "adaround", "brecq", "qdrop", "equalize+bias_correction",
                     "adaround+bias_correction", "equalize+adaround+bias_correction"]
     assert list(table) == settings and all(list(row) == combinations for row in table.values())
     chosen = json.loads((repo / "metrics/differences.json").read_text())["techniques"]
