@@ -41,7 +41,6 @@ from quantlab.quantize.symmetric import (
     activation_signs,
     activation_widths,
     channel_shaped,
-    chosen_weight_scale,
     quantize_weight,
     weight_scales,
     weight_widths,
@@ -66,6 +65,10 @@ class Configurations:
         self.method = calibrator(settings.calib, params.quant.percentile)
         self.thresholds = {bits: self.method.thresholds(profiles, activation_widths(bits), self.signs)
                            for bits in {*settings.activation_bits, LOGIT_BITS}}
+        # each layer's weight scale at each of its bits, once: a configuration only picks them
+        self.weight_scales = {bits: weight_scales(state, dict.fromkeys(LAYER_NAMES, bits), self.per_channel,
+                                                  params.ptq.weight_scale)
+                              for bits in {*settings.weight_bits, LOGIT_BITS}}
         self.provenance = Provenance("float", settings.calib, TRAINED, paths.model("float").as_posix())
         self.predictions: dict[tuple[int, str], torch.Tensor] = {}
         self.techniques = switched_on(params.ptq)
@@ -81,8 +84,8 @@ class Configurations:
         thresholds = {name: self.thresholds[bits][name] for name, bits in widths.items()}
         weight_bits = weight_widths(LOGIT_BITS, layer_bits)
         return quantize_network(self.state, activations_of(thresholds, widths, self.signs), weight_bits,
-                                self.per_channel, self.provenance, scales=weight_scales(
-                                    self.state, weight_bits, self.per_channel, self.params.ptq.weight_scale))
+                                self.per_channel, self.provenance,
+                                scales={name: self.weight_scales[bits][name] for name, bits in weight_bits.items()})
 
     def final(self, index: int) -> QuantizedNetwork:
         """The network of a configuration with the post-training techniques that the `ptq` params switch on, each
@@ -141,9 +144,8 @@ def sensitivities(configurations: Configurations, calibration: Split, float_logi
     def noise_to_signal(layer: str, option: int) -> float:
         setting = space.options[option]
         weight = state[f"{layer}.weight"].astype(np.float64)
-        per_channel = configurations.per_channel
-        q, scale = quantize_weight(weight, setting.weight_bits, per_channel, chosen_weight_scale(
-            weight, setting.weight_bits, per_channel, configurations.params.ptq.weight_scale))
+        q, scale = quantize_weight(weight, setting.weight_bits, configurations.per_channel,
+                                   configurations.weight_scales[setting.weight_bits][layer])
         weights = np.square(weight - q * channel_shaped(scale, weight.ndim, 0)).sum() / np.square(weight).sum()
         name = input_of(layer)
         sqnr = diagnose(profiles[name], configurations.thresholds[setting.activation_bits][name],
